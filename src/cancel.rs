@@ -1,0 +1,519 @@
+//! Cancellable contexts: the node, its cancellation and propagation, and the
+//! public cancel handles.
+//!
+//! # The protocol
+//!
+//! A [`CancelNode`] has a state word (see [`crate::state`]), a list of the
+//! cancellable children registered with it, and a waiter set. To cancel:
+//!
+//! 1. **Decide.** One `compare_exchange(0 → done word)` on the state word.
+//!    The winner's error and cause are published together; losers return at
+//!    once (a stalled winner never blocks anybody: losers do not wait, and
+//!    readers see the final word already).
+//! 2. **Deregister.** The winner removes the node from the list of the
+//!    ancestor it registered with (Go's `removeChild`), so a cancelled child
+//!    no longer counts against its parent.
+//! 3. **Propagate.** The winner wakes the node's waiters (closing the waiter
+//!    set), closes its child list and tries the same CAS on every live child
+//!    with the inherited word (same error, cause pointer borrowed). Each
+//!    child it wins is pushed on an intrusive work stack (`work_next`) and
+//!    processed the same way: no recursion, no allocation.
+//!
+//! A child registers by pushing itself on its anchor's child list. If the
+//! push finds the list closed, the anchor is already done and the child
+//! cancels itself with the anchor's word before the derivation returns.
+//!
+//! # Invariants
+//!
+//! 1. The state word goes `0 → done` once (state-table in `state.rs`).
+//! 2. Only the thread that won a node's CAS closes that node's lists for
+//!    cancellation, and writes its `work_next`; so each live child is
+//!    cancelled exactly once, by exactly one thread.
+//! 3. `links` counts the references that keep the node's *memory* (not its
+//!    contents) alive: one for all handles together, dropped at release, and
+//!    one while an anchor's child list links it. The memory is freed when
+//!    both are gone; the list's reference outlives every reader of the chain
+//!    (see `list.rs`).
+//! 4. A released node may still be reached through a frozen chain. Work done
+//!    on it then is harmless: it has no waiters (a `Done` holds a handle), no
+//!    live children (a child holds a handle), and nobody reads its cause.
+//! 5. A registered node's `registered` list belongs to an ancestor, alive
+//!    until the node is released (node invariant 2).
+
+use core::fmt;
+use core::ptr::{self, NonNull};
+
+use crossbeam_epoch::Guard;
+use crossbeam_utils::CachePadded;
+
+use crate::context::Context;
+use crate::error::{Cause, Error};
+use crate::list::{Entry, Link, List, release_link_from};
+use crate::node::{Kind, Node};
+use crate::primitive::UnsafeCell;
+use crate::primitive::atomic::{AtomicUsize, Ordering};
+use crate::state::{self, Pending};
+use crate::waiters::{self, WaiterList};
+
+/// A cancellable context's node.
+#[repr(C)]
+pub(crate) struct CancelNode {
+    pub(crate) node: Node,
+    /// The state word: written once, read by every `is_done()`. On its own
+    /// cache line so registration traffic on `children` and handle counting
+    /// in the header do not slow its readers down.
+    state: CachePadded<AtomicUsize>,
+    /// Invariant 3.
+    links: AtomicUsize,
+    /// This node's entry in `registered`'s child list.
+    link: Link,
+    /// The child list this node is linked into, or null.
+    registered: *const CancelNode,
+    children: List<CancelNode>,
+    pub(crate) waiters: WaiterList,
+    /// The propagation work stack (invariant 2): the next node to process,
+    /// tagged with `DEFER` when its link reference must go through the
+    /// epoch.
+    work_next: UnsafeCell<usize>,
+}
+
+/// Tag on a work-stack pointer: release its link reference through the epoch.
+const DEFER: usize = 1;
+
+// SAFETY: `CancelNode` is aligned to its `CachePadded` field (≥ 2); `link`
+// is a fixed field; the memory stays valid until `links` reaches zero, which
+// needs the list's reference to be released.
+unsafe impl Entry for CancelNode {
+    fn link(&self) -> &Link {
+        &self.link
+    }
+
+    unsafe fn release_link(this: *const Self) {
+        // SAFETY: forwarded (the list's reference on the memory).
+        unsafe { CancelNode::unlink_memory(this) }
+    }
+}
+
+// SAFETY: all shared mutable state is atomic or behind the protocol of the
+// module docs (`work_next`: invariant 2); raw pointers point into ancestors
+// that outlive the node.
+unsafe impl Send for CancelNode {}
+// SAFETY: as above.
+unsafe impl Sync for CancelNode {}
+
+impl CancelNode {
+    /// Derives a cancellable child of `parent`, with `handles` handles.
+    /// Registers it with `parent`'s anchor, or makes it done at once if the
+    /// anchor already is (invariant: done before the derivation returns).
+    pub(crate) fn derive(parent: &Context, handles: usize) -> NonNull<CancelNode> {
+        let anchor = parent.anchor_ptr();
+        let node = Box::new(CancelNode {
+            node: Node::new(handles, Kind::Cancel, parent.clone(), ptr::null()),
+            state: CachePadded::new(AtomicUsize::new(0)),
+            links: AtomicUsize::new(1),
+            link: Link::new(),
+            registered: ptr::null(),
+            children: List::new(),
+            waiters: List::new(),
+            work_next: UnsafeCell::new(0),
+        });
+        let raw = Box::into_raw(node);
+        // SAFETY: `raw` is a fresh, exclusively owned allocation until it is
+        // pushed below.
+        unsafe {
+            (*raw).node.anchor = raw;
+            if let Some(anchor) = anchor.as_ref() {
+                // Ordering: Acquire — pairs with the winning CAS, so a done
+                // word's cause box is visible before we borrow it.
+                let word = anchor.state.load(Ordering::Acquire);
+                if state::is_done(word) {
+                    (*raw).state.store(state::inherit(word), Ordering::Relaxed);
+                } else {
+                    (*raw).links.store(2, Ordering::Relaxed);
+                    (*raw).registered = anchor;
+                    if anchor.children.push(raw).is_err() {
+                        // Closed: the anchor is done (it closes only after
+                        // its CAS; the failed push loaded CLOSED with
+                        // Acquire). Never linked, so still exclusive.
+                        (*raw).links.store(1, Ordering::Relaxed);
+                        (*raw).registered = ptr::null();
+                        // Ordering: Acquire — as above.
+                        let word = anchor.state.load(Ordering::Acquire);
+                        (*raw).state.store(state::inherit(word), Ordering::Relaxed);
+                    }
+                }
+            }
+            NonNull::new_unchecked(raw)
+        }
+    }
+
+    /// The current state word.
+    #[inline]
+    pub(crate) fn word(&self) -> usize {
+        // Ordering: Acquire — pairs with the Release half of the winning
+        // CAS, so the cause box is visible before it is decoded.
+        self.state.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    pub(crate) fn is_done(&self) -> bool {
+        state::is_done(self.word())
+    }
+
+    #[inline]
+    pub(crate) fn err(&self) -> Option<Error> {
+        state::err(self.word())
+    }
+
+    pub(crate) fn cause(&self) -> Option<Cause> {
+        // SAFETY: a cause pointer in our word is owned by us or borrowed from
+        // an ancestor (state.rs); both outlive `&self`.
+        unsafe { state::cause(self.word()) }
+    }
+
+    /// Live children registered with this node (diagnostics).
+    pub(crate) fn registered_children(&self) -> usize {
+        self.children.live()
+    }
+
+    /// Children still physically linked, including removed ones not yet
+    /// unlinked (to observe bounded memory under churn).
+    pub(crate) fn linked_children(&self) -> usize {
+        self.children.linked()
+    }
+
+    /// Cancels with `error` and `cause` (the error itself when `None`).
+    /// Returns whether this call decided the cancellation.
+    pub(crate) fn cancel(&self, error: Error, cause: Option<Cause>) -> bool {
+        let pending = Pending::new(error, cause);
+        let (word, boxed) = match pending {
+            Pending::Inline(word) => (word, ptr::null_mut()),
+            Pending::Boxed(cause, error) => {
+                let raw = Box::into_raw(cause);
+                let err_bits = match error {
+                    Error::Canceled => 0,
+                    Error::DeadlineExceeded => state::DEADLINE,
+                };
+                (raw as usize | state::DONE | state::OWNED | err_bits, raw)
+            }
+        };
+        // Ordering: AcqRel — Release publishes the cause box with the word
+        // (pairs with `word()`); Acquire orders our later list operations
+        // after any earlier cancellation we might race with.
+        if self
+            .state
+            .compare_exchange(0, word, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            if !boxed.is_null() {
+                // SAFETY: the CAS failed, so the box was never published.
+                drop(unsafe { Box::from_raw(boxed) });
+            }
+            return false;
+        }
+        if let Some(registered) =
+            // SAFETY: invariant 5.
+            unsafe { self.registered.as_ref() }
+        {
+            // SAFETY: we were pushed onto exactly this list.
+            unsafe { registered.children.remove(self) };
+        }
+        self.propagate(state::inherit(word));
+        true
+    }
+
+    /// Wakes this node's waiters and cancels its subtree with `word`
+    /// (invariant 2), iteratively.
+    fn propagate(&self, word: usize) {
+        let mut guard: Option<Guard> = None;
+        // The intrusive work stack: tagged `*const CancelNode`, 0 when empty.
+        let mut stack: usize = 0;
+        let mut current: *const CancelNode = self;
+        let mut current_tag: Option<usize> = None;
+        loop {
+            // SAFETY: `self`, or a node whose link reference we hold (pushed
+            // below), so its memory is valid (invariant 3).
+            let node = unsafe { &*current };
+            waiters::wake_all(&node.waiters);
+            let mut chain = node.children.close();
+            while let Some((child, removed)) = chain.next_entry() {
+                // SAFETY: the chain holds the child's link reference.
+                let child_ref = unsafe { &*child };
+                // Ordering: AcqRel — Release publishes the inherited word
+                // (its borrowed cause box was published to us by our own
+                // CAS); failure needs nothing.
+                let won = !removed
+                    && child_ref
+                        .state
+                        .compare_exchange(0, word, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok();
+                if won {
+                    // Keep the link reference until the child is processed.
+                    let tagged = child as usize | if chain.deferring() { DEFER } else { 0 };
+                    // SAFETY: we won the child's CAS: its `work_next` is ours.
+                    child_ref
+                        .work_next
+                        .with_mut(|next| unsafe { *next = stack });
+                    stack = tagged;
+                } else {
+                    // SAFETY: yielded by this chain, released once.
+                    unsafe { chain.release(child) };
+                }
+            }
+            drop(chain);
+            if let Some(tag) = current_tag {
+                let guard = if tag & DEFER != 0 {
+                    Some(&*guard.get_or_insert_with(crossbeam_epoch::pin))
+                } else {
+                    None
+                };
+                // SAFETY: we kept this link reference when we pushed the node
+                // and release it once, after processing it.
+                unsafe { release_link_from(guard, current) };
+            }
+            if stack == 0 {
+                break;
+            }
+            current = (stack & !DEFER) as *const CancelNode;
+            current_tag = Some(stack);
+            // SAFETY: we hold its link reference; `work_next` is ours.
+            stack = unsafe { &*current }.work_next.with(|next| unsafe { *next });
+        }
+    }
+
+    /// Tears the node down once its last handle is gone (node.rs release
+    /// loop; the parent has already been moved out and is alive).
+    ///
+    /// # Safety
+    ///
+    /// `this` was just released (no handles left).
+    pub(crate) unsafe fn retire(this: NonNull<CancelNode>) {
+        // SAFETY: the memory is valid until `unlink_memory` below.
+        let node = unsafe { this.as_ref() };
+        // SAFETY: invariant 5 — the caller still holds our parent.
+        if let Some(registered) = unsafe { node.registered.as_ref() } {
+            // SAFETY: we were pushed onto exactly this list.
+            unsafe { registered.children.remove(node) };
+        }
+        // Every child and waiter left is a released or withdrawn entry
+        // (invariant 4): closing drops the list's references on them.
+        drop(node.children.close());
+        waiters::wake_all(&node.waiters);
+        let word = node.word();
+        if state::owns_cause(word) {
+            // SAFETY: we own the box; nobody dereferences it any more: every
+            // node borrowing it was a descendant, and they are all released.
+            drop(unsafe { Box::from_raw(state::cause_ptr(word) as *mut state::CauseBox) });
+        }
+        // SAFETY: the handles' reference on the memory.
+        unsafe { CancelNode::unlink_memory(this.as_ptr()) };
+    }
+
+    /// Drops one reference on the node's memory (invariant 3).
+    ///
+    /// # Safety
+    ///
+    /// The caller owns one such reference.
+    unsafe fn unlink_memory(this: *const CancelNode) {
+        // SAFETY: the caller's reference keeps the memory alive.
+        // Ordering: AcqRel — the last one sees all other accesses.
+        if unsafe { (*this).links.fetch_sub(1, Ordering::AcqRel) } == 1 {
+            // SAFETY: last reference; allocated by `Box` in `derive`. The
+            // parent was moved out at release and is `ManuallyDrop`.
+            drop(unsafe { Box::from_raw(this as *mut CancelNode) });
+        }
+    }
+}
+
+/// A handle on a cancellable node: shared by `CancelFunc` and
+/// `CancelCauseFunc`.
+struct Handle(NonNull<CancelNode>);
+
+// SAFETY: a handle is a counted reference to a `Sync` node.
+unsafe impl Send for Handle {}
+// SAFETY: as above.
+unsafe impl Sync for Handle {}
+
+impl Handle {
+    fn node(&self) -> &CancelNode {
+        // SAFETY: our handle keeps the node alive.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Clone for Handle {
+    fn clone(&self) -> Self {
+        self.node().node.acquire();
+        Handle(self.0)
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: we own one handle.
+        unsafe { Node::release(self.0.cast()) };
+    }
+}
+
+/// Cancels the context returned with it by [`Context::with_cancel`] (and
+/// the deadline variants): Go's `CancelFunc`.
+///
+/// `cancel()` is idempotent and may be called from any thread. Dropping a
+/// `CancelFunc` does **not** cancel: in Go, forgetting `cancel()` leaks the
+/// context until its parent is done; here a context needs no `cancel()` to be
+/// freed (dropping every handle frees it), so dropping must not have a side
+/// effect that a clone might not want. For Go's `defer cancel()` use
+/// [`CancelFunc::guard`].
+///
+/// ```
+/// use goctx::Context;
+///
+/// let (ctx, cancel) = Context::background().with_cancel();
+/// let worker = {
+///     let ctx = ctx.clone();
+///     std::thread::spawn(move || ctx.done().wait())
+/// };
+/// cancel.cancel();
+/// worker.join().unwrap();
+/// assert!(ctx.is_done());
+/// ```
+#[derive(Clone)]
+pub struct CancelFunc(Handle);
+
+impl CancelFunc {
+    pub(crate) fn new(node: NonNull<CancelNode>) -> CancelFunc {
+        CancelFunc(Handle(node))
+    }
+
+    /// Cancels the context with [`Error::Canceled`] (no effect if it is
+    /// already done). When this returns, the context and every context
+    /// derived from it report done and all their waiters have been woken,
+    /// unless another cancellation of the same subtree is still running.
+    ///
+    /// ```
+    /// let (ctx, cancel) = goctx::Context::background().with_cancel();
+    /// cancel.cancel();
+    /// cancel.cancel(); // idempotent
+    /// assert_eq!(ctx.err(), Some(goctx::Error::Canceled));
+    /// ```
+    #[inline]
+    pub fn cancel(&self) {
+        self.0.node().cancel(Error::Canceled, None);
+    }
+
+    /// Returns a guard that cancels when dropped: Go's `defer cancel()`.
+    ///
+    /// ```
+    /// use goctx::Context;
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// {
+    ///     let _guard = cancel.guard();
+    ///     assert!(!ctx.is_done());
+    /// } // dropped here: cancels
+    /// assert!(ctx.is_done());
+    /// ```
+    pub fn guard(self) -> CancelGuard {
+        CancelGuard(Some(self))
+    }
+}
+
+impl fmt::Debug for CancelFunc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelFunc")
+            .field("done", &self.0.node().is_done())
+            .finish()
+    }
+}
+
+/// Cancels with [`Error::Canceled`] when dropped (see [`CancelFunc::guard`]).
+///
+/// ```
+/// let (ctx, cancel) = goctx::Context::background().with_cancel();
+/// let guard = cancel.guard();
+/// let cancel = guard.disarm(); // keep the context running after all
+/// assert!(!ctx.is_done());
+/// cancel.cancel();
+/// assert!(ctx.is_done());
+/// ```
+#[must_use = "dropping the guard cancels at once"]
+pub struct CancelGuard(Option<CancelFunc>);
+
+impl CancelGuard {
+    /// Gives the `CancelFunc` back without cancelling.
+    ///
+    /// ```
+    /// let (ctx, cancel) = goctx::Context::background().with_cancel();
+    /// drop(cancel.guard().disarm());
+    /// assert!(!ctx.is_done());
+    /// ```
+    pub fn disarm(mut self) -> CancelFunc {
+        self.0
+            .take()
+            .expect("guard holds its CancelFunc until dropped")
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some(cancel) = &self.0 {
+            cancel.cancel();
+        }
+    }
+}
+
+impl fmt::Debug for CancelGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CancelGuard").field(&self.0).finish()
+    }
+}
+
+/// Cancels the context returned with it by
+/// [`Context::with_cancel_cause`], recording a cause: Go's
+/// `CancelCauseFunc`.
+///
+/// The first cancellation wins: later calls (or a parent's cancellation that
+/// came first) leave the recorded error and cause unchanged. Dropping it does
+/// not cancel.
+///
+/// ```
+/// use goctx::{Context, Error};
+///
+/// let (ctx, cancel) = Context::background().with_cancel_cause();
+/// cancel.cancel(std::io::Error::other("upstream closed"));
+/// assert_eq!(ctx.err(), Some(Error::Canceled));
+/// assert_eq!(ctx.cause().unwrap().to_string(), "upstream closed");
+/// ```
+#[derive(Clone)]
+pub struct CancelCauseFunc(Handle);
+
+impl CancelCauseFunc {
+    pub(crate) fn new(node: NonNull<CancelNode>) -> CancelCauseFunc {
+        CancelCauseFunc(Handle(node))
+    }
+
+    /// Cancels the context with [`Error::Canceled`] and `cause` (no effect if
+    /// it is already done). Passing an [`Error`] as the cause allocates
+    /// nothing; any other cause is boxed once.
+    ///
+    /// ```
+    /// use goctx::{Context, Error};
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel_cause();
+    /// cancel.cancel(Error::DeadlineExceeded);
+    /// assert_eq!(ctx.err(), Some(Error::Canceled));
+    /// assert_eq!(ctx.cause().unwrap().downcast_ref::<Error>(), Some(&Error::DeadlineExceeded));
+    /// ```
+    #[inline]
+    pub fn cancel(&self, cause: impl Into<Cause>) {
+        self.0.node().cancel(Error::Canceled, Some(cause.into()));
+    }
+}
+
+impl fmt::Debug for CancelCauseFunc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelCauseFunc")
+            .field("done", &self.0.node().is_done())
+            .finish()
+    }
+}

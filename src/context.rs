@@ -1,0 +1,404 @@
+//! The public `Context`.
+
+use core::fmt;
+use core::mem::ManuallyDrop;
+use core::ptr::{self, NonNull};
+use std::time::Instant;
+
+use crate::cancel::{CancelCauseFunc, CancelFunc, CancelNode};
+use crate::done::Done;
+use crate::error::{Cause, Error};
+use crate::node::{self, Kind, Node};
+use crate::value::{ValueNode, value_of};
+
+/// A Go-style context: a cancellation signal, a deadline and request-scoped
+/// values, passed down a call tree and across threads and tasks.
+///
+/// `Context` is cheap to clone (one reference-count increment at most) and
+/// `Send + Sync`. The roots [`background`](Context::background) and
+/// [`todo`](Context::todo) allocate nothing; each derived context is one
+/// allocation. A derived context is freed when its last clone, `Done`,
+/// cancel handle and descendant is dropped — no `cancel()` needed.
+///
+/// ```
+/// use goctx::{Context, Error};
+///
+/// #[derive(Debug, PartialEq)]
+/// struct RequestId(u64);
+///
+/// let root = Context::background();
+/// let (ctx, cancel) = root.with_cancel();
+/// let ctx = ctx.with_value(RequestId(7));
+///
+/// let worker = {
+///     let ctx = ctx.clone();
+///     std::thread::spawn(move || {
+///         assert_eq!(ctx.value::<RequestId>(), Some(&RequestId(7)));
+///         ctx.done().wait();
+///         ctx.err()
+///     })
+/// };
+/// cancel.cancel();
+/// assert_eq!(worker.join().unwrap(), Some(Error::Canceled));
+/// assert!(ctx.to_string().starts_with("context.Background.WithCancel.WithValue("));
+/// ```
+pub struct Context(Repr);
+
+enum Repr {
+    Background,
+    Todo,
+    Node(NonNull<Node>),
+}
+
+// SAFETY: a `Node` handle is a counted reference to shared, internally
+// synchronised data; values are `Send + Sync` by the bound on `with_value`.
+unsafe impl Send for Context {}
+// SAFETY: as above.
+unsafe impl Sync for Context {}
+
+impl Context {
+    /// The root of every context tree: never done, no deadline, no values
+    /// (Go's `context.Background()`). Allocates nothing.
+    ///
+    /// ```
+    /// let ctx = goctx::Context::background();
+    /// assert!(!ctx.is_done());
+    /// assert_eq!(ctx.err(), None);
+    /// assert_eq!(ctx.to_string(), "context.Background");
+    /// ```
+    #[inline]
+    pub const fn background() -> Context {
+        Context(Repr::Background)
+    }
+
+    /// Like [`background`](Context::background), marking code that has not
+    /// been given a context yet (Go's `context.TODO()`).
+    ///
+    /// ```
+    /// let ctx = goctx::Context::todo();
+    /// assert!(!ctx.is_done());
+    /// assert_eq!(ctx.to_string(), "context.TODO");
+    /// ```
+    #[inline]
+    pub const fn todo() -> Context {
+        Context(Repr::Todo)
+    }
+
+    /// Derives a context that is done when `cancel()` is called on the
+    /// returned [`CancelFunc`] or when this context is done, whichever comes
+    /// first (Go's `WithCancel`). One allocation.
+    ///
+    /// ```
+    /// use goctx::Context;
+    ///
+    /// let (parent, cancel_parent) = Context::background().with_cancel();
+    /// let (child, _cancel_child) = parent.with_cancel();
+    /// cancel_parent.cancel();
+    /// assert!(child.is_done());
+    /// ```
+    pub fn with_cancel(&self) -> (Context, CancelFunc) {
+        let node = CancelNode::derive(self, 2);
+        (Context(Repr::Node(node.cast())), CancelFunc::new(node))
+    }
+
+    /// Like [`with_cancel`](Context::with_cancel), with a cancel handle that
+    /// records a [`Cause`] (Go's `WithCancelCause`).
+    ///
+    /// ```
+    /// use goctx::{Context, Error};
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel_cause();
+    /// cancel.cancel(std::fmt::Error);
+    /// assert_eq!(ctx.err(), Some(Error::Canceled));
+    /// assert!(ctx.cause().unwrap().downcast_ref::<std::fmt::Error>().is_some());
+    /// ```
+    pub fn with_cancel_cause(&self) -> (Context, CancelCauseFunc) {
+        let node = CancelNode::derive(self, 2);
+        (Context(Repr::Node(node.cast())), CancelCauseFunc::new(node))
+    }
+
+    /// Derives a context carrying `value`, found by
+    /// [`value::<T>()`](Context::value) here and in every descendant, and
+    /// shadowing any `T` further up (Go's `WithValue`; the key is the type,
+    /// so use a newtype of your own). Transparent to cancellation. One
+    /// allocation.
+    ///
+    /// ```
+    /// #[derive(Debug, PartialEq)]
+    /// struct User(&'static str);
+    ///
+    /// let ctx = goctx::Context::background().with_value(User("ada"));
+    /// let inner = ctx.with_value(User("grace"));
+    /// assert_eq!(ctx.value::<User>(), Some(&User("ada")));
+    /// assert_eq!(inner.value::<User>(), Some(&User("grace")));
+    /// ```
+    pub fn with_value<T>(&self, value: T) -> Context
+    where
+        T: Send + Sync + 'static,
+    {
+        Context(Repr::Node(ValueNode::derive(self, value)))
+    }
+
+    /// Derives a context that keeps this one's values but is never done, has
+    /// no deadline and no cause, and whose descendants are unaffected by this
+    /// context's cancellation (Go's `WithoutCancel`).
+    ///
+    /// ```
+    /// #[derive(Debug, PartialEq)]
+    /// struct TraceId(u32);
+    ///
+    /// let (ctx, cancel) = goctx::Context::background().with_cancel();
+    /// let ctx = ctx.with_value(TraceId(9));
+    /// let detached = ctx.without_cancel();
+    /// cancel.cancel();
+    /// assert!(ctx.is_done());
+    /// assert!(!detached.is_done());
+    /// assert_eq!(detached.value::<TraceId>(), Some(&TraceId(9)));
+    /// ```
+    pub fn without_cancel(&self) -> Context {
+        Context(Repr::Node(node::new_without_cancel(self.clone())))
+    }
+
+    /// The time at which this context will be done because of a deadline,
+    /// if any (Go's `Deadline`). Deadlines are not implemented yet: always
+    /// `None`.
+    ///
+    /// ```
+    /// assert_eq!(goctx::Context::background().deadline(), None);
+    /// ```
+    pub fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// A handle to wait on this context (Go's `Done`). It never completes
+    /// for a context that can never be done. Allocates nothing.
+    ///
+    /// ```
+    /// let (ctx, cancel) = goctx::Context::background().with_cancel();
+    /// let done = ctx.done();
+    /// cancel.cancel();
+    /// done.wait();
+    /// ```
+    #[inline]
+    pub fn done(&self) -> Done {
+        match self.anchor() {
+            None => Done::new(None),
+            Some(anchor) => {
+                anchor.node.acquire();
+                Done::new(Some(NonNull::from(anchor)))
+            }
+        }
+    }
+
+    /// `None` while the context is running; afterwards why it is done
+    /// (Go's `Err`). Never changes once set. One atomic load.
+    ///
+    /// ```
+    /// let (ctx, cancel) = goctx::Context::background().with_cancel();
+    /// assert_eq!(ctx.err(), None);
+    /// cancel.cancel();
+    /// assert_eq!(ctx.err(), Some(goctx::Error::Canceled));
+    /// ```
+    #[inline]
+    pub fn err(&self) -> Option<Error> {
+        self.anchor().and_then(CancelNode::err)
+    }
+
+    /// Whether the context is done (`err().is_some()`). One atomic load.
+    ///
+    /// ```
+    /// let (ctx, cancel) = goctx::Context::background().with_cancel();
+    /// assert!(!ctx.is_done());
+    /// cancel.cancel();
+    /// assert!(ctx.is_done());
+    /// ```
+    #[inline]
+    pub fn is_done(&self) -> bool {
+        self.anchor().is_some_and(CancelNode::is_done)
+    }
+
+    /// Why the context was cancelled (Go's `context.Cause`): `None` while it
+    /// is running; the cause given to the winning cancellation, or its
+    /// [`Error`] when none was given. Always from the same cancellation as
+    /// [`err`](Context::err).
+    ///
+    /// ```
+    /// use goctx::{Context, Error};
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// cancel.cancel();
+    /// assert_eq!(ctx.cause().unwrap().downcast_ref::<Error>(), Some(&Error::Canceled));
+    /// ```
+    pub fn cause(&self) -> Option<Cause> {
+        self.anchor().and_then(CancelNode::cause)
+    }
+
+    /// The nearest value of type `T` on the path to the root (Go's `Value`).
+    ///
+    /// ```
+    /// #[derive(Debug, PartialEq)]
+    /// struct Locale(&'static str);
+    ///
+    /// let ctx = goctx::Context::background().with_value(Locale("fr"));
+    /// let (child, _cancel) = ctx.with_cancel();
+    /// assert_eq!(child.value::<Locale>(), Some(&Locale("fr")));
+    /// assert_eq!(child.value::<u32>(), None);
+    /// ```
+    #[inline]
+    pub fn value<T: 'static>(&self) -> Option<&T> {
+        let mut current = self;
+        while let Repr::Node(node) = current.0 {
+            // SAFETY: `self` keeps every ancestor alive for its lifetime
+            // (node invariant 2), so `node` lives as long as `&self`.
+            if let Some(value) = unsafe { value_of::<T>(node) } {
+                return Some(value);
+            }
+            // SAFETY: as above.
+            current = unsafe { node.as_ref() }.parent();
+        }
+        None
+    }
+
+    /// How many cancellable contexts are registered with this context's
+    /// nearest cancellable ancestor-or-self for cancellation: derived, not
+    /// yet cancelled and not yet dropped. Zero for contexts that can never
+    /// be done, and once this context is done. A diagnostic (exact when no
+    /// other thread is deriving or dropping under it), the observable behind
+    /// Go's `TestCancelRemoves`.
+    ///
+    /// ```
+    /// let (parent, cancel) = goctx::Context::background().with_cancel();
+    /// let (child, child_cancel) = parent.with_cancel();
+    /// assert_eq!(parent.registered_children(), 1);
+    /// child_cancel.cancel();
+    /// assert_eq!(parent.registered_children(), 0);
+    /// drop((child, cancel));
+    /// ```
+    pub fn registered_children(&self) -> usize {
+        self.anchor().map_or(0, CancelNode::registered_children)
+    }
+
+    /// Children entries still physically linked under this context's
+    /// nearest cancellable ancestor-or-self, including dropped or cancelled
+    /// ones awaiting amortised unlinking. Bounded by a constant factor of
+    /// [`registered_children`](Context::registered_children) plus a small
+    /// constant; a diagnostic for memory under churn.
+    ///
+    /// ```
+    /// let (parent, _cancel) = goctx::Context::background().with_cancel();
+    /// for _ in 0..1000 {
+    ///     drop(parent.with_cancel());
+    /// }
+    /// assert!(parent.linked_children() < 100);
+    /// ```
+    pub fn linked_children(&self) -> usize {
+        self.anchor().map_or(0, CancelNode::linked_children)
+    }
+
+    /// The nearest cancellable node (this one or an ancestor), if any.
+    #[inline]
+    fn anchor(&self) -> Option<&CancelNode> {
+        match self.0 {
+            Repr::Node(node) => {
+                // SAFETY: our handle keeps the node alive, and its anchor
+                // (node invariant 4).
+                unsafe { node.as_ref() }.anchor()
+            }
+            _ => None,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn anchor_ptr(&self) -> *const CancelNode {
+        self.anchor()
+            .map_or(ptr::null(), |a| a as *const CancelNode)
+    }
+
+    /// Gives up this context's handle to the caller: `None` for roots.
+    pub(crate) fn into_node(self) -> Option<NonNull<Node>> {
+        let this = ManuallyDrop::new(self);
+        match this.0 {
+            Repr::Node(node) => Some(node),
+            _ => None,
+        }
+    }
+
+    /// Go's `String()` segments, root first, built iteratively.
+    fn name_segments(&self) -> Vec<String> {
+        let mut segments = Vec::new();
+        let mut current = self;
+        loop {
+            match current.0 {
+                Repr::Background => segments.push("context.Background".to_owned()),
+                Repr::Todo => segments.push("context.TODO".to_owned()),
+                Repr::Node(node) => {
+                    // SAFETY: alive while `self` is (node invariant 2).
+                    let header = unsafe { node.as_ref() };
+                    segments.push(match header.kind {
+                        Kind::Cancel => ".WithCancel".to_owned(),
+                        Kind::WithoutCancel => ".WithoutCancel".to_owned(),
+                        Kind::Value { vtable, .. } => {
+                            format!(".WithValue({})", (vtable.type_name)())
+                        }
+                    });
+                    current = header.parent();
+                    continue;
+                }
+            }
+            break;
+        }
+        segments.reverse();
+        segments
+    }
+}
+
+impl Clone for Context {
+    #[inline]
+    fn clone(&self) -> Context {
+        if let Repr::Node(node) = self.0 {
+            // SAFETY: our handle keeps the node alive.
+            unsafe { node.as_ref() }.acquire();
+        }
+        Context(match self.0 {
+            Repr::Background => Repr::Background,
+            Repr::Todo => Repr::Todo,
+            Repr::Node(node) => Repr::Node(node),
+        })
+    }
+}
+
+impl Drop for Context {
+    #[inline]
+    fn drop(&mut self) {
+        if let Repr::Node(node) = self.0 {
+            // SAFETY: we own one handle and give it up.
+            unsafe { Node::release(node) };
+        }
+    }
+}
+
+impl Default for Context {
+    /// [`Context::background`].
+    fn default() -> Context {
+        Context::background()
+    }
+}
+
+impl fmt::Display for Context {
+    /// Go's `String()`: `context.Background.WithCancel.WithValue(my::Key)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for segment in self.name_segments() {
+            f.write_str(&segment)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("name", &format_args!("{self}"))
+            .field("err", &self.err())
+            .finish()
+    }
+}

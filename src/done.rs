@@ -1,0 +1,217 @@
+//! `Done`: the handle `ctx.done()` returns — Go's `<-ctx.Done()` for threads
+//! (blocking waits that park) and for any async runtime (a `Future`).
+
+use core::fmt;
+use core::future::Future;
+use core::pin::Pin;
+use core::ptr::NonNull;
+use core::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use crate::cancel::CancelNode;
+use crate::node::Node;
+use crate::primitive::thread;
+use crate::waiters::{TaskWaiter, park_on};
+
+/// Waits for a context to be done: Go's `ctx.Done()` channel.
+///
+/// Holds the context's cancellable node alive (not the whole context). A
+/// `Done` of a context that can never be done (`background()`, `todo()`,
+/// `without_cancel()` and their value children) never completes.
+///
+/// * [`wait`](Done::wait) parks the calling thread until done;
+/// * [`wait_timeout`](Done::wait_timeout) / [`wait_deadline`](Done::wait_deadline)
+///   give up at a limit and return whether the context is done;
+/// * `.await` resolves when done, on any executor.
+///
+/// Untimed blocking waits allocate nothing once the thread has waited
+/// before; an awaited `Done` allocates one waiter entry on its first pending
+/// poll. A timed-out wait or a dropped future withdraws its entry.
+///
+/// ```
+/// use goctx::Context;
+/// use std::time::Duration;
+///
+/// let (ctx, cancel) = Context::background().with_cancel();
+/// let done = ctx.done();
+/// assert!(!done.wait_timeout(Duration::from_millis(1)));
+/// std::thread::spawn(move || cancel.cancel());
+/// done.wait();
+/// assert!(done.is_done());
+/// ```
+pub struct Done {
+    anchor: Option<NonNull<CancelNode>>,
+    task: Option<TaskWaiter>,
+}
+
+// SAFETY: `anchor` is a counted handle on a `Sync` node; `task` is `Send`.
+unsafe impl Send for Done {}
+// SAFETY: no `&self` method touches `task`; the node is `Sync`.
+unsafe impl Sync for Done {}
+
+impl Done {
+    /// A `Done` holding one handle on `anchor` (taken by the caller), or a
+    /// `Done` that never completes.
+    pub(crate) fn new(anchor: Option<NonNull<CancelNode>>) -> Done {
+        Done { anchor, task: None }
+    }
+
+    #[inline]
+    fn node(&self) -> Option<&CancelNode> {
+        // SAFETY: our handle keeps the node alive.
+        self.anchor.map(|node| unsafe { &*node.as_ptr() })
+    }
+
+    /// Whether the context is done (one atomic load).
+    ///
+    /// ```
+    /// let (ctx, cancel) = goctx::Context::background().with_cancel();
+    /// let done = ctx.done();
+    /// assert!(!done.is_done());
+    /// cancel.cancel();
+    /// assert!(done.is_done());
+    /// ```
+    #[inline]
+    pub fn is_done(&self) -> bool {
+        self.node().is_some_and(CancelNode::is_done)
+    }
+
+    /// Parks the calling thread until the context is done. On a context that
+    /// can never be done this blocks forever (as receiving from Go's nil
+    /// `Done` channel does).
+    ///
+    /// ```
+    /// let (ctx, cancel) = goctx::Context::background().with_cancel();
+    /// let t = std::thread::spawn(move || cancel.cancel());
+    /// ctx.done().wait();
+    /// t.join().unwrap();
+    /// ```
+    pub fn wait(&self) {
+        match self.node() {
+            None => loop {
+                thread::park();
+            },
+            Some(node) => {
+                while !node.is_done() {
+                    park_on(&node.waiters, None);
+                }
+            }
+        }
+    }
+
+    /// Waits until the context is done or `timeout` has passed; returns
+    /// whether it is done. `Duration::MAX` (or any timeout too large to add
+    /// to now) waits forever.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let ctx = goctx::Context::background();
+    /// assert!(!ctx.done().wait_timeout(Duration::from_millis(2)));
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.wait_deadline(deadline),
+            None => {
+                self.wait();
+                true
+            }
+        }
+    }
+
+    /// Waits until the context is done or `deadline` is reached; returns
+    /// whether it is done.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let (ctx, cancel) = goctx::Context::background().with_cancel();
+    /// cancel.cancel();
+    /// assert!(ctx.done().wait_deadline(Instant::now() + Duration::from_secs(60)));
+    /// ```
+    pub fn wait_deadline(&self, deadline: Instant) -> bool {
+        match self.node() {
+            None => loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    return false;
+                }
+                thread::park_timeout(deadline - now);
+            },
+            Some(node) => {
+                while !node.is_done() {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    park_on(&node.waiters, Some(deadline));
+                }
+                true
+            }
+        }
+    }
+}
+
+impl Future for Done {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let Some(anchor) = this.anchor else {
+            return Poll::Pending;
+        };
+        // SAFETY: our handle keeps the node alive.
+        let node = unsafe { anchor.as_ref() };
+        if node.is_done() {
+            if let Some(task) = this.task.take() {
+                task.finish();
+            }
+            return Poll::Ready(());
+        }
+        let poll = match &mut this.task {
+            None => match TaskWaiter::register(&node.waiters, cx.waker()) {
+                Ok(task) => {
+                    this.task = Some(task);
+                    Poll::Pending
+                }
+                Err(()) => Poll::Ready(()),
+            },
+            Some(task) => task.poll(cx),
+        };
+        if poll.is_ready() {
+            if let Some(task) = this.task.take() {
+                task.finish();
+            }
+        }
+        poll
+    }
+}
+
+impl Clone for Done {
+    fn clone(&self) -> Done {
+        if let Some(node) = self.node() {
+            node.node.acquire();
+        }
+        Done::new(self.anchor)
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(anchor) = self.anchor {
+            if let Some(task) = self.task.take() {
+                // SAFETY: registered on this node's waiter list; our handle
+                // keeps it alive.
+                unsafe { task.cancel(&anchor.as_ref().waiters) };
+            }
+            // SAFETY: we own one handle.
+            unsafe { Node::release(anchor.cast()) };
+        }
+    }
+}
+
+impl fmt::Debug for Done {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Done")
+            .field("cancellable", &self.anchor.is_some())
+            .field("done", &self.is_done())
+            .finish()
+    }
+}

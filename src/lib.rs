@@ -1,0 +1,119 @@
+//! Go's `context` package for Rust, built as a lock-free concurrency
+//! primitive: cancellation trees, request-scoped values, cancel causes, and
+//! waiting from plain threads (parking) or any async runtime (`Done` is a
+//! `Future`).
+//!
+//! # Go to Rust
+//!
+//! | Go                              | goctx                                   |
+//! |---------------------------------|-----------------------------------------|
+//! | `context.Background()`          | [`Context::background()`]               |
+//! | `context.TODO()`                | [`Context::todo()`]                     |
+//! | `WithCancel(p)`                 | [`p.with_cancel()`](Context::with_cancel) |
+//! | `WithCancelCause(p)`            | [`p.with_cancel_cause()`](Context::with_cancel_cause) |
+//! | `WithValue(p, k, v)`            | [`p.with_value(v)`](Context::with_value) (the key is `v`'s type) |
+//! | `WithoutCancel(p)`              | [`p.without_cancel()`](Context::without_cancel) |
+//! | `ctx.Done()`                    | [`ctx.done()`](Context::done) → [`Done`] |
+//! | `<-ctx.Done()`                  | `ctx.done().wait()` or `ctx.done().await` |
+//! | `select` with a timer           | [`Done::wait_timeout`], [`Done::wait_deadline`] |
+//! | `ctx.Err()`                     | [`ctx.err()`](Context::err) → `Option<`[`Error`]`>` |
+//! | `ctx.Err() != nil`              | [`ctx.is_done()`](Context::is_done)     |
+//! | `ctx.Value(k)`                  | [`ctx.value::<T>()`](Context::value)    |
+//! | `context.Cause(ctx)`            | [`ctx.cause()`](Context::cause) → `Option<`[`Cause`]`>` |
+//! | `cancel()` / `defer cancel()`   | [`CancelFunc::cancel`] / [`CancelFunc::guard`] |
+//! | `cancel(cause)`                 | [`CancelCauseFunc::cancel`]             |
+//! | `context.Canceled`              | [`Error::Canceled`]                     |
+//! | `context.DeadlineExceeded`      | [`Error::DeadlineExceeded`]             |
+//!
+//! Deadlines, timeouts and `AfterFunc` are not implemented yet
+//! ([`Context::deadline`] is always `None`).
+//!
+//! # Threads
+//!
+//! ```
+//! use goctx::{Context, Error};
+//! use std::time::Duration;
+//!
+//! let (root, shutdown) = Context::background().with_cancel();
+//! let workers: Vec<_> = (0..4)
+//!     .map(|i| {
+//!         let (ctx, _cancel) = root.with_cancel();
+//!         std::thread::spawn(move || {
+//!             let mut served = 0;
+//!             // Serve until the tree is cancelled.
+//!             while !ctx.done().wait_timeout(Duration::from_micros(100)) {
+//!                 served += 1;
+//!             }
+//!             (i, served, ctx.err())
+//!         })
+//!     })
+//!     .collect();
+//! std::thread::sleep(Duration::from_millis(5));
+//! shutdown.cancel();
+//! for worker in workers {
+//!     let (_, _, err) = worker.join().unwrap();
+//!     assert_eq!(err, Some(Error::Canceled));
+//! }
+//! ```
+//!
+//! # Async
+//!
+//! `Done` is a `Future` that works on any executor:
+//!
+//! ```
+//! use goctx::Context;
+//!
+//! # tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap().block_on(async {
+//! let (ctx, cancel) = Context::background().with_cancel();
+//! let task = tokio::spawn({
+//!     let ctx = ctx.clone();
+//!     async move {
+//!         ctx.done().await;
+//!         ctx.err()
+//!     }
+//! });
+//! cancel.cancel();
+//! assert_eq!(task.await.unwrap(), Some(goctx::Error::Canceled));
+//! # });
+//! ```
+//!
+//! # Cost model
+//!
+//! * `is_done()`, `err()`: one Acquire load of the nearest cancellable
+//!   node's state word. `cause()`: the same plus a clone of the cause.
+//! * `background()`, `todo()`, `clone()` of a root: no allocation. Each
+//!   derived context: one allocation (registration with the parent
+//!   included). `cancel()`: no allocation; it wakes every waiter of the
+//!   subtree before returning.
+//! * Nothing on the paths that derive, cancel, check, wait on or drop a
+//!   context takes a lock: see [`docs::internals`] for the design, its
+//!   state table, invariants, orderings and memory reclamation.
+//!
+//! # Differences from Go
+//!
+//! * Dropping a [`CancelFunc`] does not cancel, and a context needs no
+//!   `cancel()` to be freed: dropping every handle frees it, its registration
+//!   with its parent and its waiters. Use [`CancelFunc::guard`] for Go's
+//!   `defer cancel()`.
+//! * Values are keyed by type (`value::<T>()`), so a newtype is the key.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod cancel;
+mod context;
+mod done;
+mod error;
+mod list;
+mod node;
+mod primitive;
+mod state;
+mod value;
+mod waiters;
+
+pub mod docs;
+
+pub use cancel::{CancelCauseFunc, CancelFunc, CancelGuard};
+pub use context::Context;
+pub use done::Done;
+pub use error::{Cause, Error};

@@ -1,0 +1,174 @@
+//! The header every derived context starts with, handle counting, and the
+//! iterative release that frees a context once nothing refers to it.
+//!
+//! A derived context is one heap allocation: a `#[repr(C)]` struct whose
+//! first field is a [`Node`]. `Context`, `Done` and the cancel handles hold
+//! *handles* (counted in `Node::handles`, like `Arc`'s strong count). A child
+//! holds one handle on its parent, through its `parent` field.
+//!
+//! # Invariants
+//!
+//! 1. A node is *released* exactly once, by whoever drops its last handle;
+//!    nothing can take a handle on a released node (handles are only ever
+//!    cloned from a live one).
+//! 2. `parent` is moved out exactly once, at release, and dropped after the
+//!    node's own teardown — so a node's ancestors outlive it, and every
+//!    pointer a node keeps into its ancestors (`anchor`, a borrowed cause,
+//!    the list it is registered in) is valid while it is not released.
+//! 3. Releasing walks up the chain in a loop, never recursing: a chain a
+//!    million deep drops in constant stack.
+//! 4. `anchor` is the nearest cancellable node on the path to the root
+//!    (itself for a cancellable node), or null when the context can never be
+//!    done. It never changes after construction.
+
+use core::any::TypeId;
+use core::mem::ManuallyDrop;
+use core::ptr::{self, NonNull};
+
+use crate::cancel::CancelNode;
+use crate::context::Context;
+use crate::primitive::atomic::{AtomicUsize, Ordering, fence};
+
+/// What kind of context a node is.
+pub(crate) enum Kind {
+    /// A [`CancelNode`]: `with_cancel`, `with_cancel_cause`.
+    Cancel,
+    /// A bare `Node`: `without_cancel`.
+    WithoutCancel,
+    /// A `ValueNode<T>` for the `T` with this `TypeId`.
+    Value {
+        type_id: TypeId,
+        vtable: &'static ValueVtable,
+    },
+}
+
+/// The per-`T` operations of a value node.
+pub(crate) struct ValueVtable {
+    pub(crate) type_name: fn() -> &'static str,
+    /// Drops the value and frees the node.
+    pub(crate) free: unsafe fn(NonNull<Node>),
+}
+
+/// The header of every derived context.
+#[repr(C)]
+pub(crate) struct Node {
+    handles: AtomicUsize,
+    pub(crate) kind: Kind,
+    /// Taken at release (invariant 2); never dropped in place.
+    parent: ManuallyDrop<Context>,
+    /// Invariant 4.
+    pub(crate) anchor: *const CancelNode,
+}
+
+/// Handle counts above this abort, as `Arc` does, rather than overflow.
+const MAX_HANDLES: usize = isize::MAX as usize;
+
+impl Node {
+    /// A header with `handles` handles.
+    pub(crate) fn new(
+        handles: usize,
+        kind: Kind,
+        parent: Context,
+        anchor: *const CancelNode,
+    ) -> Node {
+        Node {
+            handles: AtomicUsize::new(handles),
+            kind,
+            parent: ManuallyDrop::new(parent),
+            anchor,
+        }
+    }
+
+    /// The context this one was derived from.
+    #[inline]
+    pub(crate) fn parent(&self) -> &Context {
+        &self.parent
+    }
+
+    /// The nearest cancellable node, if any.
+    #[inline]
+    pub(crate) fn anchor(&self) -> Option<&CancelNode> {
+        // SAFETY: invariant 4 and 2 — the anchor is this node or an ancestor,
+        // alive while this node is.
+        unsafe { self.anchor.as_ref() }
+    }
+
+    /// Takes one more handle.
+    #[inline]
+    pub(crate) fn acquire(&self) {
+        // Ordering: Relaxed — a new handle is made from an existing one, so
+        // the node is already visible to this thread (as `Arc::clone`).
+        let old = self.handles.fetch_add(1, Ordering::Relaxed);
+        if old > MAX_HANDLES {
+            std::process::abort();
+        }
+    }
+
+    /// Drops one handle; releases the node when it was the last.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns a handle on `this` and gives it up.
+    #[inline]
+    pub(crate) unsafe fn release(this: NonNull<Node>) {
+        // SAFETY: the caller's handle keeps the node alive.
+        // Ordering: Release — every use of the node through this handle
+        // happens before the release; pairs with the Acquire fence below.
+        if unsafe { this.as_ref() }
+            .handles
+            .fetch_sub(1, Ordering::Release)
+            == 1
+        {
+            // SAFETY: that was the last handle.
+            unsafe { release_slow(this) };
+        }
+    }
+}
+
+/// Tears down `this` and then its ancestors whose last handle it held.
+///
+/// # Safety
+///
+/// `this` is alive and its handle count just reached zero.
+#[cold]
+unsafe fn release_slow(mut this: NonNull<Node>) {
+    loop {
+        // Ordering: Acquire — pairs with the Release decrements of every
+        // other handle, so their uses happen before the teardown.
+        fence(Ordering::Acquire);
+        // SAFETY: no handle is left (invariant 1): we have the node to
+        // ourselves, and `parent` is moved out exactly once (invariant 2).
+        let parent = unsafe { ManuallyDrop::into_inner(ptr::read(&this.as_ref().parent)) };
+        // SAFETY: as above; `kind` says which struct the header starts.
+        unsafe {
+            match this.as_ref().kind {
+                Kind::Cancel => CancelNode::retire(this.cast()),
+                Kind::WithoutCancel => drop(Box::from_raw(this.as_ptr())),
+                Kind::Value { vtable, .. } => (vtable.free)(this),
+            }
+        }
+        // Drop the parent handle without recursing (invariant 3).
+        match parent.into_node() {
+            None => return,
+            Some(next) => {
+                // SAFETY: `into_node` handed us the parent's handle.
+                // Ordering: Release — as in `Node::release`.
+                if unsafe { next.as_ref() }
+                    .handles
+                    .fetch_sub(1, Ordering::Release)
+                    != 1
+                {
+                    return;
+                }
+                this = next;
+            }
+        }
+    }
+}
+
+/// Allocates a `without_cancel()` node: a bare header with no anchor.
+pub(crate) fn new_without_cancel(parent: Context) -> NonNull<Node> {
+    let node = Box::new(Node::new(1, Kind::WithoutCancel, parent, ptr::null()));
+    // SAFETY: `Box::into_raw` never returns null.
+    unsafe { NonNull::new_unchecked(Box::into_raw(node)) }
+}

@@ -1,0 +1,64 @@
+//! The one place that names std or loom primitives.
+//!
+//! Every atomic, `UnsafeCell`, thread handle and thread-local the crate uses
+//! comes from here, so that under `--cfg loom` the model checker sees every
+//! shared access. Nothing else in the crate imports `core::sync::atomic`.
+//!
+//! The std half mirrors loom's API shapes (`UnsafeCell::with`/`with_mut`,
+//! `park_timeout` as a free function), so the rest of the crate is written
+//! once.
+
+#[cfg(not(loom))]
+mod imp {
+    pub(crate) mod atomic {
+        pub(crate) use core::sync::atomic::{AtomicUsize, Ordering, fence};
+    }
+
+    pub(crate) mod thread {
+        pub(crate) use std::thread::{Thread, current, park, park_timeout};
+    }
+
+    pub(crate) use std::thread_local;
+
+    /// `core::cell::UnsafeCell` with loom's closure-based accessors.
+    #[derive(Debug)]
+    pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
+
+    impl<T> UnsafeCell<T> {
+        pub(crate) const fn new(value: T) -> Self {
+            Self(core::cell::UnsafeCell::new(value))
+        }
+
+        #[inline]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0.get())
+        }
+
+        #[inline]
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+    }
+}
+
+#[cfg(loom)]
+mod imp {
+    pub(crate) mod atomic {
+        pub(crate) use loom::sync::atomic::{AtomicUsize, Ordering, fence};
+    }
+
+    pub(crate) mod thread {
+        pub(crate) use loom::thread::{Thread, current, park};
+
+        /// loom has no timed park; a timed wait in a model parks until
+        /// unparked, which is exactly the schedule loom explores.
+        pub(crate) fn park_timeout(_timeout: std::time::Duration) {
+            park();
+        }
+    }
+
+    pub(crate) use loom::cell::UnsafeCell;
+    pub(crate) use loom::thread_local;
+}
+
+pub(crate) use imp::*;

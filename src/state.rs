@@ -1,0 +1,197 @@
+//! The cancellation state word: bit constants and pure encode/decode.
+//!
+//! Every cancellable node owns one `usize` that holds its whole cancellation
+//! state. It is written exactly once (by the single compare-and-swap that
+//! decides which cancellation wins) and read with one Acquire load by
+//! `is_done()`, `err()` and `cause()`.
+//!
+//! # Layout
+//!
+//! ```text
+//!  63                                   4   3         2       1          0
+//! +--------------------------------------+-----------+-------+----------+------+
+//! | cause pointer (*const CauseBox) >> 4 | CAUSE_DL  | OWNED | DEADLINE | DONE |
+//! +--------------------------------------+-----------+-------+----------+------+
+//! ```
+//!
+//! # State table
+//!
+//! | word                          | `is_done` | `err()`            | `cause()`                      |
+//! |-------------------------------|-----------|--------------------|--------------------------------|
+//! | `0`                           | false     | `None`             | `None`                         |
+//! | `DONE`                        | true      | `Canceled`         | `Canceled`                     |
+//! | `DONE\|CAUSE_DL`              | true      | `Canceled`         | `DeadlineExceeded`             |
+//! | `DONE\|DEADLINE\|CAUSE_DL`    | true      | `DeadlineExceeded` | `DeadlineExceeded`             |
+//! | `DONE\|DEADLINE`              | true      | `DeadlineExceeded` | `Canceled`                     |
+//! | `ptr\|DONE[\|DEADLINE]\|OWNED`| true      | per `DEADLINE`     | `*ptr`, freed with this node   |
+//! | `ptr\|DONE[\|DEADLINE]`       | true      | per `DEADLINE`     | `*ptr`, owned by an ancestor   |
+//!
+//! `CAUSE_DL` is only meaningful when the pointer is null. The only
+//! transition is `0 → done`; a done word never changes again (it is cleared
+//! only by the node's own destructor, which frees an `OWNED` pointer).
+//!
+//! A *borrowed* pointer (no `OWNED`) always points into the `CauseBox` owned
+//! by an ancestor of this node. Every node keeps its parent alive until the
+//! node itself is released, so the box outlives every node that borrows it.
+
+use crate::error::{Cause, Error};
+
+/// Set in every done word.
+pub(crate) const DONE: usize = 0b0001;
+/// The error is `DeadlineExceeded` (else `Canceled`).
+pub(crate) const DEADLINE: usize = 0b0010;
+/// The cause pointer is owned by this node and freed with it.
+pub(crate) const OWNED: usize = 0b0100;
+/// With a null pointer: the cause is `DeadlineExceeded` (else `Canceled`).
+pub(crate) const CAUSE_DL: usize = 0b1000;
+const TAG_MASK: usize = 0b1111;
+
+/// A cause on the heap, aligned so that its address leaves the four tag bits
+/// of the state word free.
+#[repr(align(16))]
+pub(crate) struct CauseBox(pub(crate) Cause);
+
+#[inline]
+pub(crate) const fn is_done(word: usize) -> bool {
+    word & DONE != 0
+}
+
+/// The error a done word carries; `None` for the active word.
+#[inline]
+pub(crate) const fn err(word: usize) -> Option<Error> {
+    if word & DONE == 0 {
+        None
+    } else if word & DEADLINE != 0 {
+        Some(Error::DeadlineExceeded)
+    } else {
+        Some(Error::Canceled)
+    }
+}
+
+/// The cause pointer of a word, null for inline causes and the active word.
+#[inline]
+pub(crate) fn cause_ptr(word: usize) -> *const CauseBox {
+    (word & !TAG_MASK) as *const CauseBox
+}
+
+/// Whether this word owns its cause box.
+#[inline]
+pub(crate) const fn owns_cause(word: usize) -> bool {
+    word & OWNED != 0
+}
+
+/// Decodes the cause of a done word.
+///
+/// # Safety
+///
+/// If the word carries a cause pointer, that `CauseBox` must be alive for the
+/// duration of the call (it is, for any word loaded from a node that the
+/// caller keeps alive: see the module docs).
+#[inline]
+pub(crate) unsafe fn cause(word: usize) -> Option<Cause> {
+    if word & DONE == 0 {
+        return None;
+    }
+    let ptr = cause_ptr(word);
+    if ptr.is_null() {
+        let e = if word & CAUSE_DL != 0 {
+            Error::DeadlineExceeded
+        } else {
+            Error::Canceled
+        };
+        Some(Cause::from(e))
+    } else {
+        // SAFETY: the caller guarantees the box is alive; it is never
+        // mutated after publication.
+        Some(unsafe { (*ptr).0.clone() })
+    }
+}
+
+/// What a cancellation wants to write: the error and the cause, before it is
+/// known whether it wins.
+pub(crate) enum Pending {
+    /// An inline word (no allocation).
+    Inline(usize),
+    /// A freshly boxed custom cause, owned by the node if the CAS wins.
+    Boxed(Box<CauseBox>, Error),
+}
+
+impl Pending {
+    /// Builds the word for a cancellation with `error` and an optional cause
+    /// (the error itself when `None`). Plain `Error` causes stay inline.
+    pub(crate) fn new(error: Error, cause: Option<Cause>) -> Pending {
+        let err_bits = DONE
+            | match error {
+                Error::Canceled => 0,
+                Error::DeadlineExceeded => DEADLINE,
+            };
+        let plain = match &cause {
+            None => Some(error),
+            Some(c) => c.as_context_error(),
+        };
+        match plain {
+            Some(Error::Canceled) => Pending::Inline(err_bits),
+            Some(Error::DeadlineExceeded) => Pending::Inline(err_bits | CAUSE_DL),
+            None => Pending::Boxed(Box::new(CauseBox(cause.expect("custom cause"))), error),
+        }
+    }
+}
+
+/// The word a node adopts when an ancestor whose word is `ancestor` cancels
+/// it: same error and cause, the pointer (if any) borrowed.
+#[inline]
+pub(crate) const fn inherit(ancestor: usize) -> usize {
+    ancestor & !OWNED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_rows_decode() {
+        assert_eq!(err(0), None);
+        assert!(!is_done(0));
+        let rows = [
+            (DONE, Error::Canceled, Error::Canceled),
+            (DONE | CAUSE_DL, Error::Canceled, Error::DeadlineExceeded),
+            (
+                DONE | DEADLINE | CAUSE_DL,
+                Error::DeadlineExceeded,
+                Error::DeadlineExceeded,
+            ),
+            (DONE | DEADLINE, Error::DeadlineExceeded, Error::Canceled),
+        ];
+        for (word, e, c) in rows {
+            assert!(is_done(word));
+            assert_eq!(err(word), Some(e));
+            // SAFETY: inline words carry no pointer.
+            let cause = unsafe { cause(word) }.unwrap();
+            assert_eq!(cause.downcast_ref::<Error>(), Some(&c));
+        }
+    }
+
+    #[test]
+    fn pending_inline_for_plain_errors() {
+        assert!(matches!(Pending::new(Error::Canceled, None), Pending::Inline(w) if w == DONE));
+        assert!(matches!(
+            Pending::new(Error::DeadlineExceeded, None),
+            Pending::Inline(w) if w == DONE | DEADLINE | CAUSE_DL
+        ));
+        assert!(matches!(
+            Pending::new(Error::Canceled, Some(Error::DeadlineExceeded.into())),
+            Pending::Inline(w) if w == DONE | CAUSE_DL
+        ));
+        assert!(matches!(
+            Pending::new(Error::Canceled, Some(Cause::new(std::fmt::Error))),
+            Pending::Boxed(_, Error::Canceled)
+        ));
+    }
+
+    #[test]
+    fn inherit_drops_ownership_only() {
+        let w = 0x1000 | DONE | OWNED | DEADLINE;
+        assert_eq!(inherit(w), 0x1000 | DONE | DEADLINE);
+        assert_eq!(cause_ptr(w) as usize, 0x1000);
+    }
+}

@@ -1,0 +1,364 @@
+//! The waiter set: parked threads and task wakers waiting on a node's `Done`.
+//!
+//! A [`Waiter`] is a heap entry linked into its node's `List<Waiter>` (see
+//! [`crate::list`]). Cancellation closes the list — one swap takes the whole
+//! set — and notifies every entry that has not given up.
+//!
+//! * **Blocking waits** use a per-thread cached entry: once a thread has
+//!   waited, later untimed waits reuse it and allocate nothing. The entry is
+//!   reused only when no list holds a reference to it any more.
+//! * **Async waits** (`Done` as a `Future`) allocate one entry on their first
+//!   pending poll and keep it for the life of that `Done`.
+//! * A waiter that gives up (a timed-out wait, a dropped future) removes its
+//!   entry logically; the list unlinks it later (amortised) and drops it.
+//!   A dropped future also drops its waker at once.
+//!
+//! # The entry's state word
+//!
+//! | bits      | meaning                                                     |
+//! |-----------|-------------------------------------------------------------|
+//! | `NOTIFIED`| the closer has notified this entry (set once, never cleared |
+//! |           | while shared)                                               |
+//! | `REGISTERING` | a poller or a withdrawing future owns the waker cell    |
+//! | `>> 2`    | reference count: the owner (thread cache or `Done`) + the list |
+//!
+//! # Invariants
+//!
+//! 1. `thread` never changes after creation; `waker` is accessed only by the
+//!    holder of the cell: a poller between setting and clearing
+//!    `REGISTERING` (and only if `NOTIFIED` was clear when it set it), or the
+//!    closer after setting `NOTIFIED` while `REGISTERING` was clear. The two
+//!    `fetch_or`s are totally ordered, so at most one holds it.
+//! 2. An entry is reused (blocking waits) only when its count is 1: no list
+//!    and no deferred release can touch it.
+//! 3. The closer notifies a thread entry and drops the list's reference in a
+//!    single `fetch_sub` when it may release immediately, so a thread that
+//!    sees `NOTIFIED` also sees its entry free for reuse: untimed waits on
+//!    the steady path allocate nothing.
+
+use core::ptr;
+use core::task::{Context as TaskContext, Poll, Waker};
+use std::time::Instant;
+
+use crossbeam_epoch::Guard;
+
+use crate::list::{Entry, Link, List, release_link_from};
+use crate::primitive::atomic::{AtomicUsize, Ordering};
+use crate::primitive::thread::{self, Thread};
+use crate::primitive::{UnsafeCell, thread_local};
+
+const NOTIFIED: usize = 0b01;
+const REGISTERING: usize = 0b10;
+const REF: usize = 0b100;
+
+/// One parked thread or task waiting on a node.
+pub(crate) struct Waiter {
+    link: Link,
+    state: AtomicUsize,
+    thread: Option<Thread>,
+    waker: UnsafeCell<Option<Waker>>,
+}
+
+// SAFETY: the entry's `Link`, state word and `UnsafeCell` are accessed under
+// the protocol of the module docs; `Thread` and `Waker` are `Send + Sync`.
+unsafe impl Entry for Waiter {
+    fn link(&self) -> &Link {
+        &self.link
+    }
+
+    unsafe fn release_link(this: *const Self) {
+        // SAFETY: forwarded from the caller (the list's reference).
+        unsafe { Waiter::release_ref(this) }
+    }
+}
+
+// SAFETY: see the `Entry` impl.
+unsafe impl Sync for Waiter {}
+// SAFETY: see the `Entry` impl.
+unsafe impl Send for Waiter {}
+
+/// The set of waiters of one cancellable node.
+pub(crate) type WaiterList = List<Waiter>;
+
+impl Waiter {
+    fn alloc(thread: Option<Thread>, waker: Option<Waker>) -> *const Waiter {
+        Box::into_raw(Box::new(Waiter {
+            link: Link::new(),
+            state: AtomicUsize::new(REF),
+            thread,
+            waker: UnsafeCell::new(waker),
+        }))
+    }
+
+    /// Drops one reference; frees the entry when it was the last.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns one reference on `this` and does not use it after.
+    unsafe fn release_ref(this: *const Waiter) {
+        // SAFETY: the caller's reference keeps the entry alive until here.
+        // Ordering: AcqRel — the last owner sees every other owner's writes
+        // before freeing (like `Arc`).
+        let prev = unsafe { (*this).state.fetch_sub(REF, Ordering::AcqRel) };
+        if prev / REF == 1 {
+            // SAFETY: that was the last reference; the entry came from
+            // `Box::into_raw` in `alloc`.
+            drop(unsafe { Box::from_raw(this as *mut Waiter) });
+        }
+    }
+
+    /// Notifies the entry and gives up the list's reference on it (now, or
+    /// through `guard` when a cleanup pass may still read the chain).
+    ///
+    /// # Safety
+    ///
+    /// The caller owns the list's reference on `this` (it froze the entry and
+    /// it had not been removed).
+    unsafe fn notify(this: *const Waiter, guard: Option<&Guard>) {
+        // SAFETY: the list reference keeps the entry alive until released.
+        let waiter = unsafe { &*this };
+        if let Some(thread) = &waiter.thread {
+            let thread = thread.clone();
+            if guard.is_none() {
+                // Set NOTIFIED and drop the list's reference at once
+                // (invariant 3). NOTIFIED is clear: only a closer sets it,
+                // and this entry is in one closed list.
+                // Ordering: AcqRel — Release publishes the done state to the
+                // waiter's Acquire load of `state`; Acquire for freeing.
+                let prev = waiter.state.fetch_sub(REF - NOTIFIED, Ordering::AcqRel);
+                if prev / REF == 1 {
+                    // SAFETY: the owner has already dropped its reference and
+                    // ours was the last one.
+                    drop(unsafe { Box::from_raw(this as *mut Waiter) });
+                }
+            } else {
+                // Ordering: Release — pairs with the waiter's Acquire load.
+                waiter.state.fetch_or(NOTIFIED, Ordering::Release);
+                // SAFETY: we own the list's reference.
+                unsafe { release_link_from(guard, this) };
+            }
+            thread.unpark();
+        } else {
+            // Ordering: AcqRel — totally ordered with the poller's
+            // `fetch_or(REGISTERING)` (invariant 1).
+            let prev = waiter.state.fetch_or(NOTIFIED, Ordering::AcqRel);
+            let waker = if prev & REGISTERING == 0 {
+                // SAFETY: invariant 1 — we hold the cell.
+                waiter.waker.with_mut(|cell| unsafe { (*cell).take() })
+            } else {
+                None
+            };
+            // SAFETY: we own the list's reference.
+            unsafe { release_link_from(guard, this) };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
+    #[inline]
+    fn is_notified(&self) -> bool {
+        // Ordering: Acquire — pairs with the closer's Release in `notify`.
+        self.state.load(Ordering::Acquire) & NOTIFIED != 0
+    }
+}
+
+/// Wakes every waiter of a node. Called once, by the cancellation that won
+/// the node's state word (or by its release, when no waiter can remain).
+pub(crate) fn wake_all(list: &WaiterList) {
+    let mut chain = list.close();
+    while let Some((waiter, removed)) = chain.next_entry() {
+        if removed {
+            // SAFETY: yielded by this chain; the waiter gave up, we only drop
+            // the list's reference.
+            unsafe { chain.release(waiter) };
+        } else {
+            // SAFETY: the chain gave us the list's reference on `waiter`.
+            unsafe { Waiter::notify(waiter, chain.guard()) };
+        }
+    }
+}
+
+/// The calling thread's reusable entry.
+struct LocalWaiter(core::cell::Cell<*const Waiter>);
+
+impl Drop for LocalWaiter {
+    fn drop(&mut self) {
+        let waiter = self.0.get();
+        if !waiter.is_null() {
+            // SAFETY: the cache owns one reference.
+            unsafe { Waiter::release_ref(waiter) };
+        }
+    }
+}
+
+// loom's `thread_local!` has no `const` initialisers.
+#[allow(clippy::missing_const_for_thread_local)]
+thread_local! {
+    static LOCAL: LocalWaiter = LocalWaiter(core::cell::Cell::new(ptr::null()));
+}
+
+/// Runs `f` with an entry owned by the calling thread, whose count is 1
+/// (reused when possible, invariant 2).
+fn with_thread_waiter<R>(f: impl FnOnce(*const Waiter) -> R) -> R {
+    let mut f = Some(f);
+    let reused = LOCAL.try_with(|local| {
+        let mut waiter = local.0.get();
+        // SAFETY: the cache owns a reference, so the entry is alive.
+        // Ordering: Acquire — pairs with the AcqRel release of the list's
+        // reference, so nobody else's accesses can still be pending.
+        let free =
+            !waiter.is_null() && unsafe { (*waiter).state.load(Ordering::Acquire) } / REF == 1;
+        if !free {
+            if !waiter.is_null() {
+                // SAFETY: the cache's reference; a list still holds another.
+                unsafe { Waiter::release_ref(waiter) };
+            }
+            waiter = Waiter::alloc(Some(thread::current()), None);
+            local.0.set(waiter);
+        }
+        // SAFETY: the count is 1 and that reference is ours: the entry is
+        // exclusively ours until we push it.
+        unsafe { (*waiter).state.store(REF, Ordering::Relaxed) };
+        (f.take().expect("called once"))(waiter)
+    });
+    match reused {
+        Ok(r) => r,
+        // The thread-local is being destroyed: use a one-off entry.
+        Err(_) => {
+            let waiter = Waiter::alloc(Some(thread::current()), None);
+            let r = (f.take().expect("called once"))(waiter);
+            // SAFETY: our reference.
+            unsafe { Waiter::release_ref(waiter) };
+            r
+        }
+    }
+}
+
+/// Blocks the calling thread until the list is closed by a cancellation or
+/// `deadline` passes. Returns true if it was notified (or found the list
+/// closed).
+pub(crate) fn park_on(list: &WaiterList, deadline: Option<Instant>) -> bool {
+    with_thread_waiter(|waiter| {
+        // SAFETY: exclusive until pushed (count 1, ours).
+        let entry = unsafe { &*waiter };
+        // The list's reference, counted before linking.
+        entry.state.store(2 * REF, Ordering::Relaxed);
+        // SAFETY: valid, not linked anywhere, kept alive by our reference
+        // and then by the list's.
+        if unsafe { list.push(waiter) }.is_err() {
+            entry.state.store(REF, Ordering::Relaxed);
+            return true;
+        }
+        loop {
+            if entry.is_notified() {
+                return true;
+            }
+            match deadline {
+                None => thread::park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    thread::park_timeout(deadline - now);
+                }
+            }
+        }
+        // Timed out: give up the entry. If a closer froze it first, it will
+        // be (or was) notified and the caller sees the node done.
+        // SAFETY: pushed onto this list, alive (our reference).
+        unsafe { list.remove(waiter) };
+        entry.is_notified()
+    })
+}
+
+/// The async half: one entry per `Done` future.
+#[derive(Debug)]
+pub(crate) struct TaskWaiter(*const Waiter);
+
+// SAFETY: the pointer is an owned reference on a `Sync` entry.
+unsafe impl Send for TaskWaiter {}
+// SAFETY: `TaskWaiter` has no `&self` methods that touch the entry.
+unsafe impl Sync for TaskWaiter {}
+
+impl TaskWaiter {
+    /// Registers a new entry with `waker`. `Err` means the list is closed
+    /// (the node is done).
+    pub(crate) fn register(list: &WaiterList, waker: &Waker) -> Result<TaskWaiter, ()> {
+        let waiter = Waiter::alloc(None, Some(waker.clone()));
+        // SAFETY: fresh entry, exclusively ours.
+        unsafe { (*waiter).state.store(2 * REF, Ordering::Relaxed) };
+        // SAFETY: valid and unlinked; kept alive by our reference and the
+        // list's.
+        match unsafe { list.push(waiter) } {
+            Ok(()) => Ok(TaskWaiter(waiter)),
+            Err(_) => {
+                // SAFETY: never linked: we hold both references.
+                drop(unsafe { Box::from_raw(waiter as *mut Waiter) });
+                Err(())
+            }
+        }
+    }
+
+    /// Re-polls: Ready once notified, otherwise stores the new waker.
+    pub(crate) fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        // SAFETY: our reference keeps the entry alive.
+        let entry = unsafe { &*self.0 };
+        if entry.is_notified() {
+            return Poll::Ready(());
+        }
+        // Ordering: AcqRel — invariant 1; Acquire sees a notification.
+        let prev = entry.state.fetch_or(REGISTERING, Ordering::AcqRel);
+        if prev & NOTIFIED != 0 {
+            return Poll::Ready(());
+        }
+        entry.waker.with_mut(|cell| {
+            // SAFETY: invariant 1 — we hold the cell until we clear
+            // REGISTERING.
+            let slot = unsafe { &mut *cell };
+            match slot {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                _ => *slot = Some(cx.waker().clone()),
+            }
+        });
+        // Ordering: AcqRel — Release hands the cell back; Acquire sees a
+        // closer that came while we held it (it did not take the waker).
+        let prev = entry.state.fetch_and(!REGISTERING, Ordering::AcqRel);
+        if prev & NOTIFIED != 0 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Gives the entry up: drops its waker now, removes it from `list`.
+    ///
+    /// # Safety
+    ///
+    /// `list` is the list this entry was registered on, and it is alive.
+    pub(crate) unsafe fn cancel(self, list: &WaiterList) {
+        let this = self.0;
+        // SAFETY: our reference keeps the entry alive.
+        let entry = unsafe { &*this };
+        // Ordering: AcqRel — invariant 1.
+        let prev = entry.state.fetch_or(REGISTERING, Ordering::AcqRel);
+        if prev & NOTIFIED == 0 {
+            // SAFETY: we hold the cell (invariant 1) and keep it: no closer
+            // will touch it, since REGISTERING stays set.
+            let waker = entry.waker.with_mut(|cell| unsafe { (*cell).take() });
+            drop(waker);
+            // SAFETY: registered on `list`, alive.
+            unsafe { list.remove(this) };
+        }
+        // SAFETY: our reference, given up.
+        unsafe { Waiter::release_ref(this) };
+    }
+
+    /// Drops the entry after it was notified (nothing left to withdraw).
+    pub(crate) fn finish(self) {
+        let this = self.0;
+        // SAFETY: our reference, given up.
+        unsafe { Waiter::release_ref(this) };
+    }
+}
