@@ -192,8 +192,13 @@ impl Drop for LocalWaiter {
     }
 }
 
+#[cfg(not(loom))]
+thread_local! {
+    static LOCAL: LocalWaiter = const { LocalWaiter(core::cell::Cell::new(ptr::null())) };
+}
+
 // loom's `thread_local!` has no `const` initialisers.
-#[allow(clippy::missing_const_for_thread_local)]
+#[cfg(loom)]
 thread_local! {
     static LOCAL: LocalWaiter = LocalWaiter(core::cell::Cell::new(ptr::null()));
 }
