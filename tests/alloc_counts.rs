@@ -1,0 +1,470 @@
+//! Exact allocation counts of the public API (lib.rs "Cost model", API.md
+//! "Types": roots allocate nothing, one allocation per derived context,
+//! `cancel()` allocates nothing, untimed waits allocate nothing once the
+//! thread has waited before).
+//!
+//! The counting allocator counts only allocations made by the thread that
+//! is inside [`count`], so tests running in parallel, helper threads and the
+//! test harness never disturb a measurement.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use goctx::{Context, Error};
+
+/// Counts allocations (including reallocations) of the current thread while
+/// its `ENABLED` flag is set.
+struct ThreadCounting;
+
+thread_local! {
+    static ENABLED: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note_alloc() {
+    // `const` thread-locals of `Cell<_>` (no destructor) never allocate or
+    // register anything; `try_with` keeps thread teardown safe anyway.
+    let _ = ENABLED.try_with(|enabled| {
+        if enabled.get() {
+            let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
+        }
+    });
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments; the
+// counting touches only `const` thread-locals and never allocates.
+unsafe impl GlobalAlloc for ThreadCounting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: forwarded from the caller.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: forwarded from the caller.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_alloc();
+        // SAFETY: forwarded from the caller.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded from the caller.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: ThreadCounting = ThreadCounting;
+
+/// Runs `f` and returns its result with the number of allocations the
+/// current thread made during it. The result is dropped by the caller,
+/// outside the counted region.
+fn count<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let before = ALLOCS.with(Cell::get);
+    ENABLED.with(|e| e.set(true));
+    let r = std::hint::black_box(f());
+    ENABLED.with(|e| e.set(false));
+    (r, ALLOCS.with(Cell::get) - before)
+}
+
+/// Asserts that `f` makes exactly `expected` allocations on this thread.
+#[track_caller]
+fn assert_allocs<R>(what: &str, expected: usize, f: impl FnOnce() -> R) -> R {
+    let (r, n) = count(f);
+    assert_eq!(n, expected, "{what}: {n} allocations, expected {expected}");
+    r
+}
+
+/// One-time per-thread costs that are not the operation under test:
+/// `std::thread::current()`, the thread's cached waiter entry, crossbeam-epoch's
+/// thread-local handle (registered on the first pin: a cleanup pass of a
+/// child list pins), and the library's own thread-locals.
+fn warm_up() {
+    let _ = thread::current();
+    // A derive/cancel/wait cycle with a blocking wait that really parks.
+    let (ctx, cancel) = Context::background().with_cancel();
+    let (child, _child_cancel) = ctx.with_cancel();
+    let canceller = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(2));
+        cancel.cancel();
+    });
+    child.done().wait();
+    canceller.join().unwrap();
+    assert!(child.is_done());
+    // A timed wait that times out, then an untimed one on a done context.
+    let (ctx, cancel) = Context::background().with_cancel();
+    assert!(!ctx.done().wait_timeout(Duration::from_micros(10)));
+    cancel.cancel();
+    ctx.done().wait();
+    // Enough dropped children to run a cleanup pass (which pins the epoch).
+    let (parent, _cancel) = Context::background().with_cancel();
+    for _ in 0..256 {
+        drop(parent.with_cancel());
+    }
+    assert_eq!(parent.registered_children(), 0);
+}
+
+#[derive(Debug, PartialEq)]
+struct RequestId(u64);
+
+#[derive(Debug, PartialEq)]
+struct Other(u32);
+
+#[test]
+fn roots_allocate_nothing() {
+    warm_up();
+    let bg = assert_allocs("background()", 0, Context::background);
+    let todo = assert_allocs("todo()", 0, Context::todo);
+    let default = assert_allocs("Context::default()", 0, Context::default);
+    assert_allocs("background().clone()", 0, || bg.clone());
+    assert_allocs("todo().clone()", 0, || todo.clone());
+    assert_allocs("root checks", 0, || {
+        assert!(!bg.is_done());
+        assert_eq!(todo.err(), None);
+        assert!(default.cause().is_none());
+        assert!(bg.value::<RequestId>().is_none());
+        let done = bg.done();
+        assert!(!done.is_done());
+        drop(done);
+        assert_eq!(bg.deadline(), None);
+    });
+    assert_allocs("dropping roots", 0, || drop((bg, todo, default)));
+}
+
+#[test]
+fn derivations_allocate_once() {
+    warm_up();
+    let bg = Context::background();
+
+    let (a, cancel_a) = assert_allocs("background().with_cancel()", 1, || bg.with_cancel());
+    let (b, cancel_b) = assert_allocs("with_cancel() on a cancellable parent", 1, || {
+        a.with_cancel()
+    });
+    assert_eq!(a.registered_children(), 1);
+    let (c, cancel_c) = assert_allocs("with_cancel_cause() on a cancellable parent", 1, || {
+        a.with_cancel_cause()
+    });
+    assert_eq!(a.registered_children(), 2);
+    let (d, _cancel_d) = assert_allocs("background().with_cancel_cause()", 1, || {
+        bg.with_cancel_cause()
+    });
+    let v = assert_allocs("with_value()", 1, || b.with_value(RequestId(7)));
+    let v_root = assert_allocs("background().with_value()", 1, || bg.with_value(Other(1)));
+    let w = assert_allocs("without_cancel()", 1, || v.without_cancel());
+    let w_root = assert_allocs("background().without_cancel()", 1, || bg.without_cancel());
+    let (under_value, _cancel_uv) =
+        assert_allocs("with_cancel() under a value", 1, || v.with_cancel());
+    assert_eq!(b.registered_children(), 1);
+    let (under_w, _cancel_uw) =
+        assert_allocs("with_cancel() under without_cancel", 1, || w.with_cancel());
+    assert_allocs("clone() of derived contexts and handles", 0, || {
+        (
+            a.clone(),
+            v.clone(),
+            w.clone(),
+            cancel_a.clone(),
+            cancel_c.clone(),
+        )
+    });
+
+    // Deriving from a parent that is already done: still one allocation.
+    cancel_b.cancel();
+    let (e, _cancel_e) = assert_allocs("with_cancel() on a done parent", 1, || b.with_cancel());
+    assert!(e.is_done());
+    cancel_c.cancel(Error::Canceled);
+    drop((a, c, d, v_root, w_root, under_value, under_w, e));
+}
+
+#[test]
+fn cancel_allocates_nothing() {
+    warm_up();
+    // A leaf.
+    let (leaf, cancel) = Context::background().with_cancel();
+    assert_allocs("cancel() of a leaf", 0, || cancel.cancel());
+    assert_allocs("second cancel() of a leaf", 0, || cancel.cancel());
+    assert_eq!(leaf.err(), Some(Error::Canceled));
+
+    // A registered leaf under a live parent.
+    let (parent, _parent_cancel) = Context::background().with_cancel();
+    let (child, child_cancel) = parent.with_cancel();
+    assert_allocs("cancel() of a registered child", 0, || {
+        child_cancel.cancel()
+    });
+    assert!(child.is_done());
+    assert!(!parent.is_done());
+    assert_eq!(parent.registered_children(), 0);
+
+    // CancelCauseFunc with a plain Error cause (stored inline).
+    let (ctx, cancel) = Context::background().with_cancel_cause();
+    let (below, _below_cancel) = ctx.with_cancel();
+    assert_allocs(
+        "CancelCauseFunc::cancel(Error::DeadlineExceeded)",
+        0,
+        || cancel.cancel(Error::DeadlineExceeded),
+    );
+    assert_eq!(ctx.err(), Some(Error::Canceled));
+    let cause = assert_allocs("cause() (inline Error)", 0, || below.cause());
+    assert_eq!(
+        cause.unwrap().downcast_ref::<Error>(),
+        Some(&Error::DeadlineExceeded)
+    );
+    assert_allocs("CancelCauseFunc::cancel(Error::Canceled) again", 0, || {
+        cancel.cancel(Error::Canceled)
+    });
+}
+
+#[test]
+fn cancel_of_a_tree_with_a_blocked_waiter_allocates_nothing() {
+    warm_up();
+    let (root, cancel) = Context::background().with_cancel();
+    let mut tree = Vec::new();
+    for i in 0..4 {
+        let (child, child_cancel) = root.with_cancel();
+        let child = if i % 2 == 0 {
+            child.with_value(RequestId(i))
+        } else {
+            child
+        };
+        for _ in 0..3 {
+            let (grandchild, grandchild_cancel) = child.with_cancel();
+            tree.push((grandchild, Some(grandchild_cancel)));
+        }
+        tree.push((child, Some(child_cancel)));
+    }
+    // A detached branch that must stay running.
+    let detached = root.without_cancel();
+    let (detached_child, _detached_cancel) = detached.with_cancel();
+    assert_eq!(root.registered_children(), 4);
+
+    // Blocked waiters: on the root, on a grandchild, and an async-free
+    // timed wait that would run for a minute.
+    let start = Arc::new(Barrier::new(4));
+    let waiters: Vec<_> = [root.done(), tree[0].0.done(), tree[tree.len() - 1].0.done()]
+        .into_iter()
+        .enumerate()
+        .map(|(i, done)| {
+            let start = Arc::clone(&start);
+            thread::spawn(move || {
+                start.wait();
+                if i == 2 {
+                    assert!(done.wait_timeout(Duration::from_secs(60)));
+                } else {
+                    done.wait();
+                }
+            })
+        })
+        .collect();
+    start.wait();
+    // Give the waiters time to park (the count is the canceller's either
+    // way; this makes `cancel()` take the wake-up path).
+    thread::sleep(Duration::from_millis(50));
+
+    assert_allocs("cancel() of a tree with blocked waiters", 0, || {
+        cancel.cancel()
+    });
+    // Every descendant is done when cancel() returns, and the waiters were
+    // woken.
+    for (ctx, _) in &tree {
+        assert_eq!(ctx.err(), Some(Error::Canceled));
+    }
+    assert!(!detached.is_done());
+    assert!(!detached_child.is_done());
+    for waiter in waiters {
+        waiter.join().unwrap();
+    }
+    // Cancelling cancelled descendants again allocates nothing either.
+    assert_allocs("cancel() of already-cancelled descendants", 0, || {
+        for (_, cancel) in &tree {
+            cancel.as_ref().unwrap().cancel();
+        }
+    });
+    // Dropping the whole cancelled tree allocates nothing.
+    assert_allocs("dropping a cancelled tree", 0, || {
+        drop(tree);
+        drop(root);
+    });
+}
+
+#[test]
+fn queries_allocate_nothing() {
+    warm_up();
+    let (ctx, cancel) = Context::background().with_cancel();
+    let ctx = ctx.with_value(RequestId(42));
+    let (leaf, _leaf_cancel) = ctx.with_cancel();
+    let detached = leaf.without_cancel();
+    for stage in ["running", "cancelled"] {
+        assert_allocs(&format!("queries ({stage})"), 0, || {
+            let _ = std::hint::black_box(leaf.is_done());
+            let _ = std::hint::black_box(leaf.err());
+            let _ = std::hint::black_box(ctx.is_done());
+            let _ = std::hint::black_box(detached.is_done());
+            let _ = std::hint::black_box(detached.err());
+            assert!(detached.cause().is_none());
+            assert_eq!(leaf.value::<RequestId>(), Some(&RequestId(42)));
+            assert_eq!(detached.value::<RequestId>(), Some(&RequestId(42)));
+            assert_eq!(leaf.value::<Other>(), None);
+            let done = leaf.done();
+            let _ = std::hint::black_box(done.is_done());
+            let done2 = done.clone();
+            drop(done);
+            drop(done2);
+            let never = detached.done();
+            assert!(!never.is_done());
+        });
+        cancel.cancel();
+    }
+    let cause = assert_allocs("cause() (inline Error)", 0, || leaf.cause());
+    assert_eq!(
+        cause.unwrap().downcast_ref::<Error>(),
+        Some(&Error::Canceled)
+    );
+    assert_allocs("err()/is_done() when done", 0, || {
+        assert_eq!(leaf.err(), Some(Error::Canceled));
+        assert!(ctx.is_done());
+    });
+}
+
+#[test]
+fn dropping_allocates_nothing() {
+    warm_up();
+    // A leaf under background, never cancelled.
+    let (leaf, cancel) = Context::background().with_cancel();
+    assert_allocs("dropping a leaf and its CancelFunc", 0, || {
+        drop((leaf, cancel))
+    });
+
+    // A child registered under a live parent.
+    let (parent, _parent_cancel) = Context::background().with_cancel();
+    let (child, child_cancel) = parent.with_cancel();
+    assert_eq!(parent.registered_children(), 1);
+    assert_allocs("dropping a registered child", 0, || {
+        drop((child, child_cancel))
+    });
+    assert_eq!(parent.registered_children(), 0);
+    assert!(!parent.is_done());
+
+    // A child with a Done handle and a value layer, dropped piecewise.
+    let (child, child_cancel) = parent.with_cancel_cause();
+    let done = child.done();
+    let valued = child.with_value(Other(3));
+    assert_allocs("dropping a child, its Done and value layer", 0, || {
+        drop(child);
+        drop(child_cancel);
+        drop(valued);
+        drop(done);
+    });
+    assert_eq!(parent.registered_children(), 0);
+
+    // A cancelled leaf.
+    let (leaf, cancel) = parent.with_cancel();
+    cancel.cancel();
+    assert_allocs("dropping a cancelled child", 0, || drop((leaf, cancel)));
+
+    // Dropping the parent (cancelled or not) last.
+    let w = parent.without_cancel();
+    assert_allocs("dropping without_cancel and its parent", 0, || {
+        drop((w, parent))
+    });
+}
+
+#[test]
+fn blocking_wait_allocates_nothing_on_the_steady_path() {
+    warm_up();
+    // The first blocking wait on this thread may allocate the thread's
+    // waiter entry; this one is not measured.
+    let (ctx, cancel) = Context::background().with_cancel();
+    let t = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(2));
+        cancel.cancel();
+    });
+    ctx.done().wait();
+    t.join().unwrap();
+
+    let mut counts = Vec::new();
+    for i in 0..20 {
+        let (parent, parent_cancel) = Context::background().with_cancel();
+        let (ctx, _cancel) = parent.with_cancel();
+        let ctx = ctx.with_value(RequestId(i));
+        let done = ctx.done();
+        // Cancel from another thread, after the waiter had time to park
+        // (alternating between cancelling the context's parent and the
+        // context itself would need its CancelFunc; the parent is enough).
+        let t = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(1 + i % 3));
+            parent_cancel.cancel();
+        });
+        let ((), n) = count(|| done.wait());
+        t.join().unwrap();
+        assert!(ctx.is_done());
+        drop(parent);
+        counts.push(n);
+    }
+    assert_eq!(
+        counts,
+        vec![0; 20],
+        "allocations of 20 blocking waits woken by another thread"
+    );
+
+    // Waiting on a context that is already done.
+    let (ctx, cancel) = Context::background().with_cancel();
+    cancel.cancel();
+    assert_allocs("wait() on a done context", 0, || ctx.done().wait());
+    assert_allocs("wait_timeout() on a done context", 0, || {
+        assert!(ctx.done().wait_timeout(Duration::from_secs(1)));
+    });
+}
+
+#[test]
+fn wait_on_a_done_context_allocates_nothing_on_a_fresh_thread() {
+    let (ctx, cancel) = Context::background().with_cancel();
+    cancel.cancel();
+    // No warm-up on this thread at all: the done check comes first.
+    thread::spawn(move || {
+        let (child, _c) =
+            assert_allocs("with_cancel() under a done parent (cold thread)", 1, || {
+                ctx.with_cancel()
+            });
+        assert_allocs("wait() on a done context (cold thread)", 0, || {
+            ctx.done().wait();
+            child.done().wait();
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn counter_counts_only_the_current_thread() {
+    let (b, n) = count(|| Box::new(5u64));
+    assert_eq!((*b, n), (5, 1));
+    let (v, n) = count(|| {
+        let mut v = Vec::with_capacity(1);
+        v.extend([1u8, 2, 3]); // one realloc
+        v
+    });
+    assert_eq!((v.len(), n), (3, 2));
+    // Another thread allocating meanwhile is not counted.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noisy = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += std::hint::black_box(vec![0u8; 64]).len();
+            }
+            n
+        })
+    };
+    let ((), n) = count(|| thread::sleep(Duration::from_millis(5)));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(noisy.join().unwrap() > 0);
+    assert_eq!(n, 0);
+}
