@@ -5,7 +5,8 @@
 //! its own child of the server's root context. After a fixed run time the
 //! main thread cancels the root with a `Shutdown` cause; the demo then checks
 //! what every cut-off request observed and measures how quickly parked
-//! threads and pending tasks woke up.
+//! threads and pending tasks woke up. It exits with status 1 if any cut-off
+//! request saw anything but `Canceled` with the `Shutdown` cause.
 //!
 //! ```text
 //! cargo run --release --example server            # runs for 1000 ms
@@ -111,8 +112,9 @@ struct Mix {
     long: Duration,
 }
 
+// Rarer long requests on threads: each one occupies a whole worker.
 const THREAD_MIX: Mix = Mix {
-    long_every: 20,
+    long_every: 40,
     short: Duration::from_millis(20),
     long: Duration::from_secs(2),
 };
@@ -139,7 +141,7 @@ impl Request {
     fn new(root: &Context, mix: &Mix) -> Request {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let (ctx, cancel) = root.with_cancel();
-        // Deterministic pseudo-random work, so runs are comparable.
+        // Pseudo-random but fixed per id: the mix is the same on every run.
         let r = splitmix64(id);
         let spread = (r >> 32) as f64 / u32::MAX as f64;
         let work = if r % mix.long_every == 0 {
@@ -227,8 +229,8 @@ async fn serve_async(root: Context) -> Tally {
     let mut tally = Tally::default();
     let mut requests = JoinSet::new();
     let mut arrivals = tokio::time::interval(ASYNC_ARRIVAL);
-    // One `Done` for the whole loop: `&mut done` is a future that can lose
-    // the race again and again without re-registering each time.
+    // One `Done` for the whole loop: `&mut shutdown` is a future that can
+    // lose the race again and again without re-registering each time.
     let mut shutdown = root.done();
     loop {
         tokio::select! {
@@ -307,9 +309,11 @@ fn main() -> ExitCode {
         .collect();
     let acceptor = rt.spawn(serve_async(root.clone()));
 
+    // Latencies below depend heavily on how many CPUs the threads share.
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "goctx server demo: {WORKER_THREADS} worker threads + tokio ({} workers), \
-         running {} ms",
+        "goctx server demo: {WORKER_THREADS} worker threads + tokio ({} workers) \
+         on {cpus} CPUs, shutdown after {} ms",
         rt.metrics().num_workers(),
         run.as_millis()
     );
@@ -324,7 +328,7 @@ fn main() -> ExitCode {
     // A safety net for the demo itself: never hang, even on a lost wake-up.
     thread::spawn(|| {
         thread::sleep(WATCHDOG);
-        eprintln!("shutdown did not complete within {WATCHDOG:?}: a waiter was never woken");
+        eprintln!("shutdown did not complete within {WATCHDOG:?} (a lost wake-up?)");
         std::process::exit(1);
     });
 
@@ -350,15 +354,16 @@ fn main() -> ExitCode {
     });
 
     println!(
-        "\nshutdown: cancel(Shutdown) returned in {} µs, after waking the whole tree",
-        cancel_took.as_micros()
+        "\nshutdown: cancel(Shutdown) took {} µs \
+         (it cancels the whole tree and wakes every waiter before returning)",
+        cancel_took.as_micros(),
     );
 
-    println!("\nrequests        finished  cut off  stopped after cancel (median / max)");
+    println!("\nrequests       finished  cut off  handler stopped, after cancel (median / max)");
     for (name, tally) in [("threads", &threads), ("tokio tasks", &tasks)] {
         let stop = Latency::since(before, &tally.cut_off);
         println!(
-            "  {name:<12} {:>9} {:>8}  {}",
+            "  {name:<12} {:>8} {:>8}  {}",
             tally.finished,
             tally.cut_off.len(),
             stop.map_or("-".into(), |l| format!("{} / {} µs", l.median, l.max)),
@@ -381,13 +386,13 @@ fn main() -> ExitCode {
         }
     }
 
-    println!("\ncancel -> wake latency      min   median      max  (µs)");
+    println!("\ncancel -> wake latency (µs)    min   median      max");
     for (name, woke) in [
         (format!("{PARKED_WAITERS} threads in wait()"), &parked),
         (format!("{ASYNC_WAITERS} tasks in .await"), &pending),
     ] {
         let l = Latency::since(before, woke).expect("waiters exist");
-        println!("  {name:<22} {:>6} {:>8} {:>8}", l.min, l.median, l.max);
+        println!("  {name:<26} {:>6} {:>8} {:>8}", l.min, l.median, l.max);
     }
 
     if violations.is_empty() {
@@ -411,10 +416,11 @@ impl Latency {
             .map(|t| t.saturating_duration_since(start).as_micros())
             .collect();
         micros.sort_unstable();
+        let (&min, &max) = (micros.first()?, micros.last()?);
         Some(Latency {
-            min: *micros.first()?,
+            min,
             median: micros[micros.len() / 2],
-            max: *micros.last()?,
+            max,
         })
     }
 }
