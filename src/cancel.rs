@@ -226,6 +226,7 @@ impl CancelNode {
     /// (invariant 2), iteratively.
     fn propagate(&self, word: usize) {
         let mut guard: Option<Guard> = None;
+        let mut panic = None;
         // The intrusive work stack: tagged `*const CancelNode`, 0 when empty.
         let mut stack: usize = 0;
         let mut current: *const CancelNode = self;
@@ -234,7 +235,9 @@ impl CancelNode {
             // SAFETY: `self`, or a node whose link reference we hold (pushed
             // below), so its memory is valid (invariant 3).
             let node = unsafe { &*current };
-            waiters::wake_all(&node.waiters);
+            if let Some(payload) = waiters::wake_all(&node.waiters) {
+                panic.get_or_insert(payload);
+            }
             let mut chain = node.children.close();
             while let Some((child, removed)) = chain.next_entry() {
                 // SAFETY: the chain holds the child's link reference.
@@ -279,6 +282,11 @@ impl CancelNode {
             // SAFETY: we hold its link reference; `work_next` is ours.
             stack = unsafe { &*current }.work_next.with(|next| unsafe { *next });
         }
+        // The whole subtree is cancelled and woken: only now let a waker's
+        // panic continue, on the cancelling thread.
+        if let Some(payload) = panic {
+            std::panic::resume_unwind(payload);
+        }
     }
 
     /// Tears the node down once its last handle is gone (node.rs release
@@ -298,7 +306,9 @@ impl CancelNode {
         // Every child and waiter left is a released or withdrawn entry
         // (invariant 4): closing drops the list's references on them.
         drop(node.children.close());
-        waiters::wake_all(&node.waiters);
+        // Only withdrawn entries can be left (a waiting `Done` holds a
+        // handle), so no waker runs here and nothing can panic.
+        let _ = waiters::wake_all(&node.waiters);
         let word = node.word();
         if state::owns_cause(word) {
             // SAFETY: we own the box; nobody dereferences it any more: every
@@ -333,6 +343,10 @@ struct Handle(NonNull<CancelNode>);
 unsafe impl Send for Handle {}
 // SAFETY: as above.
 unsafe impl Sync for Handle {}
+
+// See the `UnwindSafe` impls of `Context`: the handles share that argument.
+impl std::panic::UnwindSafe for Handle {}
+impl std::panic::RefUnwindSafe for Handle {}
 
 impl Handle {
     fn node(&self) -> &CancelNode {
@@ -389,6 +403,10 @@ impl CancelFunc {
     /// already done). When this returns, the context and every context
     /// derived from it report done and all their waiters have been woken,
     /// unless another cancellation of the same subtree is still running.
+    ///
+    /// If a task's waker panics while being woken, every other waiter is
+    /// still woken and the whole subtree cancelled; the panic then resumes
+    /// on this thread.
     ///
     /// ```
     /// let (ctx, cancel) = goctx::Context::background().with_cancel();

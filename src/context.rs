@@ -56,6 +56,12 @@ unsafe impl Send for Context {}
 // SAFETY: as above.
 unsafe impl Sync for Context {}
 
+// Every state change is one atomic transition and cancellation finishes its
+// whole subtree even when a waker panics (the panic resumes afterwards), so
+// a panic never leaves a context half-cancelled for code that catches it.
+impl std::panic::UnwindSafe for Context {}
+impl std::panic::RefUnwindSafe for Context {}
+
 impl Context {
     /// The root of every context tree: never done, no deadline, no values
     /// (Go's `context.Background()`). Allocates nothing.

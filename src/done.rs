@@ -49,6 +49,10 @@ unsafe impl Send for Done {}
 // SAFETY: no `&self` method touches `task`; the node is `Sync`.
 unsafe impl Sync for Done {}
 
+// See the `UnwindSafe` impls of `Context`.
+impl std::panic::UnwindSafe for Done {}
+impl std::panic::RefUnwindSafe for Done {}
+
 impl Done {
     /// A `Done` holding one handle on `anchor` (taken by the caller), or a
     /// `Done` that never completes.

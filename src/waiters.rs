@@ -38,6 +38,7 @@
 
 use core::ptr;
 use core::task::{Context as TaskContext, Poll, Waker};
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use crossbeam_epoch::Guard;
@@ -114,7 +115,7 @@ impl Waiter {
     ///
     /// The caller owns the list's reference on `this` (it froze the entry and
     /// it had not been removed).
-    unsafe fn notify(this: *const Waiter, guard: Option<&Guard>) {
+    unsafe fn notify(this: *const Waiter, guard: Option<&Guard>) -> Result<(), Panic> {
         // SAFETY: the list reference keeps the entry alive until released.
         let waiter = unsafe { &*this };
         if let Some(thread) = &waiter.thread {
@@ -138,6 +139,7 @@ impl Waiter {
                 unsafe { release_link_from(guard, this) };
             }
             thread.unpark();
+            Ok(())
         } else {
             // Ordering: AcqRel — totally ordered with the poller's
             // `fetch_or(REGISTERING)` (invariant 1).
@@ -150,8 +152,10 @@ impl Waiter {
             };
             // SAFETY: we own the list's reference.
             unsafe { release_link_from(guard, this) };
-            if let Some(waker) = waker {
-                waker.wake();
+            match waker {
+                // A waker is foreign code: contain its panic (see `wake_all`).
+                Some(waker) => std::panic::catch_unwind(AssertUnwindSafe(|| waker.wake())),
+                None => Ok(()),
             }
         }
     }
@@ -165,7 +169,12 @@ impl Waiter {
 
 /// Wakes every waiter of a node. Called once, by the cancellation that won
 /// the node's state word (or by its release, when no waiter can remain).
-pub(crate) fn wake_all(list: &WaiterList) {
+///
+/// A waker that panics in `wake` does not stop the others: the first panic
+/// is caught, every remaining waiter is still notified, and the payload is
+/// returned for the caller to resume once its own work is complete.
+pub(crate) fn wake_all(list: &WaiterList) -> Option<Panic> {
+    let mut panic = None;
     let mut chain = list.close();
     while let Some((waiter, removed)) = chain.next_entry() {
         if removed {
@@ -174,10 +183,16 @@ pub(crate) fn wake_all(list: &WaiterList) {
             unsafe { chain.release(waiter) };
         } else {
             // SAFETY: the chain gave us the list's reference on `waiter`.
-            unsafe { Waiter::notify(waiter, chain.guard()) };
+            if let Err(payload) = unsafe { Waiter::notify(waiter, chain.guard()) } {
+                panic.get_or_insert(payload);
+            }
         }
     }
+    panic
 }
+
+/// A caught panic payload.
+pub(crate) type Panic = Box<dyn core::any::Any + Send + 'static>;
 
 /// The calling thread's reusable entry.
 struct LocalWaiter(core::cell::Cell<*const Waiter>);
