@@ -117,3 +117,8 @@ pub use cancel::{CancelCauseFunc, CancelFunc, CancelGuard};
 pub use context::Context;
 pub use done::Done;
 pub use error::{Cause, Error};
+
+/// The README's examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
