@@ -51,8 +51,8 @@ use crate::error::{Cause, Error};
 use crate::list::{Entry, Link, List, release_link_from};
 use crate::node::{Kind, Node};
 use crate::primitive::UnsafeCell;
-use crate::primitive::atomic::{AtomicUsize, Ordering};
-use crate::state::{self, Pending};
+use crate::primitive::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use crate::state::{self, CauseBox, Pending, Word};
 use crate::waiters::{self, WaiterList};
 
 /// A cancellable context's node.
@@ -62,7 +62,7 @@ pub(crate) struct CancelNode {
     /// The state word: written once, read by every `is_done()`. On its own
     /// cache line so registration traffic on `children` and handle counting
     /// in the header do not slow its readers down.
-    state: CachePadded<AtomicUsize>,
+    state: CachePadded<AtomicPtr<CauseBox>>,
     /// Invariant 3.
     links: AtomicUsize,
     /// This node's entry in `registered`'s child list.
@@ -74,7 +74,7 @@ pub(crate) struct CancelNode {
     /// The propagation work stack (invariant 2): the next node to process,
     /// tagged with `DEFER` when its link reference must go through the
     /// epoch.
-    work_next: UnsafeCell<usize>,
+    work_next: UnsafeCell<*const CancelNode>,
 }
 
 /// Tag on a work-stack pointer: release its link reference through the epoch.
@@ -109,13 +109,13 @@ impl CancelNode {
         let anchor = parent.anchor_ptr();
         let node = Box::new(CancelNode {
             node: Node::new(handles, Kind::Cancel, parent.clone(), ptr::null()),
-            state: CachePadded::new(AtomicUsize::new(0)),
+            state: CachePadded::new(AtomicPtr::new(state::ACTIVE)),
             links: AtomicUsize::new(1),
             link: Link::new(),
             registered: ptr::null(),
             children: List::new(),
             waiters: List::new(),
-            work_next: UnsafeCell::new(0),
+            work_next: UnsafeCell::new(ptr::null()),
         });
         let raw = Box::into_raw(node);
         // SAFETY: `raw` is a fresh, exclusively owned allocation until it is
@@ -149,7 +149,7 @@ impl CancelNode {
 
     /// The current state word.
     #[inline]
-    pub(crate) fn word(&self) -> usize {
+    pub(crate) fn word(&self) -> Word {
         // Ordering: Acquire — pairs with the Release half of the winning
         // CAS, so the cause box is visible before it is decoded.
         self.state.load(Ordering::Acquire)
@@ -194,7 +194,7 @@ impl CancelNode {
                     Error::Canceled => 0,
                     Error::DeadlineExceeded => state::DEADLINE,
                 };
-                (raw as usize | state::DONE | state::OWNED | err_bits, raw)
+                (state::boxed_word(raw, state::DONE | err_bits), raw)
             }
         };
         // Ordering: AcqRel — Release publishes the cause box with the word
@@ -202,7 +202,7 @@ impl CancelNode {
         // after any earlier cancellation we might race with.
         if self
             .state
-            .compare_exchange(0, word, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(state::ACTIVE, word, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
             if !boxed.is_null() {
@@ -224,13 +224,13 @@ impl CancelNode {
 
     /// Wakes this node's waiters and cancels its subtree with `word`
     /// (invariant 2), iteratively.
-    fn propagate(&self, word: usize) {
+    fn propagate(&self, word: Word) {
         let mut guard: Option<Guard> = None;
         let mut panic = None;
-        // The intrusive work stack: tagged `*const CancelNode`, 0 when empty.
-        let mut stack: usize = 0;
+        // The intrusive work stack: `DEFER`-tagged nodes, null when empty.
+        let mut stack: *const CancelNode = ptr::null();
         let mut current: *const CancelNode = self;
-        let mut current_tag: Option<usize> = None;
+        let mut current_tag: Option<*const CancelNode> = None;
         loop {
             // SAFETY: `self`, or a node whose link reference we hold (pushed
             // below), so its memory is valid (invariant 3).
@@ -248,11 +248,12 @@ impl CancelNode {
                 let won = !removed
                     && child_ref
                         .state
-                        .compare_exchange(0, word, Ordering::AcqRel, Ordering::Relaxed)
+                        .compare_exchange(state::ACTIVE, word, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok();
                 if won {
                     // Keep the link reference until the child is processed.
-                    let tagged = child as usize | if chain.deferring() { DEFER } else { 0 };
+                    let defer = if chain.deferring() { DEFER } else { 0 };
+                    let tagged = child.map_addr(|addr| addr | defer);
                     // SAFETY: we won the child's CAS: its `work_next` is ours.
                     child_ref
                         .work_next
@@ -265,7 +266,7 @@ impl CancelNode {
             }
             drop(chain);
             if let Some(tag) = current_tag {
-                let guard = if tag & DEFER != 0 {
+                let guard = if tag.addr() & DEFER != 0 {
                     Some(&*guard.get_or_insert_with(crossbeam_epoch::pin))
                 } else {
                     None
@@ -274,13 +275,17 @@ impl CancelNode {
                 // and release it once, after processing it.
                 unsafe { release_link_from(guard, current) };
             }
-            if stack == 0 {
+            if stack.is_null() {
                 break;
             }
-            current = (stack & !DEFER) as *const CancelNode;
+            current = stack.map_addr(|addr| addr & !DEFER);
             current_tag = Some(stack);
             // SAFETY: we hold its link reference; `work_next` is ours.
             stack = unsafe { &*current }.work_next.with(|next| unsafe { *next });
+        }
+        if let Some(guard) = guard {
+            // As in the cleanup pass: let the deferred releases be collected.
+            guard.flush();
         }
         // The whole subtree is cancelled and woken: only now let a waker's
         // panic continue, on the cancelling thread.
@@ -313,7 +318,7 @@ impl CancelNode {
         if state::owns_cause(word) {
             // SAFETY: we own the box; nobody dereferences it any more: every
             // node borrowing it was a descendant, and they are all released.
-            drop(unsafe { Box::from_raw(state::cause_ptr(word) as *mut state::CauseBox) });
+            drop(unsafe { Box::from_raw(state::cause_ptr(word)) });
         }
         // SAFETY: the handles' reference on the memory.
         unsafe { CancelNode::unlink_memory(this.as_ptr()) };

@@ -55,10 +55,11 @@
 //!   diagnostic; they are Relaxed. `cleaners` is the exception above.
 
 use core::marker::PhantomData;
+use core::ptr;
 
 use crossbeam_epoch::{self as epoch, Guard};
 
-use crate::primitive::atomic::{AtomicUsize, Ordering, fence};
+use crate::primitive::atomic::{AtomicPtr, AtomicUsize, Ordering, fence, fetch_or_tag};
 
 /// Tag on `head`: the list is closed.
 const CLOSED: usize = 1;
@@ -74,17 +75,38 @@ const CLEANUP_MIN: usize = 32;
 const CLEANUP_MIN: usize = 1;
 
 /// The intrusive part of a list entry.
+///
+/// `next` points to the following entry (of the list's entry type), tagged
+/// with `MARK`; it is untyped so that `Link` can be embedded in any entry.
 #[derive(Debug)]
 pub(crate) struct Link {
-    next: AtomicUsize,
+    next: AtomicPtr<()>,
 }
 
 impl Link {
     pub(crate) fn new() -> Link {
         Link {
-            next: AtomicUsize::new(0),
+            next: AtomicPtr::new(ptr::null_mut()),
         }
     }
+}
+
+/// Whether a tagged pointer carries `tag`.
+#[inline]
+fn tagged<T>(ptr: *mut T, tag: usize) -> bool {
+    ptr.addr() & tag != 0
+}
+
+/// The pointer without its tag bit.
+#[inline]
+fn untagged<T>(ptr: *mut T) -> *mut T {
+    ptr.map_addr(|addr| addr & !1)
+}
+
+/// The head value of a closed list: no entry, only the tag.
+#[inline]
+fn closed<T>() -> *mut T {
+    ptr::without_provenance_mut(CLOSED)
 }
 
 /// A type that embeds a [`Link`] and can be linked into a [`List`].
@@ -108,7 +130,7 @@ pub(crate) unsafe trait Entry {
 
 /// See the module docs.
 pub(crate) struct List<E: Entry> {
-    head: AtomicUsize,
+    head: AtomicPtr<()>,
     /// Entries physically linked (incremented before linking).
     linked: AtomicUsize,
     /// Entries logically removed but still linked (incremented before
@@ -133,7 +155,7 @@ pub(crate) struct Closed;
 impl<E: Entry> List<E> {
     pub(crate) fn new() -> Self {
         List {
-            head: AtomicUsize::new(0),
+            head: AtomicPtr::new(ptr::null_mut()),
             linked: AtomicUsize::new(0),
             marked: AtomicUsize::new(0),
             cleaners: AtomicUsize::new(0),
@@ -156,7 +178,7 @@ impl<E: Entry> List<E> {
         // closer did before closing; pairs with the swap in `close`.
         let mut head = self.head.load(Ordering::Acquire);
         loop {
-            if head & CLOSED != 0 {
+            if tagged(head, CLOSED) {
                 self.linked.fetch_sub(1, Ordering::Relaxed);
                 return Err(Closed);
             }
@@ -166,7 +188,7 @@ impl<E: Entry> List<E> {
             // failure for the same reason as the load above.
             match self.head.compare_exchange_weak(
                 head,
-                entry as usize,
+                entry.cast_mut().cast(),
                 Ordering::Release,
                 Ordering::Acquire,
             ) {
@@ -191,8 +213,8 @@ impl<E: Entry> List<E> {
         // Ordering: AcqRel — totally ordered with the closer's freezing
         // fetch_or (invariant 2); Release lets a cleanup pass that sees the
         // mark see the remover's prior writes.
-        let prev = link.next.fetch_or(MARK, Ordering::AcqRel);
-        if prev & MARK != 0 {
+        let prev = fetch_or_tag(&link.next, MARK, Ordering::AcqRel);
+        if tagged(prev, MARK) {
             self.marked.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
@@ -215,15 +237,15 @@ impl<E: Entry> List<E> {
         fence(Ordering::SeqCst);
         let guard = epoch::pin();
         'restart: loop {
-            let mut pred: &AtomicUsize = &self.head;
+            let mut pred: &AtomicPtr<()> = &self.head;
             // Ordering: Acquire — pairs with the Release CAS in `push`, so
             // the entry's fields are visible.
             let mut cur = pred.load(Ordering::Acquire);
-            if cur & CLOSED != 0 {
+            if tagged(cur, CLOSED) {
                 break;
             }
-            while cur != 0 {
-                let entry = cur as *const E;
+            while !cur.is_null() {
+                let entry = cur.cast::<E>().cast_const();
                 // SAFETY: `entry` was reachable while we are pinned
                 // (invariant 4); unlinked entries are released only after
                 // an epoch grace period, and a closer that could release it
@@ -231,8 +253,8 @@ impl<E: Entry> List<E> {
                 let link = unsafe { (*entry).link() };
                 // Ordering: Acquire — see the remover's writes if marked.
                 let next = link.next.load(Ordering::Acquire);
-                if next & MARK != 0 {
-                    let succ = next & !MARK;
+                if tagged(next, MARK) {
+                    let succ = untagged(next);
                     // Ordering: AcqRel on success (we take ownership of the
                     // entry's link reference), Acquire on failure.
                     if pred
@@ -258,6 +280,11 @@ impl<E: Entry> List<E> {
             }
             break;
         }
+        // Hand what we deferred to the global queue and collect what has
+        // expired. Without this, garbage piles up faster than the collector's
+        // own cadence (a few bags per 128 pins) frees it: a churn of a million
+        // create/drop cycles would hold hundreds of MB until later pins.
+        guard.flush();
         drop(guard);
         // Ordering: Release — our reads of the chain happen before a closer
         // that reads zero here (Acquire after its fence).
@@ -270,8 +297,8 @@ impl<E: Entry> List<E> {
         // Ordering: AcqRel — Acquire sees every pushed entry's fields;
         // Release publishes the owner's state (set before closing) to
         // pushers that find the list closed. SeqCst for invariant 5.
-        let first = self.head.swap(CLOSED, Ordering::SeqCst);
-        if first & CLOSED != 0 {
+        let first = self.head.swap(closed(), Ordering::SeqCst);
+        if tagged(first, CLOSED) {
             return Chain::empty();
         }
         fence(Ordering::SeqCst);
@@ -286,7 +313,7 @@ impl<E: Entry> List<E> {
 
     /// Whether `close` has run.
     pub(crate) fn is_closed(&self) -> bool {
-        self.head.load(Ordering::Acquire) & CLOSED != 0
+        tagged(self.head.load(Ordering::Acquire), CLOSED)
     }
 
     /// Entries linked and not removed, for diagnostics (exact when no other
@@ -341,7 +368,7 @@ impl<E: Entry> core::fmt::Debug for List<E> {
 /// every yielded entry back through [`Chain::release`] (or keep its link
 /// reference and release it later with [`Chain::deferring`]'s answer).
 pub(crate) struct Chain<E: Entry> {
-    cur: usize,
+    cur: *mut (),
     guard: Option<Guard>,
     _entries: PhantomData<*const E>,
 }
@@ -349,7 +376,7 @@ pub(crate) struct Chain<E: Entry> {
 impl<E: Entry> Chain<E> {
     fn empty() -> Self {
         Chain {
-            cur: 0,
+            cur: ptr::null_mut(),
             guard: None,
             _entries: PhantomData,
         }
@@ -368,17 +395,17 @@ impl<E: Entry> Chain<E> {
 
     /// Freezes and yields the next entry: `(entry, was_removed)`.
     pub(crate) fn next_entry(&mut self) -> Option<(*const E, bool)> {
-        if self.cur == 0 {
+        if self.cur.is_null() {
             return None;
         }
-        let entry = self.cur as *const E;
+        let entry = self.cur.cast::<E>().cast_const();
         // SAFETY: the chain owns the link reference of every entry it has not
         // yet yielded, so `entry` is valid.
         let link = unsafe { (*entry).link() };
         // Ordering: AcqRel — invariant 2; Acquire sees a remover's writes.
-        let prev = link.next.fetch_or(MARK, Ordering::AcqRel);
-        self.cur = prev & !MARK;
-        Some((entry, prev & MARK != 0))
+        let prev = fetch_or_tag(&link.next, MARK, Ordering::AcqRel);
+        self.cur = untagged(prev);
+        Some((entry, tagged(prev, MARK)))
     }
 
     /// Gives back the link reference of an entry this chain yielded.

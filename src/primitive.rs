@@ -11,7 +11,18 @@
 #[cfg(not(loom))]
 mod imp {
     pub(crate) mod atomic {
-        pub(crate) use core::sync::atomic::{AtomicUsize, Ordering, fence};
+        pub(crate) use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering, fence};
+
+        /// Sets tag bits in an atomic pointer's address, keeping its
+        /// provenance; returns the previous pointer.
+        #[inline]
+        pub(crate) fn fetch_or_tag<T>(
+            atomic: &AtomicPtr<T>,
+            tag: usize,
+            order: Ordering,
+        ) -> *mut T {
+            atomic.fetch_or(tag, order)
+        }
     }
 
     pub(crate) mod thread {
@@ -44,7 +55,29 @@ mod imp {
 #[cfg(loom)]
 mod imp {
     pub(crate) mod atomic {
-        pub(crate) use loom::sync::atomic::{AtomicUsize, Ordering, fence};
+        pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicUsize, Ordering, fence};
+
+        /// loom's `AtomicPtr` has no `fetch_or`: the same read-modify-write
+        /// as a CAS loop (one atomic RMW per attempt, as loom models it).
+        pub(crate) fn fetch_or_tag<T>(
+            atomic: &AtomicPtr<T>,
+            tag: usize,
+            order: Ordering,
+        ) -> *mut T {
+            let failure = match order {
+                Ordering::AcqRel => Ordering::Acquire,
+                Ordering::Release => Ordering::Relaxed,
+                other => other,
+            };
+            let mut current = atomic.load(failure);
+            loop {
+                let new = current.map_addr(|addr| addr | tag);
+                match atomic.compare_exchange_weak(current, new, order, failure) {
+                    Ok(previous) => return previous,
+                    Err(actual) => current = actual,
+                }
+            }
+        }
     }
 
     pub(crate) mod thread {

@@ -1,6 +1,6 @@
 //! The cancellation state word: bit constants and pure encode/decode.
 //!
-//! Every cancellable node owns one `usize` that holds its whole cancellation
+//! Every cancellable node owns one pointer-sized word (an `AtomicPtr`, tagged) that holds its whole cancellation
 //! state. It is written exactly once (by the single compare-and-swap that
 //! decides which cancellation wins) and read with one Acquire load by
 //! `is_done()`, `err()` and `cause()`.
@@ -34,6 +34,8 @@
 //! by an ancestor of this node. Every node keeps its parent alive until the
 //! node itself is released, so the box outlives every node that borrows it.
 
+use core::ptr;
+
 use crate::error::{Cause, Error};
 
 /// Set in every done word.
@@ -46,22 +48,43 @@ pub(crate) const OWNED: usize = 0b0100;
 pub(crate) const CAUSE_DL: usize = 0b1000;
 const TAG_MASK: usize = 0b1111;
 
+/// A state word: a (possibly null, possibly dangling) `CauseBox` pointer
+/// with the tag bits in its low address bits. Kept as a pointer so the cause
+/// box's provenance survives the tagging (strict provenance).
+pub(crate) type Word = *mut CauseBox;
+
+/// The active word.
+pub(crate) const ACTIVE: Word = ptr::null_mut();
+
+/// A word with no cause pointer, only tag bits.
+#[inline]
+pub(crate) const fn inline_word(bits: usize) -> Word {
+    ptr::without_provenance_mut(bits)
+}
+
+/// A word owning `cause`, with tag bits.
+#[inline]
+pub(crate) fn boxed_word(cause: *mut CauseBox, bits: usize) -> Word {
+    cause.map_addr(|addr| addr | bits | OWNED)
+}
+
 /// A cause on the heap, aligned so that its address leaves the four tag bits
 /// of the state word free.
 #[repr(align(16))]
 pub(crate) struct CauseBox(pub(crate) Cause);
 
 #[inline]
-pub(crate) const fn is_done(word: usize) -> bool {
-    word & DONE != 0
+pub(crate) fn is_done(word: Word) -> bool {
+    word.addr() & DONE != 0
 }
 
 /// The error a done word carries; `None` for the active word.
 #[inline]
-pub(crate) const fn err(word: usize) -> Option<Error> {
-    if word & DONE == 0 {
+pub(crate) fn err(word: Word) -> Option<Error> {
+    let bits = word.addr();
+    if bits & DONE == 0 {
         None
-    } else if word & DEADLINE != 0 {
+    } else if bits & DEADLINE != 0 {
         Some(Error::DeadlineExceeded)
     } else {
         Some(Error::Canceled)
@@ -70,14 +93,14 @@ pub(crate) const fn err(word: usize) -> Option<Error> {
 
 /// The cause pointer of a word, null for inline causes and the active word.
 #[inline]
-pub(crate) fn cause_ptr(word: usize) -> *const CauseBox {
-    (word & !TAG_MASK) as *const CauseBox
+pub(crate) fn cause_ptr(word: Word) -> *mut CauseBox {
+    word.map_addr(|addr| addr & !TAG_MASK)
 }
 
 /// Whether this word owns its cause box.
 #[inline]
-pub(crate) const fn owns_cause(word: usize) -> bool {
-    word & OWNED != 0
+pub(crate) fn owns_cause(word: Word) -> bool {
+    word.addr() & OWNED != 0
 }
 
 /// Decodes the cause of a done word.
@@ -88,13 +111,13 @@ pub(crate) const fn owns_cause(word: usize) -> bool {
 /// duration of the call (it is, for any word loaded from a node that the
 /// caller keeps alive: see the module docs).
 #[inline]
-pub(crate) unsafe fn cause(word: usize) -> Option<Cause> {
-    if word & DONE == 0 {
+pub(crate) unsafe fn cause(word: Word) -> Option<Cause> {
+    if word.addr() & DONE == 0 {
         return None;
     }
     let ptr = cause_ptr(word);
     if ptr.is_null() {
-        let e = if word & CAUSE_DL != 0 {
+        let e = if word.addr() & CAUSE_DL != 0 {
             Error::DeadlineExceeded
         } else {
             Error::Canceled
@@ -111,7 +134,7 @@ pub(crate) unsafe fn cause(word: usize) -> Option<Cause> {
 /// known whether it wins.
 pub(crate) enum Pending {
     /// An inline word (no allocation).
-    Inline(usize),
+    Inline(Word),
     /// A freshly boxed custom cause, owned by the node if the CAS wins.
     Boxed(Box<CauseBox>, Error),
 }
@@ -130,8 +153,8 @@ impl Pending {
             Some(c) => c.as_context_error(),
         };
         match plain {
-            Some(Error::Canceled) => Pending::Inline(err_bits),
-            Some(Error::DeadlineExceeded) => Pending::Inline(err_bits | CAUSE_DL),
+            Some(Error::Canceled) => Pending::Inline(inline_word(err_bits)),
+            Some(Error::DeadlineExceeded) => Pending::Inline(inline_word(err_bits | CAUSE_DL)),
             None => Pending::Boxed(Box::new(CauseBox(cause.expect("custom cause"))), error),
         }
     }
@@ -140,8 +163,8 @@ impl Pending {
 /// The word a node adopts when an ancestor whose word is `ancestor` cancels
 /// it: same error and cause, the pointer (if any) borrowed.
 #[inline]
-pub(crate) const fn inherit(ancestor: usize) -> usize {
-    ancestor & !OWNED
+pub(crate) fn inherit(ancestor: Word) -> Word {
+    ancestor.map_addr(|addr| addr & !OWNED)
 }
 
 #[cfg(test)]
@@ -150,8 +173,8 @@ mod tests {
 
     #[test]
     fn table_rows_decode() {
-        assert_eq!(err(0), None);
-        assert!(!is_done(0));
+        assert_eq!(err(ACTIVE), None);
+        assert!(!is_done(ACTIVE));
         let rows = [
             (DONE, Error::Canceled, Error::Canceled),
             (DONE | CAUSE_DL, Error::Canceled, Error::DeadlineExceeded),
@@ -162,7 +185,8 @@ mod tests {
             ),
             (DONE | DEADLINE, Error::DeadlineExceeded, Error::Canceled),
         ];
-        for (word, e, c) in rows {
+        for (bits, e, c) in rows {
+            let word = inline_word(bits);
             assert!(is_done(word));
             assert_eq!(err(word), Some(e));
             // SAFETY: inline words carry no pointer.
@@ -173,14 +197,16 @@ mod tests {
 
     #[test]
     fn pending_inline_for_plain_errors() {
-        assert!(matches!(Pending::new(Error::Canceled, None), Pending::Inline(w) if w == DONE));
+        assert!(
+            matches!(Pending::new(Error::Canceled, None), Pending::Inline(w) if w.addr() == DONE)
+        );
         assert!(matches!(
             Pending::new(Error::DeadlineExceeded, None),
-            Pending::Inline(w) if w == DONE | DEADLINE | CAUSE_DL
+            Pending::Inline(w) if w.addr() == DONE | DEADLINE | CAUSE_DL
         ));
         assert!(matches!(
             Pending::new(Error::Canceled, Some(Error::DeadlineExceeded.into())),
-            Pending::Inline(w) if w == DONE | CAUSE_DL
+            Pending::Inline(w) if w.addr() == DONE | CAUSE_DL
         ));
         assert!(matches!(
             Pending::new(Error::Canceled, Some(Cause::new(std::fmt::Error))),
@@ -190,8 +216,14 @@ mod tests {
 
     #[test]
     fn inherit_drops_ownership_only() {
-        let w = 0x1000 | DONE | OWNED | DEADLINE;
-        assert_eq!(inherit(w), 0x1000 | DONE | DEADLINE);
-        assert_eq!(cause_ptr(w) as usize, 0x1000);
+        let mut cause = Box::new(CauseBox(Cause::from(Error::Canceled)));
+        let raw: *mut CauseBox = &mut *cause;
+        let w = boxed_word(raw, DONE | DEADLINE);
+        assert_eq!(inherit(w).addr(), raw.addr() | DONE | DEADLINE);
+        assert_eq!(cause_ptr(w), raw);
+        assert_eq!(cause_ptr(inherit(w)), raw);
+        // SAFETY: `cause` is alive; the pointer keeps its provenance.
+        let decoded = unsafe { super::cause(inherit(w)) }.unwrap();
+        assert_eq!(decoded.downcast_ref::<Error>(), Some(&Error::Canceled));
     }
 }

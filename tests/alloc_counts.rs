@@ -342,7 +342,7 @@ fn dropping_allocates_nothing() {
     });
 
     // A child registered under a live parent.
-    let (parent, _parent_cancel) = Context::background().with_cancel();
+    let (parent, parent_cancel) = Context::background().with_cancel();
     let (child, child_cancel) = parent.with_cancel();
     assert_eq!(parent.registered_children(), 1);
     assert_allocs("dropping a registered child", 0, || {
@@ -368,10 +368,13 @@ fn dropping_allocates_nothing() {
     cancel.cancel();
     assert_allocs("dropping a cancelled child", 0, || drop((leaf, cancel)));
 
-    // Dropping the parent (cancelled or not) last.
+    // The parent's last handles, one of them through a without_cancel
+    // layer: frees the parent.
     let w = parent.without_cancel();
-    assert_allocs("dropping without_cancel and its parent", 0, || {
-        drop((w, parent))
+    assert_allocs("dropping a live parent via its last handles", 0, || {
+        drop(parent);
+        drop(parent_cancel);
+        drop(w);
     });
 }
 
@@ -394,9 +397,8 @@ fn blocking_wait_allocates_nothing_on_the_steady_path() {
         let (ctx, _cancel) = parent.with_cancel();
         let ctx = ctx.with_value(RequestId(i));
         let done = ctx.done();
-        // Cancel from another thread, after the waiter had time to park
-        // (alternating between cancelling the context's parent and the
-        // context itself would need its CancelFunc; the parent is enough).
+        // Cancel the waited context's parent from another thread, after
+        // this thread had time to park.
         let t = thread::spawn(move || {
             thread::sleep(Duration::from_millis(1 + i % 3));
             parent_cancel.cancel();
