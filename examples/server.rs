@@ -144,7 +144,7 @@ impl Request {
         // Pseudo-random but fixed per id: the mix is the same on every run.
         let r = splitmix64(id);
         let spread = (r >> 32) as f64 / u32::MAX as f64;
-        let work = if r % mix.long_every == 0 {
+        let work = if r.is_multiple_of(mix.long_every) {
             mix.long.mul_f64(0.5 + spread)
         } else {
             mix.short.mul_f64(0.1 + 0.9 * spread)

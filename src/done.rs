@@ -179,10 +179,10 @@ impl Future for Done {
             },
             Some(task) => task.poll(cx),
         };
-        if poll.is_ready() {
-            if let Some(task) = this.task.take() {
-                task.finish();
-            }
+        if poll.is_ready()
+            && let Some(task) = this.task.take()
+        {
+            task.finish();
         }
         poll
     }

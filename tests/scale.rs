@@ -169,7 +169,7 @@ fn million_deep_mixed_chain() {
         cancel.cancel(RootCause(3));
         assert_root_cause(&root, 3);
         assert_root_cause(&first_segment_end, 3);
-        if N % 3 != 0 {
+        if !N.is_multiple_of(3) {
             // The leaf sits below a with_cancel after the last without_cancel.
             assert!(!leaf.is_done());
             assert!(leaf.cause().is_none());
