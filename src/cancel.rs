@@ -42,6 +42,7 @@
 
 use core::fmt;
 use core::ptr::{self, NonNull};
+use std::time::Instant;
 
 use crossbeam_epoch::Guard;
 use crossbeam_utils::CachePadded;
@@ -53,12 +54,18 @@ use crate::node::{Kind, Node};
 use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::state::{self, CauseBox, Pending, Word};
+use crate::timer::{self, TimerEntry};
 use crate::waiters::{self, WaiterList};
 
 /// A cancellable context's node.
 #[repr(C)]
 pub(crate) struct CancelNode {
     pub(crate) node: Node,
+    /// The earliest deadline on the path to the root (this node's own for a
+    /// deadline node); immutable.
+    deadline: Option<Instant>,
+    /// This node's own timer (`timer.rs`); `NONE` unless `with_deadline`.
+    pub(crate) timer: TimerEntry,
     /// The state word: written once, read by every `is_done()`. On its own
     /// cache line so registration traffic on `children` and handle counting
     /// in the header do not slow its readers down.
@@ -90,7 +97,7 @@ unsafe impl Entry for CancelNode {
 
     unsafe fn release_link(this: *const Self) {
         // SAFETY: forwarded (the list's reference on the memory).
-        unsafe { CancelNode::unlink_memory(this) }
+        unsafe { CancelNode::release_memory(this) }
     }
 }
 
@@ -106,9 +113,43 @@ impl CancelNode {
     /// Registers it with `parent`'s anchor, or makes it done at once if the
     /// anchor already is (invariant: done before the derivation returns).
     pub(crate) fn derive(parent: &Context, handles: usize) -> NonNull<CancelNode> {
+        CancelNode::derive_with(parent, handles, parent.deadline(), TimerEntry::none())
+    }
+
+    /// Derives a deadline node: `deadline` must be earlier than the
+    /// parent's. Cancels it at once if the deadline has passed, otherwise
+    /// arms its timer.
+    pub(crate) fn derive_deadline(
+        parent: &Context,
+        handles: usize,
+        deadline: Instant,
+        cause: Option<Cause>,
+    ) -> NonNull<CancelNode> {
+        let raw =
+            CancelNode::derive_with(parent, handles, Some(deadline), TimerEntry::deadline(cause));
+        // SAFETY: we hold the handles just created.
+        let node = unsafe { raw.as_ref() };
+        if !node.is_done() {
+            if deadline <= Instant::now() {
+                node.cancel(Error::DeadlineExceeded, node.timer.cause());
+            } else {
+                timer::arm(node, deadline);
+            }
+        }
+        raw
+    }
+
+    fn derive_with(
+        parent: &Context,
+        handles: usize,
+        deadline: Option<Instant>,
+        timer: TimerEntry,
+    ) -> NonNull<CancelNode> {
         let anchor = parent.anchor_ptr();
         let node = Box::new(CancelNode {
             node: Node::new(handles, Kind::Cancel, parent.clone(), ptr::null()),
+            deadline,
+            timer,
             state: CachePadded::new(AtomicPtr::new(state::ACTIVE)),
             links: AtomicUsize::new(1),
             link: Link::new(),
@@ -145,6 +186,24 @@ impl CancelNode {
             }
             NonNull::new_unchecked(raw)
         }
+    }
+
+    /// The earliest deadline on the path to the root.
+    #[inline]
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The node's own deadline, for the timer (only called on armed nodes,
+    /// whose `deadline` is their own).
+    pub(crate) fn deadline_instant(&self) -> Instant {
+        self.deadline.expect("an armed node has a deadline")
+    }
+
+    /// Takes one more reference on the memory (for the timer).
+    pub(crate) fn acquire_memory(&self) {
+        // Ordering: Relaxed — taken from a live node, like a handle clone.
+        self.links.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The current state word.
@@ -211,6 +270,7 @@ impl CancelNode {
             }
             return false;
         }
+        timer::disarm(self);
         if let Some(registered) =
             // SAFETY: invariant 5.
             unsafe { self.registered.as_ref() }
@@ -251,6 +311,7 @@ impl CancelNode {
                         .compare_exchange(state::ACTIVE, word, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok();
                 if won {
+                    timer::disarm(child_ref);
                     // Keep the link reference until the child is processed.
                     let defer = if chain.deferring() { DEFER } else { 0 };
                     let tagged = child.map_addr(|addr| addr | defer);
@@ -320,8 +381,9 @@ impl CancelNode {
             // node borrowing it was a descendant, and they are all released.
             drop(unsafe { Box::from_raw(state::cause_ptr(word)) });
         }
+        timer::disarm(node);
         // SAFETY: the handles' reference on the memory.
-        unsafe { CancelNode::unlink_memory(this.as_ptr()) };
+        unsafe { CancelNode::release_memory(this.as_ptr()) };
     }
 
     /// Drops one reference on the node's memory (invariant 3).
@@ -329,7 +391,7 @@ impl CancelNode {
     /// # Safety
     ///
     /// The caller owns one such reference.
-    unsafe fn unlink_memory(this: *const CancelNode) {
+    pub(crate) unsafe fn release_memory(this: *const CancelNode) {
         // SAFETY: the caller's reference keeps the memory alive.
         // Ordering: AcqRel — the last one sees all other accesses.
         if unsafe { (*this).links.fetch_sub(1, Ordering::AcqRel) } == 1 {

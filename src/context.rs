@@ -3,8 +3,9 @@
 use core::fmt;
 use core::mem::ManuallyDrop;
 use core::ptr::{self, NonNull};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::after_func::AfterFunc;
 use crate::cancel::{CancelCauseFunc, CancelFunc, CancelNode};
 use crate::done::Done;
 use crate::error::{Cause, Error};
@@ -165,15 +166,151 @@ impl Context {
         Context(Repr::Node(node::new_without_cancel(self.clone())))
     }
 
-    /// The time at which this context will be done because of a deadline,
-    /// if any (Go's `Deadline`). Deadlines are not implemented yet: always
-    /// `None`.
+    /// Derives a context that is done with [`Error::DeadlineExceeded`] once
+    /// `deadline` passes — promptly, whether or not anyone waits — or when
+    /// cancelled (with [`Error::Canceled`]) or when this context is done,
+    /// whichever comes first (Go's `WithDeadline`). One allocation, timer
+    /// entry included.
+    ///
+    /// If this context's deadline is not after `deadline`, this is
+    /// [`with_cancel`](Context::with_cancel). A deadline at or before now
+    /// makes the context done before the call returns. Cancelling releases
+    /// the timer at once, and so does dropping every handle.
     ///
     /// ```
+    /// use goctx::{Context, Error};
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let (ctx, _cancel) = Context::background().with_deadline(Instant::now() + Duration::from_millis(5));
+    /// ctx.done().wait();
+    /// assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+    /// ```
+    pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelFunc) {
+        self.deadline_node(deadline, None)
+    }
+
+    /// Like [`with_deadline`](Context::with_deadline), recording `cause` when
+    /// the deadline passes (Go's `WithDeadlineCause`). The cause is ignored
+    /// when this context's deadline comes first (the child is then a plain
+    /// `with_cancel` child), and cancelling through the returned handle still
+    /// records [`Error::Canceled`].
+    ///
+    /// ```
+    /// use goctx::Context;
+    /// use std::time::Instant;
+    ///
+    /// let (ctx, _cancel) = Context::background()
+    ///     .with_deadline_cause(Instant::now(), std::io::Error::other("too slow"));
+    /// assert!(ctx.is_done());
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "too slow");
+    /// ```
+    pub fn with_deadline_cause(
+        &self,
+        deadline: Instant,
+        cause: impl Into<Cause>,
+    ) -> (Context, CancelFunc) {
+        self.deadline_node(deadline, Some(cause.into()))
+    }
+
+    /// [`with_deadline`](Context::with_deadline)`(now + timeout)` (Go's
+    /// `WithTimeout`). A timeout too large to add to now (such as
+    /// `Duration::MAX`) means no deadline: the result is a plain
+    /// [`with_cancel`](Context::with_cancel) child. `Duration::ZERO` is done
+    /// at once.
+    ///
+    /// ```
+    /// use goctx::{Context, Error};
+    /// use std::time::Duration;
+    ///
+    /// let (ctx, cancel) = Context::background().with_timeout(Duration::from_secs(30));
+    /// assert!(ctx.deadline().is_some());
+    /// cancel.cancel(); // releases the timer
+    /// assert_eq!(ctx.err(), Some(Error::Canceled));
+    /// ```
+    pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelFunc) {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.with_deadline(deadline),
+            None => self.with_cancel(),
+        }
+    }
+
+    /// [`with_deadline_cause`](Context::with_deadline_cause)`(now + timeout,
+    /// cause)` (Go's `WithTimeoutCause`); an overflowing timeout means no
+    /// deadline, as in [`with_timeout`](Context::with_timeout).
+    ///
+    /// ```
+    /// use goctx::{Context, Error};
+    /// use std::time::Duration;
+    ///
+    /// let (ctx, _cancel) = Context::background()
+    ///     .with_timeout_cause(Duration::from_millis(1), std::io::Error::other("slow backend"));
+    /// ctx.done().wait();
+    /// assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "slow backend");
+    /// ```
+    pub fn with_timeout_cause(
+        &self,
+        timeout: Duration,
+        cause: impl Into<Cause>,
+    ) -> (Context, CancelFunc) {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.with_deadline_cause(deadline, cause),
+            None => self.with_cancel(),
+        }
+    }
+
+    fn deadline_node(&self, deadline: Instant, cause: Option<Cause>) -> (Context, CancelFunc) {
+        if self.deadline().is_some_and(|current| current <= deadline) {
+            return self.with_cancel();
+        }
+        let node = CancelNode::derive_deadline(self, 2, deadline, cause);
+        (Context(Repr::Node(node.cast())), CancelFunc::new(node))
+    }
+
+    /// Arranges for `f` to run once this context is done, on a thread of its
+    /// own (Go's `AfterFunc`): never on the thread that calls `cancel()`,
+    /// never delaying it; promptly if the context is already done. `f` runs
+    /// at most once. A blocking `f` delays no other callback or deadline; a
+    /// panicking `f` is reported by the panic hook and contained.
+    ///
+    /// [`AfterFunc::stop`] prevents a pending `f`. On a context that can
+    /// never be done, `f` never runs. While pending, the callback keeps the
+    /// context registered with its ancestors (as a child context does), so
+    /// it runs when an ancestor is cancelled even if every other handle was
+    /// dropped. At most one allocation.
+    ///
+    /// ```
+    /// use goctx::Context;
+    /// use std::sync::mpsc;
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// let (tx, rx) = mpsc::channel();
+    /// let _after = ctx.after_func(move || tx.send(std::thread::current().id()).unwrap());
+    /// cancel.cancel();
+    /// assert_ne!(rx.recv().unwrap(), std::thread::current().id());
+    /// ```
+    pub fn after_func<F>(&self, f: F) -> AfterFunc
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        AfterFunc::new(self, f)
+    }
+
+    /// The earliest deadline on the path to the root, if any (Go's
+    /// `Deadline`).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let at = Instant::now() + Duration::from_secs(60);
+    /// let (ctx, _cancel) = goctx::Context::background().with_deadline(at);
+    /// let (child, _child_cancel) = ctx.with_timeout(Duration::from_secs(3600));
+    /// assert_eq!(child.deadline(), Some(at)); // the parent's comes first
     /// assert_eq!(goctx::Context::background().deadline(), None);
     /// ```
+    #[inline]
     pub fn deadline(&self) -> Option<Instant> {
-        None
+        self.anchor().and_then(CancelNode::deadline)
     }
 
     /// A handle to wait on this context (Go's `Done`). It never completes
@@ -303,7 +440,7 @@ impl Context {
 
     /// The nearest cancellable node (this one or an ancestor), if any.
     #[inline]
-    fn anchor(&self) -> Option<&CancelNode> {
+    pub(crate) fn anchor(&self) -> Option<&CancelNode> {
         match self.0 {
             Repr::Node(node) => {
                 // SAFETY: our handle keeps the node alive, and its anchor
@@ -341,7 +478,17 @@ impl Context {
                     // SAFETY: alive while `self` is (node invariant 2).
                     let header = unsafe { node.as_ref() };
                     segments.push(match header.kind {
-                        Kind::Cancel => ".WithCancel".to_owned(),
+                        Kind::Cancel => {
+                            // SAFETY: the kind says the header starts a
+                            // `CancelNode`.
+                            let node = unsafe { node.cast::<CancelNode>().as_ref() };
+                            match node.deadline() {
+                                Some(deadline) if node.timer.is_deadline() => {
+                                    format!(".WithDeadline({})", display_deadline(deadline))
+                                }
+                                _ => ".WithCancel".to_owned(),
+                            }
+                        }
                         Kind::WithoutCancel => ".WithoutCancel".to_owned(),
                         Kind::Value { vtable, .. } => {
                             format!(".WithValue({})", (vtable.type_name)())
@@ -406,5 +553,70 @@ impl fmt::Debug for Context {
             .field("name", &format_args!("{self}"))
             .field("err", &self.err())
             .finish()
+    }
+}
+
+/// Go's `deadline.String() + " [" + time.Until(deadline).String() + "]"`:
+/// the deadline as UTC wall-clock time, then the time remaining (negative
+/// once passed).
+fn display_deadline(deadline: Instant) -> String {
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    let (at, remaining) = match deadline.checked_duration_since(now) {
+        Some(left) => (wall.checked_add(left), format!("{left:?}")),
+        None => {
+            let late = now - deadline;
+            (wall.checked_sub(late), format!("-{late:?}"))
+        }
+    };
+    let at = at
+        .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or_else(|| "?".to_owned(), format_utc);
+    format!("{at} [{remaining}]")
+}
+
+/// `YYYY-MM-DD hh:mm:ss.nnnnnnnnn +0000 UTC` for a time since the Unix epoch.
+fn format_utc(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:09} +0000 UTC",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60,
+        since_epoch.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_utc;
+    use std::time::Duration;
+
+    #[test]
+    fn utc_format_matches_known_dates() {
+        assert_eq!(
+            format_utc(Duration::ZERO),
+            "1970-01-01 00:00:00.000000000 +0000 UTC"
+        );
+        // 2009-11-10 23:00:00 UTC, Go's playground time.
+        assert_eq!(
+            format_utc(Duration::from_secs(1_257_894_000)),
+            "2009-11-10 23:00:00.000000000 +0000 UTC"
+        );
+        assert_eq!(
+            format_utc(Duration::new(951_782_400, 5)),
+            "2000-02-29 00:00:00.000000005 +0000 UTC"
+        );
     }
 }

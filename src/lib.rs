@@ -100,6 +100,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod after_func;
 mod cancel;
 mod context;
 mod done;
@@ -108,15 +109,20 @@ mod list;
 mod node;
 mod primitive;
 mod state;
+mod timer;
 mod value;
 mod waiters;
 
 pub mod docs;
 
+pub use after_func::AfterFunc;
 pub use cancel::{CancelCauseFunc, CancelFunc, CancelGuard};
 pub use context::Context;
 pub use done::Done;
 pub use error::{Cause, Error};
+#[cfg(loom)]
+#[doc(hidden)]
+pub use timer::loom_hooks;
 
 /// The README's examples run as doctests.
 #[cfg(doctest)]

@@ -104,6 +104,33 @@ impl Node {
         }
     }
 
+    /// Takes a handle unless the node has been released (its count reached
+    /// zero), like `Weak::upgrade`. For the timer thread, which holds only a
+    /// reference on the memory (timer invariant 3).
+    pub(crate) fn try_acquire(&self) -> bool {
+        // Ordering: Relaxed load, Acquire on success — as `Weak::upgrade`:
+        // the handle we take synchronises with the Release of earlier
+        // drops, so the node we then use is the live one.
+        let mut current = self.handles.load(Ordering::Relaxed);
+        loop {
+            if current == 0 {
+                return false;
+            }
+            if current > MAX_HANDLES {
+                std::process::abort();
+            }
+            match self.handles.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
     /// Drops one handle; releases the node when it was the last.
     ///
     /// # Safety

@@ -48,16 +48,29 @@ use crate::primitive::atomic::{AtomicUsize, Ordering};
 use crate::primitive::thread::{self, Thread};
 use crate::primitive::{UnsafeCell, thread_local};
 
-const NOTIFIED: usize = 0b01;
-const REGISTERING: usize = 0b10;
-const REF: usize = 0b100;
+pub(crate) const NOTIFIED: usize = 0b01;
+pub(crate) const REGISTERING: usize = 0b10;
+pub(crate) const REF: usize = 0b100;
 
 /// One parked thread or task waiting on a node.
 pub(crate) struct Waiter {
     link: Link,
-    state: AtomicUsize,
+    pub(crate) state: AtomicUsize,
     thread: Option<Thread>,
     waker: UnsafeCell<Option<Waker>>,
+    /// Set for after-func entries: the entry is the head of a larger
+    /// allocation (see `after_func.rs`), and notifying it dispatches the
+    /// callback instead of waking anyone. `REGISTERING` then means
+    /// "stopped".
+    callback: Option<&'static CallbackVtable>,
+}
+
+/// The per-closure-type operations of an after-func entry.
+pub(crate) struct CallbackVtable {
+    /// Hands the entry to the callback runners (takes one reference).
+    pub(crate) dispatch: unsafe fn(*const Waiter),
+    /// Frees the whole allocation, dropping a closure that never ran.
+    pub(crate) free: unsafe fn(*const Waiter),
 }
 
 // SAFETY: the entry's `Link`, state word and `UnsafeCell` are accessed under
@@ -83,12 +96,22 @@ pub(crate) type WaiterList = List<Waiter>;
 
 impl Waiter {
     fn alloc(thread: Option<Thread>, waker: Option<Waker>) -> *const Waiter {
-        Box::into_raw(Box::new(Waiter {
+        Box::into_raw(Box::new(Waiter::new(thread, waker, None)))
+    }
+
+    /// An entry with one reference.
+    pub(crate) fn new(
+        thread: Option<Thread>,
+        waker: Option<Waker>,
+        callback: Option<&'static CallbackVtable>,
+    ) -> Waiter {
+        Waiter {
             link: Link::new(),
             state: AtomicUsize::new(REF),
             thread,
             waker: UnsafeCell::new(waker),
-        }))
+            callback,
+        }
     }
 
     /// Drops one reference; frees the entry when it was the last.
@@ -96,15 +119,50 @@ impl Waiter {
     /// # Safety
     ///
     /// The caller owns one reference on `this` and does not use it after.
-    unsafe fn release_ref(this: *const Waiter) {
+    pub(crate) unsafe fn release_ref(this: *const Waiter) {
         // SAFETY: the caller's reference keeps the entry alive until here.
         // Ordering: AcqRel — the last owner sees every other owner's writes
         // before freeing (like `Arc`).
         let prev = unsafe { (*this).state.fetch_sub(REF, Ordering::AcqRel) };
         if prev / REF == 1 {
-            // SAFETY: that was the last reference; the entry came from
-            // `Box::into_raw` in `alloc`.
-            drop(unsafe { Box::from_raw(this as *mut Waiter) });
+            // SAFETY: that was the last reference.
+            unsafe { Waiter::free(this) };
+        }
+    }
+
+    /// # Safety
+    ///
+    /// No reference is left on `this`.
+    unsafe fn free(this: *const Waiter) {
+        // SAFETY: per the contract; callback entries are freed by their own
+        // type, plain ones came from `Box::into_raw` in `alloc`.
+        unsafe {
+            match (*this).callback {
+                Some(vtable) => (vtable.free)(this),
+                None => drop(Box::from_raw(this as *mut Waiter)),
+            }
+        }
+    }
+
+    /// Pushes `entry` onto `list`, counting the list's reference first.
+    /// `Err` means the list is closed (the reference is given back).
+    ///
+    /// # Safety
+    ///
+    /// `entry` is valid, owned by the caller, and not linked anywhere.
+    pub(crate) unsafe fn push_onto(entry: *const Waiter, list: &WaiterList) -> Result<(), ()> {
+        // SAFETY: valid per the contract.
+        let waiter = unsafe { &*entry };
+        // Ordering: Relaxed — published by the push's Release CAS.
+        waiter.state.fetch_add(REF, Ordering::Relaxed);
+        // SAFETY: valid and unlinked; kept alive by the caller's reference
+        // and the list's.
+        match unsafe { list.push(entry) } {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                waiter.state.fetch_sub(REF, Ordering::Relaxed);
+                Err(())
+            }
         }
     }
 
@@ -130,7 +188,7 @@ impl Waiter {
                 if prev / REF == 1 {
                     // SAFETY: the owner has already dropped its reference and
                     // ours was the last one.
-                    drop(unsafe { Box::from_raw(this as *mut Waiter) });
+                    unsafe { Waiter::free(this) };
                 }
             } else {
                 // Ordering: Release — pairs with the waiter's Acquire load.
@@ -139,6 +197,19 @@ impl Waiter {
                 unsafe { release_link_from(guard, this) };
             }
             thread.unpark();
+            Ok(())
+        } else if let Some(callback) = waiter.callback {
+            // Ordering: AcqRel — totally ordered with `stop`'s
+            // `fetch_or(REGISTERING)`: exactly one of the two wins.
+            let prev = waiter.state.fetch_or(NOTIFIED, Ordering::AcqRel);
+            if prev & REGISTERING == 0 {
+                // The runners' reference, taken while ours keeps it alive.
+                waiter.state.fetch_add(REF, Ordering::Relaxed);
+                // SAFETY: we pass that new reference on.
+                unsafe { (callback.dispatch)(this) };
+            }
+            // SAFETY: we own the list's reference.
+            unsafe { release_link_from(guard, this) };
             Ok(())
         } else {
             // Ordering: AcqRel — totally ordered with the poller's
