@@ -25,8 +25,10 @@
 //! | `context.Canceled`              | [`Error::Canceled`]                     |
 //! | `context.DeadlineExceeded`      | [`Error::DeadlineExceeded`]             |
 //!
-//! Deadlines, timeouts and `AfterFunc` are not implemented yet
-//! ([`Context::deadline`] is always `None`).
+//! | `WithDeadline(p, d)` / `WithTimeout(p, t)` | [`p.with_deadline(d)`](Context::with_deadline) / [`p.with_timeout(t)`](Context::with_timeout) |
+//! | `WithDeadlineCause` / `WithTimeoutCause` | [`with_deadline_cause`](Context::with_deadline_cause) / [`with_timeout_cause`](Context::with_timeout_cause) |
+//! | `ctx.Deadline()`                | [`ctx.deadline()`](Context::deadline)   |
+//! | `AfterFunc(ctx, f)` → `stop()`  | [`ctx.after_func(f)`](Context::after_func) → [`AfterFunc::stop`] |
 //!
 //! # Threads
 //!
@@ -85,6 +87,9 @@
 //!   derived context: one allocation (registration with the parent
 //!   included). `cancel()`: no allocation; it wakes every waiter of the
 //!   subtree before returning.
+//! * A deadline context is the same one allocation (its timer entry lives in
+//!   the node); one shared timer thread, started by the first deadline
+//!   context or after-func, expires deadlines and dispatches after-funcs.
 //! * Nothing on the paths that derive, cancel, check, wait on or drop a
 //!   context takes a lock: see [`docs::internals`] for the design, its
 //!   state table, invariants, orderings and memory reclamation.
