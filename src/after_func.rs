@@ -186,6 +186,11 @@ impl AfterFunc {
             f: UnsafeCell::new(Some(f)),
         }));
         let header = entry as *const AfterHeader;
+        if ctx.anchor().is_some() {
+            // The runner must exist before any cancellation dispatches to it:
+            // a canceller never starts threads.
+            runner::start();
+        }
         if let Some(anchor) = ctx.anchor() {
             if anchor.is_done() {
                 fire_now(header);
@@ -288,6 +293,8 @@ fn fire_now(header: *const AfterHeader) {
 mod runner {
     use super::{AfterHeader, run_job};
 
+    pub(super) fn start() {}
+
     /// # Safety
     ///
     /// As `run_job`.
@@ -300,6 +307,10 @@ mod runner {
 #[cfg(not(loom))]
 mod runner {
     use super::AfterHeader;
+
+    pub(super) fn start() {
+        crate::timer::start_thread();
+    }
 
     /// # Safety
     ///

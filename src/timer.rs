@@ -185,7 +185,8 @@ impl TimerRef {
         unsafe { CancelNode::release_memory(self.0.as_ptr()) };
     }
 
-    /// Links `self` into a submission stack as `head`'s successor.
+    /// Gives the reference up as a raw pointer, for the submission stack
+    /// (the timer thread rebuilds the `TimerRef` when it drains it).
     #[cfg(not(loom))]
     fn into_raw(self) -> *mut CancelNode {
         self.0.as_ptr()
@@ -193,7 +194,7 @@ impl TimerRef {
 }
 
 #[cfg(not(loom))]
-pub(crate) use imp::submit_job;
+pub(crate) use imp::{start_thread, submit_job};
 
 /// The shared timer thread.
 #[cfg(not(loom))]
@@ -312,6 +313,12 @@ mod imp {
         {
             timer.thread.unpark();
         }
+    }
+
+    /// Starts the timer thread if it is not running yet (so that a later
+    /// cancellation never has to).
+    pub(crate) fn start_thread() {
+        let _ = timer();
     }
 
     /// Hands a dispatched after-func job to the timer thread.
@@ -532,40 +539,38 @@ mod workers {
     /// Runs `job` on an idle worker, or on a new one (called only by the
     /// timer thread, the idle stack's single consumer).
     pub(super) fn hand_off(job: *mut AfterHeader, run: unsafe fn(*const AfterHeader)) {
-        {
-            while let Some(worker) = pop_idle() {
-                // Ordering: AcqRel — Release publishes the job to the worker's
-                // Acquire swap; fails if the worker retired.
-                if worker
-                    .slot
-                    .compare_exchange(
-                        core::ptr::null_mut(),
-                        job,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_ok()
-                {
-                    worker.thread.unpark();
-                    return;
-                }
+        while let Some(worker) = pop_idle() {
+            // Ordering: AcqRel — Release publishes the job to the worker's
+            // Acquire swap; fails if the worker retired.
+            if worker
+                .slot
+                .compare_exchange(
+                    core::ptr::null_mut(),
+                    job,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                worker.thread.unpark();
+                return;
             }
-            let send = SendJob(job);
-            let spawned = std::thread::Builder::new()
-                .name("goctx-after-func".into())
-                .spawn(move || {
-                    let send = send;
-                    work(send.0, run)
-                });
-            if let Err(error) = spawned {
-                // No thread can be had: run it here rather than lose it (the
-                // closure that held the job was dropped unrun).
-                eprintln!(
-                    "goctx: cannot start an after_func worker ({error}); running it on the timer thread"
-                );
-                // SAFETY: the job's queue reference was passed to us.
-                unsafe { run(job) };
-            }
+        }
+        let send = SendJob(job);
+        let spawned = std::thread::Builder::new()
+            .name("goctx-after-func".into())
+            .spawn(move || {
+                let send = send;
+                work(send.0, run)
+            });
+        if let Err(error) = spawned {
+            // No thread can be had: run it here rather than lose it (the
+            // closure that held the job was dropped unrun).
+            eprintln!(
+                "goctx: cannot start an after_func worker ({error}); running it on the timer thread"
+            );
+            // SAFETY: the job's queue reference was passed to us.
+            unsafe { run(job) };
         }
     }
 
