@@ -315,10 +315,11 @@ impl CancelNode {
                     // Keep the link reference until the child is processed.
                     let defer = if chain.deferring() { DEFER } else { 0 };
                     let tagged = child.map_addr(|addr| addr | defer);
-                    // SAFETY: we won the child's CAS: its `work_next` is ours.
-                    child_ref
-                        .work_next
-                        .with_mut(|next| unsafe { *next = stack });
+                    child_ref.work_next.with_mut(|next| {
+                        // SAFETY: we won the child's CAS: its `work_next` is
+                        // ours (invariant 2).
+                        unsafe { *next = stack }
+                    });
                     stack = tagged;
                 } else {
                     // SAFETY: yielded by this chain, released once.

@@ -295,11 +295,13 @@ fn with_thread_waiter<R>(f: impl FnOnce(*const Waiter) -> R) -> R {
     let mut f = Some(f);
     let reused = LOCAL.try_with(|local| {
         let mut waiter = local.0.get();
-        // SAFETY: the cache owns a reference, so the entry is alive.
-        // Ordering: Acquire — pairs with the AcqRel release of the list's
-        // reference, so nobody else's accesses can still be pending.
-        let free =
-            !waiter.is_null() && unsafe { (*waiter).state.load(Ordering::Acquire) } / REF == 1;
+        let free = !waiter.is_null() && {
+            // SAFETY: the cache owns a reference, so the entry is alive.
+            // Ordering: Acquire — pairs with the AcqRel release of the
+            // list's reference, so nobody else's accesses can be pending.
+            let state = unsafe { (*waiter).state.load(Ordering::Acquire) };
+            state / REF == 1
+        };
         if !free {
             if !waiter.is_null() {
                 // SAFETY: the cache's reference; a list still holds another.
