@@ -128,9 +128,12 @@ pub(crate) fn arm(node: &CancelNode, deadline: Instant) {
 /// cancellation of a deadline node and on its release.
 #[inline]
 pub(crate) fn disarm(node: &CancelNode) {
-    if node.timer.state.load(Ordering::Relaxed) == NONE {
+    if node.timer.state.load(Ordering::Relaxed) != ARMED {
         return;
     }
+    // Counted before the CAS, so the timer (which can only drop the entry as
+    // garbage after seeing DISARMED) always decrements after we increment.
+    imp::count_garbage(1);
     // Ordering: AcqRel — invariant 1, against the timer's `fire` CAS.
     if node
         .timer
@@ -138,7 +141,9 @@ pub(crate) fn disarm(node: &CancelNode) {
         .compare_exchange(ARMED, DISARMED, Ordering::AcqRel, Ordering::Relaxed)
         .is_ok()
     {
-        imp::note_garbage();
+        imp::maybe_compact();
+    } else {
+        imp::count_garbage(-1);
     }
 }
 
@@ -302,11 +307,25 @@ mod imp {
         }
     }
 
-    /// Counts a disarmed entry; wakes the thread to compact when garbage is
-    /// at least half of what it holds.
-    pub(super) fn note_garbage() {
+    /// Adjusts the count of disarmed entries the timer still holds.
+    pub(super) fn count_garbage(delta: isize) {
         let Some(timer) = TIMER.get() else { return };
-        let garbage = timer.garbage.fetch_add(1, Ordering::Relaxed) + 1;
+        if delta >= 0 {
+            timer
+                .garbage
+                .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+        } else {
+            timer
+                .garbage
+                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    /// Wakes the thread to compact when garbage is at least half of what it
+    /// holds (and at least `COMPACT_MIN`).
+    pub(super) fn maybe_compact() {
+        let Some(timer) = TIMER.get() else { return };
+        let garbage = timer.garbage.load(Ordering::Relaxed);
         if garbage >= COMPACT_MIN
             && garbage * 2 >= timer.held.load(Ordering::Relaxed)
             && timer.compact.swap(1, Ordering::AcqRel) == 0
@@ -411,7 +430,11 @@ mod imp {
                 let Some(Reverse(armed)) = heap.pop() else {
                     break;
                 };
-                let was_garbage = armed.entry.fire();
+                // Cancelling runs foreign code (wakers, value drops when the
+                // last handle goes): a panic there must not kill the timer.
+                let was_garbage =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| armed.entry.fire()))
+                        .unwrap_or(false);
                 timer.held.fetch_sub(1, Ordering::Relaxed);
                 if was_garbage {
                     timer.garbage.fetch_sub(1, Ordering::Relaxed);
@@ -470,7 +493,9 @@ mod imp {
         ARMED.with(|armed| armed.borrow_mut().push(entry));
     }
 
-    pub(super) fn note_garbage() {}
+    pub(super) fn count_garbage(_delta: isize) {}
+
+    pub(super) fn maybe_compact() {}
 
     pub(super) fn take_armed() -> Vec<TimerRef> {
         ARMED.with(|armed| std::mem::take(&mut *armed.borrow_mut()))
@@ -609,14 +634,26 @@ mod workers {
         }
     }
 
+    /// Runs a job. `f` itself is contained by `run_job`; this also keeps a
+    /// panicking drop (of the last handle the job releases) from killing
+    /// the worker.
+    fn run_contained(job: *mut AfterHeader, run: unsafe fn(*const AfterHeader)) {
+        let job = SendJob(job);
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let job = job;
+            // SAFETY: the job was handed to this thread with its queue
+            // reference.
+            unsafe { run(job.0) }
+        }));
+    }
+
     fn work(first: *mut AfterHeader, run: unsafe fn(*const AfterHeader)) {
         let me = Arc::new(Worker {
             slot: AtomicPtr::new(core::ptr::null_mut()),
             thread: thread::current(),
             next_idle: AtomicPtr::new(core::ptr::null_mut()),
         });
-        // SAFETY: the job's queue reference was handed to this thread.
-        unsafe { run(first) };
+        run_contained(first, run);
         loop {
             push_idle(&me);
             let idle_until = Instant::now() + IDLE_TIMEOUT;
@@ -624,8 +661,7 @@ mod workers {
                 // Ordering: Acquire — pairs with `hand_off`'s Release CAS.
                 let job = me.slot.swap(core::ptr::null_mut(), Ordering::Acquire);
                 if !job.is_null() {
-                    // SAFETY: handed to us with its queue reference.
-                    unsafe { run(job) };
+                    run_contained(job, run);
                     break;
                 }
                 let now = Instant::now();
