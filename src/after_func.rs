@@ -191,13 +191,17 @@ impl AfterFunc {
             // a canceller never starts threads.
             runner::start();
         }
-        if let Some(anchor) = ctx.anchor() {
+        // The raw anchor pointer (not one made from a reference): the handle
+        // taken below may be the one that frees the node.
+        let anchor_ptr = ctx.anchor_ptr();
+        // SAFETY: the anchor lives as long as `ctx`.
+        if let Some(anchor) = unsafe { anchor_ptr.as_ref() } {
             if anchor.is_done() {
                 fire_now(header);
             } else {
                 anchor.node.acquire();
                 // SAFETY: a fresh allocation, exclusively ours until pushed.
-                unsafe { (*header).node.with_mut(|cell| *cell = anchor) };
+                unsafe { (*header).node.with_mut(|cell| *cell = anchor_ptr) };
                 // SAFETY: valid, ours, unlinked.
                 if unsafe { Waiter::push_onto(header as *const Waiter, &anchor.waiters) }.is_err() {
                     // Closed: done meanwhile. Not linked, so still ours.

@@ -133,7 +133,7 @@ impl CancelNode {
             if deadline <= Instant::now() {
                 node.cancel(Error::DeadlineExceeded, node.timer.cause());
             } else {
-                timer::arm(node, deadline);
+                timer::arm(raw, deadline);
             }
         }
         raw

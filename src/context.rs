@@ -324,13 +324,12 @@ impl Context {
     /// ```
     #[inline]
     pub fn done(&self) -> Done {
-        match self.anchor() {
-            None => Done::new(None),
-            Some(anchor) => {
-                anchor.node.acquire();
-                Done::new(Some(NonNull::from(anchor)))
-            }
+        let anchor = NonNull::new(self.anchor_ptr().cast_mut());
+        if let Some(anchor) = anchor {
+            // SAFETY: the anchor lives as long as `self` (node invariant 4).
+            unsafe { anchor.as_ref() }.node.acquire();
         }
+        Done::new(anchor)
     }
 
     /// `None` while the context is running; afterwards why it is done
@@ -451,10 +450,18 @@ impl Context {
         }
     }
 
+    /// The anchor as the raw pointer stored in the node, which keeps the
+    /// provenance of the anchor's allocation: handles made from it may free
+    /// the node (a pointer derived from a `&CancelNode` may not, under Tree
+    /// Borrows).
     #[inline]
     pub(crate) fn anchor_ptr(&self) -> *const CancelNode {
-        self.anchor()
-            .map_or(ptr::null(), |a| a as *const CancelNode)
+        match self.0 {
+            // SAFETY: our handle keeps the node alive; the field is read
+            // through the node's own pointer, never through a reference.
+            Repr::Node(node) => unsafe { (*node.as_ptr()).anchor },
+            _ => ptr::null(),
+        }
     }
 
     /// Gives up this context's handle to the caller: `None` for roots.

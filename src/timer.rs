@@ -109,14 +109,16 @@ impl TimerEntry {
 
 /// Arms `node`'s timer for `deadline`. Called once, by the deriving thread,
 /// after the node is fully built.
-pub(crate) fn arm(node: &CancelNode, deadline: Instant) {
+pub(crate) fn arm(raw: NonNull<CancelNode>, deadline: Instant) {
+    // SAFETY: the deriving thread holds handles on the node.
+    let node = unsafe { raw.as_ref() };
     // The timer's reference on the memory (invariant 2).
     node.acquire_memory();
     // Ordering: Release — pairs with the Acquire CASes of `disarm`/`fire`.
     node.timer.state.store(ARMED, Ordering::Release);
     // SAFETY: the node's memory is kept alive by the reference just taken,
     // which the timer now owns.
-    unsafe { imp::submit(TimerRef(NonNull::from(node)), deadline) };
+    unsafe { imp::submit(TimerRef(raw), deadline) };
     // A cancellation that ran before `ARMED` was visible could not disarm:
     // do it for it.
     if node.is_done() {

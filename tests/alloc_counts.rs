@@ -1,7 +1,8 @@
 //! Exact allocation counts of the public API (lib.rs "Cost model", API.md
 //! "Types": roots allocate nothing, one allocation per derived context,
-//! `cancel()` allocates nothing, untimed waits allocate nothing once the
-//! thread has waited before).
+//! deadline contexts included, `cancel()` allocates nothing, untimed waits
+//! allocate nothing once the thread has waited before, an after-func is at
+//! most one allocation and stopping it none).
 //!
 //! The counting allocator counts only allocations made by the thread that
 //! is inside [`count`], so tests running in parallel, helper threads and the
@@ -9,9 +10,9 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, mpsc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use goctx::{Context, Error};
 
@@ -469,4 +470,151 @@ fn counter_counts_only_the_current_thread() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(noisy.join().unwrap() > 0);
     assert_eq!(n, 0);
+}
+
+/// Warms up what deadlines and after-funcs need once: the timer thread
+/// (started by the first deadline context or after-func in the process)
+/// and an after-func worker. Their allocations happen on those threads,
+/// but starting the timer allocates on the caller's.
+fn warm_up_deadlines() {
+    warm_up();
+    let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(1));
+    ctx.done().wait();
+    let (ran, f_ran) = mpsc::channel();
+    let (ctx, cancel) = Context::background().with_cancel();
+    let _after = ctx.after_func(move || ran.send(()).unwrap());
+    cancel.cancel();
+    f_ran.recv().unwrap();
+}
+
+#[test]
+fn deadline_derivations_allocate_once() {
+    warm_up_deadlines();
+    let bg = Context::background();
+    let in_30s = || Instant::now() + Duration::from_secs(30);
+
+    let (t, cancel_t) = assert_allocs("background().with_timeout(30 s)", 1, || {
+        bg.with_timeout(Duration::from_secs(30))
+    });
+    let (parent, cancel_parent) = bg.with_cancel();
+    let (d, cancel_d) = assert_allocs("with_deadline() on a cancellable parent", 1, || {
+        parent.with_deadline(in_30s())
+    });
+    assert_eq!(parent.registered_children(), 1);
+    let v = parent.with_value(RequestId(1));
+    let (dc, cancel_dc) = assert_allocs(
+        "with_deadline_cause(plain Error) under a value layer",
+        1,
+        || v.with_deadline_cause(in_30s(), Error::Canceled),
+    );
+    let (under, _cancel_under) = assert_allocs("with_timeout() under a sooner deadline", 1, || {
+        d.with_timeout(Duration::from_secs(3600))
+    });
+    let (max, _cancel_max) = assert_allocs("with_timeout(Duration::MAX)", 1, || {
+        bg.with_timeout(Duration::MAX)
+    });
+    let (zero, _cancel_zero) = assert_allocs("with_timeout(ZERO) (done at once)", 1, || {
+        parent.with_timeout(Duration::ZERO)
+    });
+    assert_eq!(zero.err(), Some(Error::DeadlineExceeded));
+    assert_allocs("deadline queries", 0, || {
+        assert!(t.deadline().is_some());
+        assert_eq!(under.deadline(), d.deadline());
+        assert_eq!(max.deadline(), None);
+        assert!(!dc.is_done());
+    });
+    assert_eq!(parent.registered_children(), 2);
+
+    assert_allocs("cancel() of a deadline context", 0, || cancel_d.cancel());
+    assert_eq!(d.err(), Some(Error::Canceled));
+    assert!(under.is_done());
+    assert_allocs("cancel() of a deadline context with a cause", 0, || {
+        cancel_dc.cancel()
+    });
+    assert_allocs("cancel() of a deadline context under background", 0, || {
+        cancel_t.cancel()
+    });
+    assert_eq!(parent.registered_children(), 0);
+
+    // Dropping: never cancelled, cancelled, and through a value layer.
+    let (live, cancel_live) = parent.with_timeout(Duration::from_secs(30));
+    let (live_bg, cancel_live_bg) = bg.with_timeout(Duration::from_secs(30));
+    let (timed, cancel_layered) = parent.with_timeout(Duration::from_secs(30));
+    let layered = timed.with_value(Other(2));
+    drop(timed);
+    assert_eq!(parent.registered_children(), 2);
+    assert_allocs("dropping a live deadline context", 0, || {
+        drop((live, cancel_live))
+    });
+    assert_allocs(
+        "dropping a live deadline context under background",
+        0,
+        || drop((live_bg, cancel_live_bg)),
+    );
+    assert_allocs("dropping a deadline context and its value layer", 0, || {
+        drop((layered, cancel_layered))
+    });
+    assert_eq!(parent.registered_children(), 0);
+    assert_allocs("dropping cancelled deadline contexts", 0, || {
+        drop((t, d, dc, under, max, zero))
+    });
+
+    // Waiting for an expiry.
+    let (soon, _cancel_soon) = parent.with_timeout(Duration::from_millis(2));
+    assert_allocs("wait() for an expiry", 0, || soon.done().wait());
+    assert_eq!(soon.err(), Some(Error::DeadlineExceeded));
+    cancel_parent.cancel();
+}
+
+#[test]
+fn after_func_allocates_at_most_once() {
+    warm_up_deadlines();
+    let (ran, f_ran) = mpsc::channel();
+
+    let (ctx, cancel) = Context::background().with_cancel();
+    let tx = ran.clone();
+    let (stopped, n) = count(|| ctx.after_func(move || tx.send("stopped").unwrap()));
+    assert!(n <= 1, "after_func(): {n} allocations, expected at most 1");
+    assert_eq!(n, 1, "after_func(): the entry, with the closure");
+    assert_allocs("AfterFunc::stop()", 0, || assert!(stopped.stop()));
+    assert_allocs("AfterFunc::stop() again", 0, || assert!(!stopped.stop()));
+    assert_allocs("dropping a stopped AfterFunc", 0, || drop(stopped));
+
+    let tx = ran.clone();
+    let layered = ctx.with_value(RequestId(3));
+    let pending = assert_allocs("after_func() on a value layer", 1, || {
+        layered.after_func(move || tx.send("ran").unwrap())
+    });
+    assert_allocs("dropping a pending AfterFunc", 0, || drop(pending));
+    assert_allocs("cancel() with a pending after_func", 0, || cancel.cancel());
+    assert_eq!(f_ran.recv_timeout(Duration::from_secs(10)), Ok("ran"));
+
+    let tx = ran.clone();
+    let done_already = assert_allocs("after_func() on a done context", 1, || {
+        ctx.after_func(move || tx.send("immediately").unwrap())
+    });
+    assert_eq!(
+        f_ran.recv_timeout(Duration::from_secs(10)),
+        Ok("immediately")
+    );
+    assert_allocs("AfterFunc::stop() after f ran", 0, || {
+        assert!(!done_already.stop())
+    });
+
+    let never = Context::background();
+    let tx = ran.clone();
+    let on_never = assert_allocs("after_func() on background", 1, || {
+        never.after_func(move || tx.send("never").unwrap())
+    });
+    assert_allocs("AfterFunc::stop() on background", 0, || {
+        assert!(on_never.stop())
+    });
+
+    let (deadline, _cancel_deadline) = Context::background().with_timeout(Duration::from_secs(30));
+    let on_deadline = assert_allocs("after_func() on a deadline context", 1, || {
+        deadline.after_func(move || ran.send("deadline").unwrap())
+    });
+    assert_allocs("AfterFunc::stop() on a deadline context", 0, || {
+        assert!(on_deadline.stop())
+    });
 }
