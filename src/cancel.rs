@@ -194,12 +194,6 @@ impl CancelNode {
         self.deadline
     }
 
-    /// The node's own deadline, for the timer (only called on armed nodes,
-    /// whose `deadline` is their own).
-    pub(crate) fn deadline_instant(&self) -> Instant {
-        self.deadline.expect("an armed node has a deadline")
-    }
-
     /// Takes one more reference on the memory (for the timer).
     pub(crate) fn acquire_memory(&self) {
         // Ordering: Relaxed — taken from a live node, like a handle clone.

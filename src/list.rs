@@ -35,6 +35,15 @@
 //!    for an epoch grace period after a cleanup pass unlinks it
 //!    (`defer_unchecked` of its link reference), so a pinned cleanup pass
 //!    never reads freed memory.
+//! 6. Apart from the pass that unlinks it, only *other cleanup passes* can
+//!    still hold a pointer to an unlinked entry: a closer reaches entries
+//!    only through `fetch_or` on a predecessor, which fails to be the
+//!    pointer a cleanup CAS replaced (invariant 3), and removers own their
+//!    entries. So a pass that unlinks an entry while it is the only pass
+//!    (`cleaners == 1`, read after a SeqCst fence that pairs with the fence
+//!    every pass makes after incrementing `cleaners`) releases it at once;
+//!    epoch deferral is only for overlapping passes. This keeps churn from
+//!    flooding crossbeam-epoch's garbage queue.
 //! 5. `cleaners` counts cleanup passes in progress. The closer reads it after
 //!    its swap (with a SeqCst fence on both sides, the store-buffer pattern):
 //!    if it reads zero, no pass can ever touch the detached chain, and the
@@ -138,6 +147,8 @@ pub(crate) struct List<E: Entry> {
     marked: AtomicUsize,
     /// Cleanup passes in progress.
     cleaners: AtomicUsize,
+    /// Removed-but-linked entries below this never trigger a cleanup pass.
+    cleanup_min: usize,
     _entries: PhantomData<*const E>,
 }
 
@@ -154,7 +165,14 @@ pub(crate) struct Closed;
 
 impl<E: Entry> List<E> {
     pub(crate) fn new() -> Self {
+        List::with_cleanup_min(CLEANUP_MIN)
+    }
+
+    /// A list that cleans up once `min` removed entries (and at least half
+    /// of the list) are waiting to be unlinked.
+    pub(crate) fn with_cleanup_min(min: usize) -> Self {
         List {
+            cleanup_min: min.min(CLEANUP_MIN),
             head: AtomicPtr::new(ptr::null_mut()),
             linked: AtomicUsize::new(0),
             marked: AtomicUsize::new(0),
@@ -218,7 +236,7 @@ impl<E: Entry> List<E> {
             self.marked.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
-        if marked >= CLEANUP_MIN
+        if marked >= self.cleanup_min
             && marked * 2 >= self.linked.load(Ordering::Relaxed)
             && self.cleaners.load(Ordering::Relaxed) == 0
         {
@@ -230,12 +248,22 @@ impl<E: Entry> List<E> {
     /// Unlinks every removed entry it finds (Harris–Michael traversal).
     #[cold]
     fn cleanup(&self) {
+        self.sweep(|_| false);
+    }
+
+    /// A cleanup pass that also removes every live entry for which
+    /// `remove` returns true (it may be called again for an entry it
+    /// declined, after a restart). The timer's expiry uses it; `remove`
+    /// must take whatever reference it needs on an entry it claims, since
+    /// the list's own is released (after an epoch) once it is unlinked.
+    pub(crate) fn sweep(&self, mut remove: impl FnMut(*const E) -> bool) {
         // Ordering: SeqCst increment + fence — the store-buffer pattern with
         // `close` (invariant 5): either we see CLOSED at the head, or the
         // closer sees our increment.
         self.cleaners.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let guard = epoch::pin();
+        let mut deferred = false;
         'restart: loop {
             let mut pred: &AtomicPtr<()> = &self.head;
             // Ordering: Acquire — pairs with the Release CAS in `push`, so
@@ -252,7 +280,17 @@ impl<E: Entry> List<E> {
                 // immediately saw `cleaners != 0` and defers instead.
                 let link = unsafe { (*entry).link() };
                 // Ordering: Acquire — see the remover's writes if marked.
-                let next = link.next.load(Ordering::Acquire);
+                let mut next = link.next.load(Ordering::Acquire);
+                if !tagged(next, MARK) && remove(entry) {
+                    // Remove it as `remove()` would (counted first).
+                    self.marked.fetch_add(1, Ordering::Relaxed);
+                    // Ordering: AcqRel — invariant 2.
+                    let prev = fetch_or_tag(&link.next, MARK, Ordering::AcqRel);
+                    if tagged(prev, MARK) {
+                        self.marked.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    next = prev.map_addr(|addr| addr | MARK);
+                }
                 if tagged(next, MARK) {
                     let succ = untagged(next);
                     // Ordering: AcqRel on success (we take ownership of the
@@ -267,11 +305,21 @@ impl<E: Entry> List<E> {
                     }
                     self.marked.fetch_sub(1, Ordering::Relaxed);
                     self.linked.fetch_sub(1, Ordering::Relaxed);
-                    // SAFETY: we unlinked `entry` by CAS on an unmarked
-                    // predecessor, so we own its link reference (invariant
-                    // 3); other pinned threads may still read it, hence the
-                    // deferral (invariant 4).
-                    unsafe { defer_release(&guard, entry) };
+                    // Invariant 6: only other cleanup passes can still read
+                    // an entry we unlinked. If we are the only one, release
+                    // it now; otherwise after an epoch.
+                    fence(Ordering::SeqCst);
+                    if self.cleaners.load(Ordering::SeqCst) == 1 {
+                        // SAFETY: we own its link reference (invariant 3)
+                        // and no other pass can reach it (invariant 6).
+                        unsafe { E::release_link(entry) };
+                    } else {
+                        // SAFETY: we own its link reference (invariant 3);
+                        // other pinned passes may still read it (invariant
+                        // 4).
+                        unsafe { defer_release(&guard, entry) };
+                        deferred = true;
+                    }
                     cur = succ;
                 } else {
                     pred = &link.next;
@@ -280,11 +328,11 @@ impl<E: Entry> List<E> {
             }
             break;
         }
-        // Hand what we deferred to the global queue and collect what has
-        // expired. Without this, garbage piles up faster than the collector's
-        // own cadence (a few bags per 128 pins) frees it: a churn of a million
-        // create/drop cycles would hold hundreds of MB until later pins.
-        guard.flush();
+        if deferred {
+            // Hand what we deferred to the global queue and collect what has
+            // expired, rather than wait for the collector's own cadence.
+            guard.flush();
+        }
         drop(guard);
         // Ordering: Release — our reads of the chain happen before a closer
         // that reads zero here (Acquire after its fence).

@@ -4,63 +4,39 @@
 //!
 //! # Design
 //!
-//! * **No thread, no allocation until needed.** The timer thread is started
-//!   by the first deadline context or after-func (a one-time `OnceLock`
-//!   initialisation; afterwards every access is one atomic load).
-//! * **Arming is O(1) and lock-free for the deriving thread.** The node
-//!   itself is the timer entry: the deriver takes one reference on the node's
-//!   memory for the timer, pushes the node on a Treiber stack of submissions
-//!   and unparks the timer thread *only if* the new deadline is earlier than
-//!   the one the thread sleeps toward. No allocation: `with_timeout` costs the
-//!   node's one allocation.
-//! * **The timer thread owns a binary heap** of `(deadline, node)`; only it
-//!   touches the heap, so no lock is needed. It drains submissions, expires
-//!   what is due (`cancel(DeadlineExceeded, cause)`), and parks until the
-//!   earliest deadline (or indefinitely when there is none).
-//! * **Disarming is O(1) and lock-free.** Cancelling or releasing a deadline
-//!   context flips its entry `ARMED → DISARMED` and counts it as garbage. The
-//!   thread drops garbage when it reaches its deadline or, sooner, in a
-//!   compaction pass that runs once garbage is at least half of what the
-//!   timer holds (and at least `COMPACT_MIN`): the thread is woken for that,
-//!   so memory under churn of long timeouts stays within a constant factor of
-//!   the live deadline contexts.
-//!
-//! # Entry states
-//!
-//! | state      | meaning                                                  |
-//! |------------|----------------------------------------------------------|
-//! | `NONE`     | not a deadline node                                      |
-//! | `UNARMED`  | a deadline node whose timer was not (yet) armed          |
-//! | `ARMED`    | the timer holds a memory reference and will fire it      |
-//! | `DISARMED` | cancelled or released; the timer will just drop it       |
-//! | `FIRED`    | the timer claimed it and cancels it                      |
-//!
-//! # Invariants
-//!
-//! 1. `ARMED` leaves by exactly one CAS: to `FIRED` (the timer) or to
-//!    `DISARMED` (a cancellation or the release). So a deadline expiry and a
-//!    manual cancel never both act, and `err()`/`cause()` come from the one
-//!    that won the node's state word.
-//! 2. While armed (and until the timer drops the entry), the timer owns one
-//!    reference on the node's *memory* (`links`), never a handle: a deadline
-//!    context dropped without cancel is released at once; its entry is
-//!    garbage.
-//! 3. The timer cancels a node only after taking a handle on it with
-//!    `try_acquire` (which fails once the node is released), so it never
-//!    touches a released node's ancestors.
-//! 4. The timer thread sets `sleeping_until` before its last look at the
-//!    submission stack, and a submitter pushes before it reads
-//!    `sleeping_until`, with SeqCst fences between (the store-buffer
-//!    pattern): either the thread sees the submission, or the submitter sees
-//!    the thread's deadline and unparks it if its own is earlier.
+//! * **No thread, no allocation until needed.** The timer thread and its
+//!   buckets are created by the first deadline context or after-func (a
+//!   one-time `OnceLock` initialisation; afterwards every access is one
+//!   atomic load).
+//! * **The node is the timer entry.** A deadline node links itself (through
+//!   a second intrusive link, `TimerEntry::link`) into one of `BUCKETS`
+//!   lock-free lists of the kind `list.rs` describes, chosen by its deadline
+//!   in milliseconds. No allocation: `with_timeout` costs the node's one
+//!   allocation.
+//! * **Arming is O(1) and lock-free** (deriving thread): a Treiber push, a
+//!   `fetch_min` of the bucket's earliest deadline, and an unpark of the
+//!   timer thread only if the new deadline is earlier than the one it sleeps
+//!   toward.
+//! * **Disarming is O(1) and lock-free** (cancelling or releasing thread):
+//!   a CAS `ARMED → DISARMED` and a logical removal from the bucket. The
+//!   cancelling threads themselves unlink removed entries, amortised, as for
+//!   child lists — so churn of long timeouts (derive, cancel, repeat) never
+//!   reaches the timer thread at all, and memory stays within a constant
+//!   factor of the live deadline contexts.
+//! * **The timer thread** parks until the earliest bucket deadline. When
+//!   woken, it sweeps each bucket whose earliest deadline has passed,
+//!   removing and firing the due entries and recomputing the bucket's
+//!   earliest deadline from those that stay (later deadlines that share the
+//!   bucket), then hands ready after-func jobs to workers.
 
-use core::ptr::{self, NonNull};
+use core::ptr::NonNull;
 use std::time::Instant;
 
 use crate::cancel::CancelNode;
 use crate::error::{Cause, Error};
+use crate::list::{Entry, Link};
 use crate::node::Node;
-use crate::primitive::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use crate::primitive::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 const NONE: usize = 0;
 const UNARMED: usize = 1;
@@ -71,8 +47,11 @@ const FIRED: usize = 4;
 /// The timer part of a cancellable node.
 pub(crate) struct TimerEntry {
     state: AtomicUsize,
-    /// The submission stack link.
-    next: AtomicPtr<CancelNode>,
+    /// The node's link in its timer bucket.
+    link: Link,
+    /// The deadline in nanoseconds since the timer's base (set before the
+    /// node is linked into its bucket, then immutable).
+    when: AtomicU64,
     /// The cause a deadline expiry records (`DeadlineExceeded` when `None`).
     cause: Option<Cause>,
 }
@@ -82,7 +61,8 @@ impl TimerEntry {
     pub(crate) fn none() -> TimerEntry {
         TimerEntry {
             state: AtomicUsize::new(NONE),
-            next: AtomicPtr::new(ptr::null_mut()),
+            link: Link::new(),
+            when: AtomicU64::new(0),
             cause: None,
         }
     }
@@ -91,7 +71,8 @@ impl TimerEntry {
     pub(crate) fn deadline(cause: Option<Cause>) -> TimerEntry {
         TimerEntry {
             state: AtomicUsize::new(UNARMED),
-            next: AtomicPtr::new(ptr::null_mut()),
+            link: Link::new(),
+            when: AtomicU64::new(0),
             cause,
         }
     }
@@ -112,13 +93,13 @@ impl TimerEntry {
 pub(crate) fn arm(raw: NonNull<CancelNode>, deadline: Instant) {
     // SAFETY: the deriving thread holds handles on the node.
     let node = unsafe { raw.as_ref() };
-    // The timer's reference on the memory (invariant 2).
+    // The bucket's (or, under loom, the test's) reference on the memory
+    // (invariant 2).
     node.acquire_memory();
-    // Ordering: Release — pairs with the Acquire CASes of `disarm`/`fire`.
-    node.timer.state.store(ARMED, Ordering::Release);
     // SAFETY: the node's memory is kept alive by the reference just taken,
-    // which the timer now owns.
-    unsafe { imp::submit(TimerRef(raw), deadline) };
+    // which the timer now owns. `submit` sets `ARMED` once the entry is
+    // linked, so a disarm never removes an entry that is not linked yet.
+    unsafe { imp::submit(raw, deadline) };
     // A cancellation that ran before `ARMED` was visible could not disarm:
     // do it for it.
     if node.is_done() {
@@ -133,9 +114,6 @@ pub(crate) fn disarm(node: &CancelNode) {
     if node.timer.state.load(Ordering::Relaxed) != ARMED {
         return;
     }
-    // Counted before the CAS, so the timer (which can only drop the entry as
-    // garbage after seeing DISARMED) always decrements after we increment.
-    imp::count_garbage(1);
     // Ordering: AcqRel — invariant 1, against the timer's `fire` CAS.
     if node
         .timer
@@ -143,9 +121,7 @@ pub(crate) fn disarm(node: &CancelNode) {
         .compare_exchange(ARMED, DISARMED, Ordering::AcqRel, Ordering::Relaxed)
         .is_ok()
     {
-        imp::maybe_compact();
-    } else {
-        imp::count_garbage(-1);
+        imp::withdraw(node);
     }
 }
 
@@ -159,11 +135,6 @@ impl TimerRef {
     fn node(&self) -> &CancelNode {
         // SAFETY: our memory reference keeps the node's memory valid.
         unsafe { self.0.as_ref() }
-    }
-
-    /// Whether a cancellation or release disarmed the entry.
-    pub(crate) fn is_disarmed(&self) -> bool {
-        self.node().timer.state.load(Ordering::Acquire) == DISARMED
     }
 
     /// The deadline has passed: cancel the node with `DeadlineExceeded`
@@ -191,52 +162,69 @@ impl TimerRef {
         // SAFETY: the reference `arm` took, given up once.
         unsafe { CancelNode::release_memory(self.0.as_ptr()) };
     }
+}
 
-    /// Gives the reference up as a raw pointer, for the submission stack
-    /// (the timer thread rebuilds the `TimerRef` when it drains it).
-    #[cfg(not(loom))]
-    fn into_raw(self) -> *mut CancelNode {
-        self.0.as_ptr()
+/// A deadline node seen as an entry of its timer bucket: the same memory,
+/// linked through `TimerEntry::link`, the list holding a memory reference.
+#[repr(transparent)]
+pub(crate) struct TimerView(CancelNode);
+
+// SAFETY: `CancelNode` is 128-aligned; `link` is a fixed field; the bucket's
+// reference (`acquire_memory` in `arm`) keeps the memory valid until
+// `release_link`.
+unsafe impl Entry for TimerView {
+    fn link(&self) -> &Link {
+        &self.0.timer.link
+    }
+
+    unsafe fn release_link(this: *const Self) {
+        // SAFETY: forwarded: the bucket's memory reference.
+        unsafe { CancelNode::release_memory(this.cast()) }
     }
 }
 
 #[cfg(not(loom))]
 pub(crate) use imp::{start_thread, submit_job};
 
-/// The shared timer thread.
+/// The shared timer thread and its buckets.
 #[cfg(not(loom))]
 mod imp {
-    use std::cmp::{Ordering as CmpOrdering, Reverse};
-    use std::collections::BinaryHeap;
+    use core::ptr::NonNull;
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
-    use super::TimerRef;
+    use super::{TimerRef, TimerView};
     use crate::after_func::{AfterHeader, run_job};
     use crate::cancel::CancelNode;
-    use crate::primitive::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering, fence};
+    use crate::list::List;
+    use crate::primitive::atomic::{AtomicPtr, AtomicU64, Ordering, fence};
     use crate::primitive::thread::{self, Thread};
 
-    /// Garbage below this never triggers a compaction.
-    const COMPACT_MIN: usize = 1024;
+    /// Buckets, by deadline in milliseconds modulo this (a power of two).
+    const BUCKETS: usize = 1024;
+    /// A bucket cleans up once this many entries are removed but linked (and
+    /// they are half of it), so removed entries held across all buckets stay
+    /// under `BUCKETS * CLEANUP` plus twice the live ones.
+    const BUCKET_CLEANUP: usize = 8;
     /// `sleeping_until` while the thread is awake: submitters never unpark.
     const AWAKE: u64 = 0;
+    /// A bucket's earliest deadline when it holds none.
+    const EMPTY: u64 = u64::MAX;
+
+    struct Bucket {
+        entries: List<TimerView>,
+        /// A lower bound of the deadlines linked here (exact after a sweep).
+        earliest: AtomicU64,
+    }
 
     pub(super) struct Timer {
         /// Deadlines are kept as nanoseconds since this instant.
         base: Instant,
-        submissions: AtomicPtr<CancelNode>,
+        buckets: Box<[Bucket]>,
         /// Ready after-func jobs (`AfterHeader::job_next`).
         jobs: AtomicPtr<AfterHeader>,
-        /// The deadline the thread parks toward (`u64::MAX`: none), or
-        /// `AWAKE`.
+        /// The deadline the thread parks toward (`EMPTY`: none), or `AWAKE`.
         sleeping_until: AtomicU64,
-        /// Entries the timer holds (submitted, not yet dropped).
-        held: AtomicUsize,
-        /// Of those, disarmed ones.
-        garbage: AtomicUsize,
-        /// Set when a compaction was requested and not yet run.
-        compact: AtomicUsize,
         thread: Thread,
     }
 
@@ -257,14 +245,17 @@ mod imp {
                 }
             })
             .expect("goctx: cannot start the timer thread");
+        let buckets = (0..BUCKETS)
+            .map(|_| Bucket {
+                entries: List::with_cleanup_min(BUCKET_CLEANUP),
+                earliest: AtomicU64::new(EMPTY),
+            })
+            .collect();
         let timer: &'static Timer = Box::leak(Box::new(Timer {
             base: Instant::now(),
-            submissions: AtomicPtr::new(core::ptr::null_mut()),
+            buckets,
             jobs: AtomicPtr::new(core::ptr::null_mut()),
             sleeping_until: AtomicU64::new(AWAKE),
-            held: AtomicUsize::new(0),
-            garbage: AtomicUsize::new(0),
-            compact: AtomicUsize::new(0),
             thread: handle.thread().clone(),
         }));
         let _ = tx.send(timer);
@@ -274,66 +265,67 @@ mod imp {
     impl Timer {
         fn nanos(&self, at: Instant) -> u64 {
             let nanos = at.saturating_duration_since(self.base).as_nanos();
-            // Never AWAKE (0) for a real deadline; saturate far futures.
-            (nanos.min(u64::MAX as u128 - 1) as u64).max(1)
+            // Never AWAKE (0) nor EMPTY for a real deadline.
+            nanos.clamp(1, u128::from(EMPTY - 1)) as u64
+        }
+
+        fn bucket(&self, when: u64) -> &Bucket {
+            &self.buckets[(when / 1_000_000) as usize % BUCKETS]
+        }
+
+        /// The earliest deadline over all buckets.
+        fn earliest(&self) -> u64 {
+            self.buckets
+                .iter()
+                // Ordering: Acquire — pairs with the SeqCst `fetch_min` of
+                // `submit` (after its fence: invariant 4).
+                .map(|bucket| bucket.earliest.load(Ordering::Acquire))
+                .min()
+                .unwrap_or(EMPTY)
         }
     }
 
+    /// Links an armed node into its bucket.
+    ///
     /// # Safety
     ///
-    /// `entry` owns a memory reference on an armed node.
-    pub(super) unsafe fn submit(entry: TimerRef, deadline: Instant) {
+    /// `node` is armed and the caller gives the bucket the memory reference
+    /// it took for it.
+    pub(super) unsafe fn submit(node: NonNull<CancelNode>, deadline: Instant) {
         let timer = timer();
-        timer.held.fetch_add(1, Ordering::Relaxed);
-        let node = entry.into_raw();
-        // Ordering: SeqCst push — invariant 4; Release publishes the node.
-        let mut head = timer.submissions.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: the reference keeps the node valid; its `next` is ours
-            // until the push succeeds.
-            unsafe { (*node).timer.next.store(head, Ordering::Relaxed) };
-            match timer.submissions.compare_exchange_weak(
-                head,
-                node,
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(actual) => head = actual,
-            }
+        let when = timer.nanos(deadline);
+        // SAFETY: the reference keeps the node valid.
+        let entry = unsafe { node.as_ref() };
+        // Ordering: Relaxed — published by the push's Release CAS.
+        entry.timer.when.store(when, Ordering::Relaxed);
+        let bucket = timer.bucket(when);
+        // SAFETY: the node is valid and in no bucket; the list now owns the
+        // memory reference.
+        if unsafe { bucket.entries.push(node.as_ptr().cast::<TimerView>()) }.is_err() {
+            unreachable!("timer buckets are never closed");
         }
+        // Ordering: Release — pairs with the Acquire CASes of `disarm` (which
+        // then removes a linked entry from the right bucket) and `fire`.
+        entry.timer.state.store(super::ARMED, Ordering::Release);
+        // Invariant 4: the push, then (fenced) the bucket's earliest
+        // deadline, then (fenced) the thread's.
         fence(Ordering::SeqCst);
-        // Ordering: Relaxed after the fence — invariant 4.
-        if timer.nanos(deadline) < timer.sleeping_until.load(Ordering::Relaxed) {
+        bucket.earliest.fetch_min(when, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if when < timer.sleeping_until.load(Ordering::SeqCst) {
             timer.thread.unpark();
         }
     }
 
-    /// Adjusts the count of disarmed entries the timer still holds.
-    pub(super) fn count_garbage(delta: isize) {
+    /// Removes a disarmed node from its bucket (logically; the bucket's
+    /// cleanup unlinks it, amortised, on this or another disarming thread).
+    pub(super) fn withdraw(node: &CancelNode) {
         let Some(timer) = TIMER.get() else { return };
-        if delta >= 0 {
-            timer
-                .garbage
-                .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
-        } else {
-            timer
-                .garbage
-                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
-        }
-    }
-
-    /// Wakes the thread to compact when garbage is at least half of what it
-    /// holds (and at least `COMPACT_MIN`).
-    pub(super) fn maybe_compact() {
-        let Some(timer) = TIMER.get() else { return };
-        let garbage = timer.garbage.load(Ordering::Relaxed);
-        if garbage >= COMPACT_MIN
-            && garbage * 2 >= timer.held.load(Ordering::Relaxed)
-            && timer.compact.swap(1, Ordering::AcqRel) == 0
-        {
-            timer.thread.unpark();
-        }
+        let when = node.timer.when.load(Ordering::Relaxed);
+        let view = (node as *const CancelNode).cast::<TimerView>();
+        // SAFETY: the node was pushed onto exactly this bucket (its `when`
+        // picks it) and the caller keeps it alive.
+        unsafe { timer.bucket(when).entries.remove(view) };
     }
 
     /// Starts the timer thread if it is not running yet (so that a later
@@ -368,79 +360,48 @@ mod imp {
         timer.thread.unpark();
     }
 
-    struct Armed {
-        when: u64,
-        entry: TimerRef,
-    }
-
-    impl PartialEq for Armed {
-        fn eq(&self, other: &Self) -> bool {
-            self.when == other.when
-        }
-    }
-    impl Eq for Armed {}
-    impl PartialOrd for Armed {
-        fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-            Some(self.cmp(other))
-        }
-    }
-    impl Ord for Armed {
-        fn cmp(&self, other: &Self) -> CmpOrdering {
-            self.when.cmp(&other.when)
-        }
+    /// Sweeps one bucket: removes the entries due by `now` into `due` (with
+    /// a memory reference each) and recomputes the bucket's earliest
+    /// deadline from the rest.
+    fn sweep(bucket: &Bucket, now: u64, due: &mut Vec<TimerRef>) {
+        // Invariant 4, bucket side: reset, then (fenced) traverse; a push
+        // the traversal misses raises `earliest` again after it.
+        bucket.earliest.store(EMPTY, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        bucket.entries.sweep(|view| {
+            // SAFETY: linked entries are valid while the sweep is pinned.
+            let node = unsafe { &*view.cast::<CancelNode>() };
+            let when = node.timer.when.load(Ordering::Relaxed);
+            // An entry linked a moment ago may not be `ARMED` yet: keep it
+            // (its deadline stays in `earliest`, so it is swept again).
+            let armed = node.timer.state.load(Ordering::Acquire) != super::UNARMED;
+            if when <= now && armed {
+                node.acquire_memory();
+                // SAFETY: non-null (a linked entry).
+                due.push(TimerRef(unsafe {
+                    NonNull::new_unchecked(view.cast_mut().cast())
+                }));
+                true
+            } else {
+                bucket.earliest.fetch_min(when, Ordering::SeqCst);
+                false
+            }
+        });
     }
 
     fn run(timer: &'static Timer) -> ! {
-        let mut heap: BinaryHeap<Reverse<Armed>> = BinaryHeap::new();
+        let mut due = Vec::new();
         loop {
-            // Ordering: Acquire — pairs with the submitters' Release pushes.
-            let mut node = timer
-                .submissions
-                .swap(core::ptr::null_mut(), Ordering::SeqCst);
-            while let Some(entry) = core::ptr::NonNull::new(node) {
-                // SAFETY: the submitted reference keeps it valid; `next` was
-                // written before the push we acquired.
-                node = unsafe { entry.as_ref() }.timer.next.load(Ordering::Relaxed);
-                // SAFETY: as above.
-                let when = timer.nanos(unsafe { entry.as_ref() }.deadline_instant());
-                heap.push(Reverse(Armed {
-                    when,
-                    entry: TimerRef(entry),
-                }));
-            }
-
-            if timer.compact.swap(0, Ordering::AcqRel) != 0 {
-                let entries = std::mem::take(&mut heap).into_vec();
-                let mut kept = Vec::with_capacity(entries.len());
-                let mut dropped = 0;
-                for Reverse(armed) in entries {
-                    if armed.entry.is_disarmed() {
-                        armed.entry.discard();
-                        dropped += 1;
-                    } else {
-                        kept.push(Reverse(armed));
-                    }
-                }
-                heap = BinaryHeap::from(kept);
-                heap.shrink_to(heap.len() * 2);
-                timer.garbage.fetch_sub(dropped, Ordering::Relaxed);
-                timer.held.fetch_sub(dropped, Ordering::Relaxed);
-            }
-
             let now = timer.nanos(Instant::now());
-            while heap.peek().is_some_and(|top| top.0.when <= now) {
-                let Some(Reverse(armed)) = heap.pop() else {
-                    break;
-                };
+            for bucket in timer.buckets.iter() {
+                if bucket.earliest.load(Ordering::Acquire) <= now {
+                    sweep(bucket, now, &mut due);
+                }
+            }
+            for entry in due.drain(..) {
                 // Cancelling runs foreign code (wakers, value drops when the
                 // last handle goes): a panic there must not kill the timer.
-                let was_garbage =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| armed.entry.fire()))
-                        .unwrap_or(false);
-                timer.held.fetch_sub(1, Ordering::Relaxed);
-                if was_garbage {
-                    timer.garbage.fetch_sub(1, Ordering::Relaxed);
-                }
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry.fire()));
             }
 
             // Ordering: Acquire — pairs with `submit_job`'s Release.
@@ -452,15 +413,13 @@ mod imp {
                 job = next;
             }
 
-            let next = heap.peek().map_or(u64::MAX, |top| top.0.when);
+            let next = timer.earliest();
             timer.sleeping_until.store(next, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             // Invariant 4: a last look after announcing the deadline.
-            let pending = !timer.submissions.load(Ordering::SeqCst).is_null()
-                || !timer.jobs.load(Ordering::Acquire).is_null()
-                || timer.compact.load(Ordering::Acquire) != 0;
+            let pending = timer.earliest() < next || !timer.jobs.load(Ordering::Acquire).is_null();
             if !pending {
-                if next == u64::MAX {
+                if next == EMPTY {
                     thread::park();
                 } else {
                     let now = timer.nanos(Instant::now());
@@ -479,10 +438,13 @@ mod imp {
 /// any thread, which is exactly the race the real timer thread runs.
 #[cfg(loom)]
 mod imp {
+    use core::ptr::NonNull;
     use std::cell::RefCell;
     use std::time::Instant;
 
     use super::TimerRef;
+    use crate::cancel::CancelNode;
+    use crate::primitive::atomic::Ordering;
 
     crate::primitive::thread_local! {
         static ARMED: RefCell<Vec<TimerRef>> = RefCell::new(Vec::new());
@@ -490,14 +452,17 @@ mod imp {
 
     /// # Safety
     ///
-    /// As the std `submit`.
-    pub(super) unsafe fn submit(entry: TimerRef, _deadline: Instant) {
-        ARMED.with(|armed| armed.borrow_mut().push(entry));
+    /// As the std `submit`: the test's `ArmedTimer` takes the reference.
+    pub(super) unsafe fn submit(node: NonNull<CancelNode>, _deadline: Instant) {
+        // SAFETY: the caller's reference keeps the node valid.
+        let entry = unsafe { node.as_ref() };
+        // Ordering: Release — as in the std `submit`.
+        entry.timer.state.store(super::ARMED, Ordering::Release);
+        ARMED.with(|armed| armed.borrow_mut().push(TimerRef(node)));
     }
 
-    pub(super) fn count_garbage(_delta: isize) {}
-
-    pub(super) fn maybe_compact() {}
+    /// The test's `ArmedTimer` keeps its reference until it fires.
+    pub(super) fn withdraw(_node: &CancelNode) {}
 
     pub(super) fn take_armed() -> Vec<TimerRef> {
         ARMED.with(|armed| std::mem::take(&mut *armed.borrow_mut()))
