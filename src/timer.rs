@@ -28,6 +28,40 @@
 //!   removing and firing the due entries and recomputing the bucket's
 //!   earliest deadline from those that stay (later deadlines that share the
 //!   bucket), then hands ready after-func jobs to workers.
+//!
+//! # Entry states
+//!
+//! | state      | meaning                                                    |
+//! |------------|------------------------------------------------------------|
+//! | `NONE`     | not a deadline node                                        |
+//! | `UNARMED`  | a deadline node not (yet) linked into a bucket             |
+//! | `ARMED`    | linked; the bucket holds a memory reference                |
+//! | `DISARMED` | cancelled or released; withdrawn from its bucket           |
+//! | `FIRED`    | the timer claimed it and cancels it                        |
+//!
+//! # Invariants
+//!
+//! 1. `ARMED` is left by exactly one CAS: to `FIRED` (the timer) or to
+//!    `DISARMED` (a cancellation or the release). So a deadline expiry and a
+//!    manual cancel never both act, and `err()`/`cause()` come from the one
+//!    that won the node's state word.
+//! 2. A bucket holds a reference on the node's *memory* (`links`), never a
+//!    handle: a deadline context dropped without cancel is released at once
+//!    and merely withdrawn from its bucket.
+//! 3. The timer cancels a node only after taking a handle on it with
+//!    `try_acquire` (which fails once the node is released), so it never
+//!    touches a released node's ancestors.
+//! 4. `ARMED` is set only after the node is linked, so a disarm always
+//!    withdraws a linked entry from the bucket its `when` names; the sweep
+//!    keeps (and re-counts) an entry it finds still `UNARMED`.
+//! 5. No lost wake-up: an arming thread links, raises its bucket's
+//!    `earliest`, then reads `sleeping_until`; the timer thread publishes
+//!    `sleeping_until`, then reads every bucket's `earliest` again — each
+//!    step after a SeqCst fence (the store-buffer pattern), so either the
+//!    thread sees the new deadline or the arming thread unparks it. A sweep
+//!    resets `earliest` and then traverses, fenced the same way, so an entry
+//!    pushed during the sweep is either traversed or raises `earliest`
+//!    after the reset.
 
 use core::ptr::NonNull;
 use std::time::Instant;
@@ -307,7 +341,7 @@ mod imp {
         // Ordering: Release — pairs with the Acquire CASes of `disarm` (which
         // then removes a linked entry from the right bucket) and `fire`.
         entry.timer.state.store(super::ARMED, Ordering::Release);
-        // Invariant 4: the push, then (fenced) the bucket's earliest
+        // Invariant 5: the push, then (fenced) the bucket's earliest
         // deadline, then (fenced) the thread's.
         fence(Ordering::SeqCst);
         bucket.earliest.fetch_min(when, Ordering::SeqCst);
@@ -364,7 +398,7 @@ mod imp {
     /// a memory reference each) and recomputes the bucket's earliest
     /// deadline from the rest.
     fn sweep(bucket: &Bucket, now: u64, due: &mut Vec<TimerRef>) {
-        // Invariant 4, bucket side: reset, then (fenced) traverse; a push
+        // Invariant 5, bucket side: reset, then (fenced) traverse; a push
         // the traversal misses raises `earliest` again after it.
         bucket.earliest.store(EMPTY, Ordering::SeqCst);
         fence(Ordering::SeqCst);
@@ -416,7 +450,7 @@ mod imp {
             let next = timer.earliest();
             timer.sleeping_until.store(next, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            // Invariant 4: a last look after announcing the deadline.
+            // Invariant 5: a last look after announcing the deadline.
             let pending = timer.earliest() < next || !timer.jobs.load(Ordering::Acquire).is_null();
             if !pending {
                 if next == EMPTY {
