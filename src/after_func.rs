@@ -19,11 +19,19 @@
 //!    (meaning *stopped*, set by `stop`) are claimed with `fetch_or`; the
 //!    first one wins. `f` runs iff `NOTIFIED` won; `stop` returns true iff
 //!    `REGISTERING` won. The winner alone touches the closure cell.
-//! 2. While pending, a registered entry holds one handle on its node, like a
-//!    child context: the node stays registered with its ancestors and is
-//!    cancelled with them, so `f` runs even if every other handle was
-//!    dropped. The winner of invariant 1 releases that handle.
-//! 3. References on the entry: the `AfterFunc`, the waiter list while
+//! 2. The `AfterFunc` holds one handle on the node it registered with (like
+//!    a `Done`) until it is dropped or its `stop` wins. So the context stays
+//!    alive — registered with its ancestors, cancellable by them — while
+//!    the `AfterFunc` or any other handle exists. Once every handle is gone
+//!    it is freed like any context: its release drains its waiter set
+//!    without notifying, dropping a callback that can never run, so nothing
+//!    leaks when nobody can cancel the context any more.
+//! 3. One exception, as in Go (where the runtime timer keeps such a context
+//!    reachable): if the context has a deadline, some timer will end it, so
+//!    the pending entry itself holds a handle until `f` has run or `stop`
+//!    won; the winner of invariant 1 releases it. The hold is bounded by the
+//!    deadline.
+//! 4. References on the entry: the `AfterFunc`, the waiter list while
 //!    linked, and the runner queue while dispatched.
 
 use core::fmt;
@@ -42,9 +50,9 @@ pub(crate) struct AfterHeader {
     waiter: Waiter,
     /// The runner queue link.
     pub(crate) job_next: AtomicPtr<AfterHeader>,
-    /// The handle held while pending (invariant 2); null if unregistered.
-    /// Written at registration, then only by the winner of invariant 1.
-    node: UnsafeCell<*const CancelNode>,
+    /// The handle invariant 3 holds, or null. Written at registration,
+    /// then only by the winner of invariant 1.
+    keep_alive: UnsafeCell<*const CancelNode>,
     /// Runs the closure (the caller won invariant 1 for running).
     run: unsafe fn(*const AfterHeader),
     /// Drops the closure unrun (the caller won invariant 1 for stopping).
@@ -110,8 +118,8 @@ unsafe fn dispatch_waiter(waiter: *const Waiter) {
     unsafe { runner::dispatch(waiter as *const AfterHeader) }
 }
 
-/// Runs a dispatched job and drops what it held: the closure, the node
-/// handle (invariant 2) and the queue's reference (invariant 3).
+/// Runs a dispatched job and drops what it held: the closure, a deadline
+/// keep-alive handle (invariant 3) and the queue's reference (invariant 4).
 ///
 /// # Safety
 ///
@@ -121,21 +129,21 @@ pub(crate) unsafe fn run_job(job: *const AfterHeader) {
     // SAFETY: per the contract.
     unsafe {
         ((*job).run)(job);
-        release_node(job);
+        release_keep_alive(job);
         Waiter::release_ref(job as *const Waiter);
     }
 }
 
-/// Releases the entry's handle on its node, if it holds one.
+/// Releases the entry's keep-alive handle, if it holds one.
 ///
 /// # Safety
 ///
-/// Called once, by the winner of invariant 1.
-unsafe fn release_node(entry: *const AfterHeader) {
-    // SAFETY: the winner alone touches `node` after registration.
+/// Called by the winner of invariant 1 (or before the entry is shared).
+unsafe fn release_keep_alive(entry: *const AfterHeader) {
+    // SAFETY: the winner alone touches the cell after registration.
     let node = unsafe {
         (*entry)
-            .node
+            .keep_alive
             .with_mut(|cell| ptr::replace(cell, ptr::null()))
     };
     if let Some(node) = NonNull::new(node.cast_mut()) {
@@ -146,7 +154,11 @@ unsafe fn release_node(entry: *const AfterHeader) {
 
 /// Stops a pending callback: Go's `stop` function returned by `AfterFunc`.
 ///
-/// Dropping an `AfterFunc` does not stop the callback.
+/// Dropping an `AfterFunc` does not stop the callback, but it gives up the
+/// handle on the context that the `AfterFunc` holds: once nothing else holds
+/// the context either (no clone, `Done`, cancel handle or descendant), the
+/// context is freed and a callback that has not run is dropped, as it can
+/// no longer be cancelled.
 ///
 /// ```
 /// use goctx::Context;
@@ -161,6 +173,9 @@ unsafe fn release_node(entry: *const AfterHeader) {
 /// ```
 pub struct AfterFunc {
     entry: NonNull<AfterHeader>,
+    /// A handle on the node the entry is registered with (invariant 2), or
+    /// null once given up.
+    node: AtomicPtr<CancelNode>,
 }
 
 // SAFETY: the entry is shared by design; the closure is `Send` and only the
@@ -179,7 +194,7 @@ impl AfterFunc {
             header: AfterHeader {
                 waiter: Waiter::new(None, None, Some(&AfterEntry::<F>::VTABLE)),
                 job_next: AtomicPtr::new(ptr::null_mut()),
-                node: UnsafeCell::new(ptr::null()),
+                keep_alive: UnsafeCell::new(ptr::null()),
                 run: AfterEntry::<F>::run,
                 discard: AfterEntry::<F>::discard,
             },
@@ -194,19 +209,27 @@ impl AfterFunc {
         // The raw anchor pointer (not one made from a reference): the handle
         // taken below may be the one that frees the node.
         let anchor_ptr = ctx.anchor_ptr();
+        let mut node = None;
         // SAFETY: the anchor lives as long as `ctx`.
         if let Some(anchor) = unsafe { anchor_ptr.as_ref() } {
             if anchor.is_done() {
                 fire_now(header);
             } else {
-                anchor.node.acquire();
-                // SAFETY: a fresh allocation, exclusively ours until pushed.
-                unsafe { (*header).node.with_mut(|cell| *cell = anchor_ptr) };
+                if anchor.deadline().is_some() {
+                    // Invariant 3.
+                    anchor.node.acquire();
+                    // SAFETY: a fresh allocation, exclusively ours until
+                    // pushed.
+                    unsafe { (*header).keep_alive.with_mut(|cell| *cell = anchor_ptr) };
+                }
                 // SAFETY: valid, ours, unlinked.
-                if unsafe { Waiter::push_onto(header as *const Waiter, &anchor.waiters) }.is_err() {
+                if unsafe { Waiter::push_onto(header as *const Waiter, &anchor.waiters) }.is_ok() {
+                    anchor.node.acquire();
+                    node = NonNull::new(anchor_ptr.cast_mut());
+                } else {
                     // Closed: done meanwhile. Not linked, so still ours.
-                    // SAFETY: the handle we just took.
-                    unsafe { release_node(header) };
+                    // SAFETY: not shared yet.
+                    unsafe { release_keep_alive(header) };
                     fire_now(header);
                 }
             }
@@ -214,6 +237,7 @@ impl AfterFunc {
         AfterFunc {
             // SAFETY: `Box::into_raw` is never null.
             entry: unsafe { NonNull::new_unchecked(header.cast_mut()) },
+            node: AtomicPtr::new(node.map_or(ptr::null_mut(), NonNull::as_ptr)),
         }
     }
 
@@ -239,18 +263,22 @@ impl AfterFunc {
         if prev & (NOTIFIED | REGISTERING) != 0 {
             return false;
         }
-        // We won (invariant 1): drop the closure now, withdraw the entry
-        // from the waiter set and give back the node handle — nothing is
-        // left behind but the entry's memory until the set unlinks it.
-        // SAFETY: the cells are ours; the node handle keeps the node (and
-        // its waiter set, where the entry is linked) alive until released.
+        // We won (invariant 1): drop the closure now and withdraw the entry
+        // from the waiter set — nothing is left behind but the entry's
+        // memory until the set unlinks it.
+        // SAFETY: the closure and keep-alive cells are ours (invariant 1);
+        // our node handle keeps the node (and its waiter set, where the
+        // entry is linked) alive until we give it up, last.
         unsafe {
             ((*header).discard)(header);
-            let node = (*header).node.with(|cell| *cell);
-            if let Some(node) = node.as_ref() {
-                node.waiters.remove(header as *const Waiter);
+            release_keep_alive(header);
+            // Ordering: AcqRel — `drop` is the only other taker, and it has
+            // `&mut self`; the swap makes the give-up exactly once.
+            let node = self.node.swap(ptr::null_mut(), Ordering::AcqRel);
+            if let Some(node) = NonNull::new(node) {
+                node.as_ref().waiters.remove(header as *const Waiter);
+                Node::release(node.cast());
             }
-            release_node(header);
         }
         true
     }
@@ -260,6 +288,12 @@ impl Drop for AfterFunc {
     fn drop(&mut self) {
         // SAFETY: our reference, given up.
         unsafe { Waiter::release_ref(self.entry.as_ptr() as *const Waiter) };
+        // Ordering: Acquire — sees a `stop` that gave the handle up.
+        let node = self.node.swap(ptr::null_mut(), Ordering::Acquire);
+        if let Some(node) = NonNull::new(node) {
+            // SAFETY: our handle (invariant 2), given up.
+            unsafe { Node::release(node.cast()) };
+        }
     }
 }
 

@@ -367,9 +367,10 @@ impl CancelNode {
         // Every child and waiter left is a released or withdrawn entry
         // (invariant 4): closing drops the list's references on them.
         drop(node.children.close());
-        // Only withdrawn entries can be left (a waiting `Done` holds a
-        // handle), so no waker runs here and nothing can panic.
-        let _ = waiters::wake_all(&node.waiters);
+        // No thread or task can be waiting (a `Done` holds a handle); what
+        // is left is withdrawn entries and callbacks whose `AfterFunc` was
+        // dropped — the context can no longer be done, so they never run.
+        waiters::drain(&node.waiters);
         let word = node.word();
         if state::owns_cause(word) {
             // SAFETY: we own the box; nobody dereferences it any more: every

@@ -274,10 +274,13 @@ impl Context {
     /// panicking `f` is reported by the panic hook and contained.
     ///
     /// [`AfterFunc::stop`] prevents a pending `f`. On a context that can
-    /// never be done, `f` never runs. While pending, the callback keeps the
-    /// context registered with its ancestors (as a child context does), so
-    /// it runs when an ancestor is cancelled even if every other handle was
-    /// dropped. At most one allocation.
+    /// never be done, `f` never runs. The returned [`AfterFunc`] holds the
+    /// context (as a `Done` does), so `f` runs when an ancestor cancels it
+    /// even if every other handle was dropped; once the `AfterFunc` and every
+    /// other handle are gone, the context is freed and a pending `f` is
+    /// dropped unrun — unless a deadline is on its path, which will end it
+    /// (then, as in Go, the pending `f` keeps the context until it runs).
+    /// At most one allocation.
     ///
     /// ```
     /// use goctx::Context;

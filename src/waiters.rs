@@ -265,6 +265,13 @@ pub(crate) fn wake_all(list: &WaiterList) -> Option<Panic> {
 /// A caught panic payload.
 pub(crate) type Panic = Box<dyn core::any::Any + Send + 'static>;
 
+/// Closes the waiter set of a released node without notifying: what is
+/// left there is withdrawn waiters and callbacks of a context that can no
+/// longer be done; dropping the set's references frees them.
+pub(crate) fn drain(list: &WaiterList) {
+    drop(list.close());
+}
+
 /// The calling thread's reusable entry.
 struct LocalWaiter(core::cell::Cell<*const Waiter>);
 

@@ -679,10 +679,12 @@ fn blocking_callbacks_delay_nothing() {
     }
 }
 
-// API.md 8 and 10: a pending callback keeps its context registered with its
-// ancestors, as a child context does: it runs when an ancestor is cancelled
-// or its own deadline passes, even after every other handle was dropped;
-// stopping it lets the context go.
+// API.md 8 and 10: a held `AfterFunc` keeps its context registered with its
+// ancestors, as a child context does: the callback runs when an ancestor is
+// cancelled or its own deadline passes, even after every other handle was
+// dropped; stopping it lets the context go. With a deadline on its path the
+// pending callback keeps the context alive by itself (as Go's runtime timer
+// does).
 #[test]
 fn pending_callback_keeps_its_context_registered() {
     let _shared = shared();
@@ -832,4 +834,25 @@ fn stopping_leaves_nothing_behind() {
     thread::sleep(GRACE);
     assert!(!ran.load(Ordering::SeqCst), "a stopped callback ran");
     assert_eq!(parent.registered_children(), 0);
+}
+
+// API.md 10: once every handle — the `AfterFunc` included — is gone, a
+// context without a deadline can never be done: it is freed, and its pending
+// callback with it, unrun (found by the `ops` fuzz target as a leak).
+#[test]
+fn released_context_drops_its_pending_callback() {
+    let _shared = shared();
+    let (parent, cancel_parent) = Context::background().with_cancel();
+    let (ran, f_ran) = mpsc::channel::<()>();
+    let (ctx, cancel) = parent.with_cancel();
+    let after = ctx.after_func(move || ran.send(()).unwrap());
+    assert_eq!(parent.registered_children(), 1);
+    drop((ctx, cancel, after));
+    assert_eq!(parent.registered_children(), 0, "the context was not freed");
+    // The closure (and its sender) was dropped with it.
+    assert!(matches!(
+        f_ran.recv_timeout(QUIESCENT),
+        Err(mpsc::RecvTimeoutError::Disconnected)
+    ));
+    cancel_parent.cancel();
 }

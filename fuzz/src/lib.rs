@@ -1,0 +1,20 @@
+//! Fuzz targets for goctx, as a library so that the same bodies run under
+//! cargo-fuzz (`fuzz_targets/*.rs`, nightly) and under `cargo test` on
+//! stable (`tests/fuzz_regressions.rs` in the root crate compiles these
+//! files by path and replays `fuzz/regressions/<target>/`).
+//!
+//! * [`ops`]: bytes decode into a sequence of operations on a forest of
+//!   contexts; after every step the real tree is compared with `model`, a
+//!   plain sequential model of it.
+//! * [`concurrent`]: bytes decode into operations split between two
+//!   threads that rendezvous at chosen points; checks are the invariants
+//!   that hold under any interleaving.
+//!
+//! The modules name each other through `crate::`, so the regression test
+//! declares them at its crate root under the same names.
+
+pub mod concurrent;
+mod input;
+mod model;
+pub mod ops;
+mod probe;
