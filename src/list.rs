@@ -359,6 +359,13 @@ impl<E: Entry> List<E> {
         }
     }
 
+    /// Whether nothing is linked (the list is empty or closed).
+    pub(crate) fn is_empty(&self) -> bool {
+        // Ordering: Acquire — as the other loads of `head`.
+        let head = self.head.load(Ordering::Acquire);
+        head.is_null() || tagged(head, CLOSED)
+    }
+
     /// Whether `close` has run.
     pub(crate) fn is_closed(&self) -> bool {
         tagged(self.head.load(Ordering::Acquire), CLOSED)
