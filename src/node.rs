@@ -27,7 +27,7 @@ use core::ptr::{self, NonNull};
 
 use crate::cancel::CancelNode;
 use crate::context::Context;
-use crate::primitive::atomic::{AtomicUsize, Ordering, fence};
+use crate::primitive::atomic::{AtomicUsize, Ordering};
 
 /// What kind of context a node is.
 pub(crate) enum Kind {
@@ -140,7 +140,8 @@ impl Node {
     pub(crate) unsafe fn release(this: NonNull<Node>) {
         // SAFETY: the caller's handle keeps the node alive.
         // Ordering: Release — every use of the node through this handle
-        // happens before the release; pairs with the Acquire fence below.
+        // happens before the release; pairs with the Acquire load in
+        // `release_slow`.
         if unsafe { this.as_ref() }
             .handles
             .fetch_sub(1, Ordering::Release)
@@ -160,9 +161,13 @@ impl Node {
 #[cold]
 unsafe fn release_slow(mut this: NonNull<Node>) {
     loop {
-        // Ordering: Acquire — pairs with the Release decrements of every
-        // other handle, so their uses happen before the teardown.
-        fence(Ordering::Acquire);
+        // Ordering: Acquire — reads the final count, the last value in the
+        // release sequence of every other handle's Release decrement, so
+        // their uses happen before the teardown. (A load rather than an
+        // Acquire fence, as std's `Arc` does under ThreadSanitizer: this is a
+        // cold path, and TSan does not model standalone fences.)
+        // SAFETY: the node is alive until its teardown below.
+        let _ = unsafe { this.as_ref() }.handles.load(Ordering::Acquire);
         // SAFETY: no handle is left (invariant 1): we have the node to
         // ourselves, and `parent` is moved out exactly once (invariant 2).
         let parent = unsafe { ManuallyDrop::into_inner(ptr::read(&this.as_ref().parent)) };

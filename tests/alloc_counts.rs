@@ -459,11 +459,15 @@ fn counter_counts_only_the_current_thread() {
     let noisy = {
         let stop = Arc::clone(&stop);
         thread::spawn(move || {
+            // At least one allocation, however the threads are scheduled
+            // (miri may not run this thread before `stop` is set).
             let mut n = 0usize;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            loop {
                 n += std::hint::black_box(vec![0u8; 64]).len();
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break n;
+                }
             }
-            n
         })
     };
     let ((), n) = count(|| thread::sleep(Duration::from_millis(5)));
