@@ -90,3 +90,25 @@ fn leaked_after_func_on_a_context_nobody_can_cancel() {
         "the callback (and its context) were never freed"
     );
 }
+
+/// Found by the `ops` target in the 30-minute run (a model bug, not a goctx
+/// one): an `after_func` registered on a context that is already done runs
+/// at once and does not hold the context, so dropping the context's other
+/// handles frees it (and the value layer above it) while the `AfterFunc` is
+/// still held. The model had assumed every held `AfterFunc` holds its
+/// context. Input `fuzz/regressions/ops/found-live-value-after-func-release`.
+#[test]
+fn after_func_on_a_done_context_does_not_hold_it() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions/ops/found-live-value-after-func-release");
+    ops::run(&std::fs::read(path).expect("readable input"));
+
+    // The same, through the API.
+    let (ctx, cancel) = goctx::Context::background().with_value(7u8).with_cancel();
+    cancel.cancel();
+    let after = ctx.after_func(|| {});
+    let value = ctx.value::<u8>().copied();
+    drop((ctx, cancel));
+    assert_eq!(value, Some(7));
+    assert!(!after.stop(), "it already ran (or is running)");
+}

@@ -207,6 +207,9 @@ struct After {
     /// Its context was (or may have been) released before it was done: the
     /// callback was dropped unrun (`Tri::Maybe`: it may also have run).
     orphaned: Tri,
+    /// Whether the `AfterFunc` holds its context: only when it registered,
+    /// i.e. the context was not done yet (`Maybe` under a near deadline).
+    holds: Tri,
 }
 
 /// Whether an after-func holds its anchor: its `AfterFunc` does while held
@@ -217,7 +220,7 @@ fn after_holds(after: &After, anchor_done: Tri, deadline_on_path: bool) -> Tri {
     if after.stopped {
         return Tri::No;
     }
-    let by_handle = if after.handle { Tri::Yes } else { Tri::No };
+    let by_handle = if after.handle { after.holds } else { Tri::No };
     let by_entry = match (deadline_on_path, anchor_done) {
         (false, _) => Tri::No,
         (true, Tri::No) => Tri::Yes,
@@ -642,12 +645,19 @@ impl Model {
 
     /// An `after_func` on context `node`; returns its index.
     pub(crate) fn after_func(&mut self, node: usize) -> usize {
+        let anchor = self.nodes[node].anchor;
+        let holds = match anchor.map(|a| self.done(a)) {
+            None | Some(Tri::Yes) => Tri::No,
+            Some(Tri::No) => Tri::Yes,
+            Some(Tri::Maybe) => Tri::Maybe,
+        };
         self.afters.push(After {
             anchor: self.nodes[node].anchor,
             stop_called: false,
             stopped: false,
             handle: true,
             orphaned: Tri::No,
+            holds,
         });
         self.afters.len() - 1
     }
