@@ -11,9 +11,8 @@
 //! The global allocator counts live bytes for the memory test; that test
 //! takes `EXCLUSIVE` for writing, every other test for reading.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, RwLock, RwLockReadGuard, mpsc};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,61 +26,12 @@ const GRACE: Duration = Duration::from_millis(20);
 /// Go's `veryLongDuration` (1000 h).
 const VERY_LONG: Duration = Duration::from_secs(1000 * 3600);
 
-/// Counts live heap bytes (allocated minus freed), process-wide.
-struct LiveBytes;
+mod support;
 
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every method forwards to `System` with the caller's arguments;
-// the bookkeeping is one atomic and never allocates.
-unsafe impl GlobalAlloc for LiveBytes {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded from the caller.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded from the caller.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded from the caller.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded from the caller.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-}
+use support::{exclusive, live_bytes, shared};
 
 #[global_allocator]
-static GLOBAL: LiveBytes = LiveBytes;
-
-/// Held for reading by every test, for writing by the one that measures
-/// live bytes.
-static EXCLUSIVE: RwLock<()> = RwLock::new(());
-
-fn shared() -> RwLockReadGuard<'static, ()> {
-    EXCLUSIVE.read().unwrap_or_else(|e| e.into_inner())
-}
+static GLOBAL: support::LiveBytes = support::LiveBytes;
 
 #[derive(Debug)]
 struct Wrapper;
@@ -769,7 +719,7 @@ const CYCLES: usize = if cfg!(miri) { 100 } else { 100_000 };
 const SLACK: isize = 256 * 1024;
 
 fn live() -> isize {
-    LIVE.load(Ordering::SeqCst)
+    live_bytes()
 }
 
 // API.md 8 and 9: stopping leaves nothing behind — no registration, no
@@ -777,7 +727,7 @@ fn live() -> isize {
 // still cancels and runs a later callback.
 #[test]
 fn stopping_leaves_nothing_behind() {
-    let _exclusive = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
+    let _exclusive = exclusive();
     let (parent, _cancel_parent) = Context::background().with_cancel();
     let (ctx, cancel) = parent.with_cancel();
     let layered = ctx.with_value(Wrapper);

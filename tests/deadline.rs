@@ -16,10 +16,9 @@
 //! takes `EXCLUSIVE` for writing, every other test for reading, so nothing
 //! else allocates while it measures.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::any::type_name;
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
-use std::sync::{Arc, Barrier, OnceLock, RwLock, RwLockReadGuard, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier, OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -35,61 +34,12 @@ const SHORT: Duration = Duration::from_millis(1);
 /// Go's `veryLongDuration` (1000 h).
 const VERY_LONG: Duration = Duration::from_secs(1000 * 3600);
 
-/// Counts live heap bytes (allocated minus freed), process-wide.
-struct LiveBytes;
+mod support;
 
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every method forwards to `System` with the caller's arguments;
-// the bookkeeping is one atomic and never allocates.
-unsafe impl GlobalAlloc for LiveBytes {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded from the caller.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded from the caller.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded from the caller.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded from the caller.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-}
+use support::{exclusive, live_bytes, shared};
 
 #[global_allocator]
-static GLOBAL: LiveBytes = LiveBytes;
-
-/// Held for reading by every test, for writing by the one that measures
-/// live bytes.
-static EXCLUSIVE: RwLock<()> = RwLock::new(());
-
-fn shared() -> RwLockReadGuard<'static, ()> {
-    EXCLUSIVE.read().unwrap_or_else(|e| e.into_inner())
-}
+static GLOBAL: support::LiveBytes = support::LiveBytes;
 
 /// A value layer standing in for Go's `otherContext`.
 #[derive(Debug)]
@@ -1053,7 +1003,7 @@ fn deadline_derivation_racing_parent_cancel() {
 // (`EXCLUSIVE`), and sweeps the cancel across the moment of expiry.
 #[test]
 fn cancel_at_the_moment_of_expiry() {
-    let _exclusive = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
+    let _exclusive = exclusive();
     let rounds: u64 = if cfg!(miri) { 20 } else { 20_000 };
     let budget = Instant::now() + Duration::from_millis(1500);
     let (mut cancelled, mut expired) = (0, 0);
@@ -1196,7 +1146,7 @@ fn waiters_wake_on_expiry() {
 #[cfg(all(target_os = "linux", not(miri)))]
 #[test]
 fn deadlines_start_no_thread_each() {
-    let _exclusive = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
+    let _exclusive = exclusive();
     let threads = || {
         std::fs::read_dir("/proc/self/task")
             .expect("procfs")
@@ -1300,7 +1250,7 @@ const SLACK: isize = 768 * 1024;
 const DROPPED: usize = if cfg!(miri) { 4_000 } else { 100_000 };
 
 fn live() -> isize {
-    LIVE.load(Ordering::SeqCst)
+    live_bytes()
 }
 
 /// Flushes epoch garbage and gives the timer thread time to compact until
@@ -1326,7 +1276,7 @@ fn settle(baseline: isize) -> isize {
 #[test]
 fn dropped_before_expiry_freed_at_the_deadline() {
     const N: usize = if cfg!(miri) { 10 } else { 1000 };
-    let _exclusive = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
+    let _exclusive = exclusive();
     let (warm, _cancel) = Context::background().with_timeout(SHORT);
     warm.done().wait();
     drop((warm, _cancel));
@@ -1356,7 +1306,7 @@ fn dropped_before_expiry_freed_at_the_deadline() {
 // parent is the background or a live cancellable context.
 #[test]
 fn dropped_deadline_contexts_are_released() {
-    let _exclusive = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
+    let _exclusive = exclusive();
     // Warm up: the timer thread, this thread's epoch handle.
     let (warm, _c) = Context::background().with_timeout(SHORT);
     warm.done().wait();
