@@ -1328,9 +1328,7 @@ fn dropped_deadline_contexts_are_released() {
         ("a live parent", parent.clone(), true),
     ] {
         let baseline = live();
-        let held: Vec<_> = (0..DROPPED)
-            .map(|_| base.with_timeout(Duration::from_secs(60)))
-            .collect();
+        let held: Vec<_> = (0..DROPPED).map(|_| base.with_timeout(VERY_LONG)).collect();
         let peak = live() - baseline;
         assert_eq!(
             base.registered_children(),
