@@ -36,7 +36,7 @@ const VERY_LONG: Duration = Duration::from_secs(1000 * 3600);
 
 mod support;
 
-use support::{exclusive, live_bytes, shared};
+use support::{Named, WantCause, cause_of, exclusive, live_bytes, shared};
 
 #[global_allocator]
 static GLOBAL: support::LiveBytes = support::LiveBytes;
@@ -71,44 +71,6 @@ fn mask_deadlines(s: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// The distinct causes of Go's TestCause table.
-#[derive(Debug, PartialEq, Eq)]
-enum Named {
-    ParentCause,
-    TooSlow,
-    FinishedEarly,
-}
-
-impl std::fmt::Display for Named {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
-    }
-}
-
-impl std::error::Error for Named {}
-
-#[derive(Debug, PartialEq)]
-enum WantCause {
-    Nothing,
-    Plain(Error),
-    Named(Named),
-}
-
-fn cause_of(ctx: &Context) -> WantCause {
-    let Some(cause) = ctx.cause() else {
-        return WantCause::Nothing;
-    };
-    if let Some(&error) = cause.downcast_ref::<Error>() {
-        return WantCause::Plain(error);
-    }
-    match cause.downcast_ref::<Named>() {
-        Some(Named::ParentCause) => WantCause::Named(Named::ParentCause),
-        Some(Named::TooSlow) => WantCause::Named(Named::TooSlow),
-        Some(Named::FinishedEarly) => WantCause::Named(Named::FinishedEarly),
-        None => panic!("unexpected cause {cause:?} in {ctx}"),
-    }
 }
 
 /// A small deterministic generator (xorshift64*), seeded from the clock;

@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use goctx::{CancelCauseFunc, CancelFunc, Context, Error};
 
+mod support;
+
 /// The longest any test is willing to block before calling it a deadlock.
 /// A guard against hangs, not a speed bound (miri runs ~1000× slower).
 const QUIESCENT: Duration = Duration::from_secs(if cfg!(miri) { 600 } else { 10 });
@@ -525,43 +527,7 @@ mod x_test {
         }
     }
 
-    /// The distinct causes of Go's TestCause table.
-    #[derive(Debug, PartialEq, Eq)]
-    enum Named {
-        ParentCause,
-        ChildCause,
-        FinishedEarly,
-    }
-
-    impl std::fmt::Display for Named {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            std::fmt::Debug::fmt(self, f)
-        }
-    }
-
-    impl std::error::Error for Named {}
-
-    #[derive(Debug, PartialEq)]
-    enum WantCause {
-        Nothing,
-        Plain(Error),
-        Named(Named),
-    }
-
-    fn cause_of(ctx: &Context) -> WantCause {
-        let Some(cause) = ctx.cause() else {
-            return WantCause::Nothing;
-        };
-        if let Some(&error) = cause.downcast_ref::<Error>() {
-            return WantCause::Plain(error);
-        }
-        match cause.downcast_ref::<Named>() {
-            Some(Named::ParentCause) => WantCause::Named(Named::ParentCause),
-            Some(Named::ChildCause) => WantCause::Named(Named::ChildCause),
-            Some(Named::FinishedEarly) => WantCause::Named(Named::FinishedEarly),
-            None => panic!("unexpected cause {cause:?} in {ctx}"),
-        }
-    }
+    use crate::support::{Named, WantCause, cause_of};
 
     // Port of TestCause: the rows without deadlines or timeouts (Go's rows
     // 1-11, 18 and 19). Go's `cancel(nil)` has no Rust spelling; passing the

@@ -1,11 +1,54 @@
-//! Helpers shared by integration tests that measure live memory. A test file
-//! that uses them declares `mod support;` and installs the allocator:
-//! `#[global_allocator] static GLOBAL: support::LiveBytes = support::LiveBytes;`.
+//! Helpers shared by integration tests: the causes of Go's TestCause table,
+//! and a live-bytes allocator for tests that measure memory. A test file
+//! declares `mod support;`; one that measures memory also installs the
+//! allocator: `#[global_allocator] static GLOBAL: support::LiveBytes =
+//! support::LiveBytes;`.
 #![allow(dead_code, unreachable_pub)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use goctx::{Context, Error};
+
+/// The distinct causes of Go's TestCause table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    ParentCause,
+    ChildCause,
+    TooSlow,
+    FinishedEarly,
+}
+
+impl std::fmt::Display for Named {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+impl std::error::Error for Named {}
+
+/// What a TestCause row expects `cause()` to hold.
+#[derive(Debug, PartialEq)]
+pub enum WantCause {
+    Nothing,
+    Plain(Error),
+    Named(Named),
+}
+
+/// The cause of `ctx`, as a `WantCause`; panics on any other cause type.
+pub fn cause_of(ctx: &Context) -> WantCause {
+    let Some(cause) = ctx.cause() else {
+        return WantCause::Nothing;
+    };
+    if let Some(&error) = cause.downcast_ref::<Error>() {
+        return WantCause::Plain(error);
+    }
+    match cause.downcast_ref::<Named>() {
+        Some(&named) => WantCause::Named(named),
+        None => panic!("unexpected cause {cause:?} in {ctx}"),
+    }
+}
 
 /// Counts live heap bytes (allocated minus freed), process-wide.
 pub struct LiveBytes;
