@@ -873,16 +873,33 @@ fn zero_and_past_deadlines_are_done_on_return() {
 #[test]
 fn cancel_and_expiry_first_one_wins() {
     let _shared = shared();
-    let wait = Duration::from_millis(30);
-    let (parent, _cp) = Context::background().with_cancel();
-    let (ctx, cancel) = parent.with_timeout_cause(wait, Named::TooSlow);
-    let (child, _cc) = ctx.with_value(Wrapper).with_cancel();
-    let deadline = ctx.deadline().expect("a deadline");
-    cancel.cancel();
-    assert_eq!(ctx.err(), Some(Error::Canceled));
-    assert_eq!(cause_of(&ctx), WantCause::Plain(Error::Canceled));
-    assert_eq!(child.err(), Some(Error::Canceled));
-    assert_eq!(parent.registered_children(), 0);
+    // Long enough that the cancel below normally lands first; a round in
+    // which the clock passed the deadline before `cancel()` returned (a
+    // stalled thread, miri's slow interpreter) says nothing and is redone.
+    let wait = Duration::from_millis(if cfg!(miri) { 500 } else { 30 });
+    let mut rounds = 0;
+    let (ctx, child, deadline) = loop {
+        rounds += 1;
+        assert!(
+            rounds <= 20,
+            "cancel() never returned before a {wait:?} deadline"
+        );
+        let (parent, _cp) = Context::background().with_cancel();
+        let (ctx, cancel) = parent.with_timeout_cause(wait, Named::TooSlow);
+        let (child, cc) = ctx.with_value(Wrapper).with_cancel();
+        let deadline = ctx.deadline().expect("a deadline");
+        cancel.cancel();
+        if Instant::now() >= deadline {
+            continue;
+        }
+        // The cancel returned before the deadline, so it won.
+        assert_eq!(ctx.err(), Some(Error::Canceled));
+        assert_eq!(cause_of(&ctx), WantCause::Plain(Error::Canceled));
+        assert_eq!(child.err(), Some(Error::Canceled));
+        assert_eq!(parent.registered_children(), 0);
+        drop(cc);
+        break (ctx, child, deadline);
+    };
     // Past the deadline, with margin.
     while Instant::now() < deadline + wait {
         thread::sleep(wait);
@@ -894,9 +911,21 @@ fn cancel_and_expiry_first_one_wins() {
     assert_eq!(ctx.deadline(), Some(deadline));
 
     // A parent's cancellation before the child's deadline wins, too.
-    let (parent, cancel_parent) = Context::background().with_cancel_cause();
-    let (ctx, _c) = parent.with_timeout_cause(wait, Named::TooSlow);
-    cancel_parent.cancel(Named::FinishedEarly);
+    let mut rounds = 0;
+    let ctx = loop {
+        rounds += 1;
+        assert!(
+            rounds <= 20,
+            "cancel() never returned before a {wait:?} deadline"
+        );
+        let (parent, cancel_parent) = Context::background().with_cancel_cause();
+        let (ctx, _c) = parent.with_timeout_cause(wait, Named::TooSlow);
+        let deadline = ctx.deadline().expect("a deadline");
+        cancel_parent.cancel(Named::FinishedEarly);
+        if Instant::now() < deadline {
+            break ctx;
+        }
+    };
     thread::sleep(wait * 2);
     assert_eq!(ctx.err(), Some(Error::Canceled));
     assert_eq!(cause_of(&ctx), WantCause::Named(Named::FinishedEarly));
