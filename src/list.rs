@@ -5,10 +5,12 @@
 //!
 //! * [`List::push`] — O(1) Treiber push at the head, refused once the list is
 //!   closed;
-//! * [`List::remove`] — O(1) *logical* removal: the entry's `next` pointer is
-//!   marked; physical unlinking is amortised over later removals by a
-//!   Harris–Michael style cleanup pass, so a long-lived list under churn stays
-//!   at a length proportional to its live entries;
+//! * [`List::remove`] — O(1) removal: the entry's `next` pointer is marked
+//!   (logical removal); an entry at the head is then unlinked at once by its
+//!   remover with one CAS, and any other is unlinked later by a Harris–Michael
+//!   style cleanup pass, amortised over removals and one CAS per run of
+//!   removed entries, so a long-lived list under churn stays at a length
+//!   proportional to its live entries;
 //! * [`List::close`] — one atomic swap takes the whole list and forbids new
 //!   pushes; the closer then walks the detached chain, *freezing* each
 //!   `next` pointer as it goes.
@@ -27,7 +29,8 @@
 //!    [`List::remove`] (logical removal) or by the closer (freezing); both use
 //!    `fetch_or`, so their order decides which happened first.
 //! 3. An entry is physically unlinked only by a successful CAS on an
-//!    *unmarked* predecessor pointer (the head, or a live entry's `next`).
+//!    *unmarked* predecessor pointer (the head, or a live entry's `next`):
+//!    by a cleanup pass, or by the remover of the entry at the head.
 //!    After the closer has frozen an entry's `next`, nothing can be unlinked
 //!    behind it, so the closer and the cleanup passes never both take the
 //!    same entry: exactly one of them owns its link reference.
@@ -35,21 +38,30 @@
 //!    for an epoch grace period after a cleanup pass unlinks it
 //!    (`defer_unchecked` of its link reference), so a pinned cleanup pass
 //!    never reads freed memory.
-//! 6. Apart from the pass that unlinks it, only *other cleanup passes* can
-//!    still hold a pointer to an unlinked entry: a closer reaches entries
-//!    only through `fetch_or` on a predecessor, which fails to be the
-//!    pointer a cleanup CAS replaced (invariant 3), and removers own their
-//!    entries. So a pass that unlinks an entry while it is the only pass
-//!    (`cleaners == 1`, read after a SeqCst fence that pairs with the fence
-//!    every pass makes after incrementing `cleaners`) releases it at once;
-//!    epoch deferral is only for overlapping passes. This keeps churn from
-//!    flooding crossbeam-epoch's garbage queue.
 //! 5. `cleaners` counts cleanup passes in progress. The closer reads it after
 //!    its swap (with a SeqCst fence on both sides, the store-buffer pattern):
 //!    if it reads zero, no pass can ever touch the detached chain, and the
 //!    closer may drop link references immediately; otherwise it defers them
 //!    by an epoch. This keeps `cancel()` free of allocation (deferring can
 //!    allocate a garbage bag) whenever no cleanup races with it.
+//! 6. Apart from whoever unlinks it, only *cleanup passes* can still hold a
+//!    pointer to an unlinked entry: a closer reaches entries only through
+//!    `fetch_or` on a predecessor, which fails to be the pointer a cleanup
+//!    CAS replaced (invariant 3); pushers and removers never dereference
+//!    another entry. So a pass that unlinks entries while it is the only
+//!    pass (`cleaners == 1`), or a remover that unlinks its own entry from
+//!    the head while no pass runs (`cleaners == 0`), releases at once — each
+//!    reads `cleaners` after a SeqCst fence that pairs with the fence every
+//!    pass makes after incrementing `cleaners` (the store-buffer pattern:
+//!    either the unlinker sees the pass counted, or the pass's later loads
+//!    see the entry unlinked). Epoch deferral is only for overlapping
+//!    passes. This keeps churn from flooding crossbeam-epoch's garbage
+//!    queue.
+//! 7. `marked` counts removed-but-linked entries. A remover whose head CAS
+//!    fails counts its entry only after marking it, so a pass may unlink it
+//!    and decrement first: the counter is then briefly one below the truth
+//!    (wrapping below zero). Readers treat it as signed and clamp; it only
+//!    drives the cleanup heuristic and diagnostics.
 //!
 //! # Orderings
 //!
@@ -60,6 +72,8 @@
 //!   everything the closer did before closing (the owner's done state).
 //! * `remove`/freezing: `fetch_or` with AcqRel — each side sees the other's
 //!   prior writes to the entry when it loses.
+//! * Head unlink by the remover: SeqCst CAS, then a SeqCst fence and load
+//!   of `cleaners` (invariant 6).
 //! * Counters (`linked`, `marked`) are heuristics for when to clean and a
 //!   diagnostic; they are Relaxed. `cleaners` is the exception above.
 
@@ -216,33 +230,92 @@ impl<E: Entry> List<E> {
         }
     }
 
-    /// Logically removes `entry`. Returns false if it was already removed or
-    /// frozen by a closer (who then owns its link reference).
+    /// Removes `entry`. Returns false if it was already removed or frozen by
+    /// a closer (who then owns its link reference).
+    ///
+    /// An entry at the head (the usual case when children come and go in
+    /// LIFO order) is unlinked at once by its remover; any other entry is
+    /// removed logically and unlinked by a later cleanup pass.
     ///
     /// # Safety
     ///
     /// `entry` must have been pushed onto *this* list and still be valid.
     pub(crate) unsafe fn remove(&self, entry: *const E) -> bool {
-        // Counted before marking, so a cleanup pass that unlinks the entry
-        // (which it can only do after seeing the mark) decrements after us.
-        let marked = self.marked.fetch_add(1, Ordering::Relaxed) + 1;
         // SAFETY: the caller guarantees `entry` is valid.
         let link = unsafe { (*entry).link() };
-        // Ordering: AcqRel — totally ordered with the closer's freezing
-        // fetch_or (invariant 2); Release lets a cleanup pass that sees the
-        // mark see the remover's prior writes.
+        let raw: *mut () = entry.cast_mut().cast();
+        // Ordering: Relaxed — only a hint for which path to take; the CAS
+        // below decides.
+        if self.head.load(Ordering::Relaxed) != raw {
+            // Counted before marking, so a cleanup pass that unlinks the
+            // entry (which it can only do after seeing the mark) decrements
+            // after us.
+            self.marked.fetch_add(1, Ordering::Relaxed);
+            // Ordering: AcqRel — totally ordered with the closer's freezing
+            // fetch_or (invariant 2); Release lets a cleanup pass that sees
+            // the mark see the remover's prior writes.
+            let prev = fetch_or_tag(&link.next, MARK, Ordering::AcqRel);
+            if tagged(prev, MARK) {
+                self.marked.fetch_sub(1, Ordering::Relaxed);
+                return false;
+            }
+            self.maybe_cleanup();
+            return true;
+        }
+        // Ordering: AcqRel — as above (invariant 2).
         let prev = fetch_or_tag(&link.next, MARK, Ordering::AcqRel);
         if tagged(prev, MARK) {
-            self.marked.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
-        if marked >= self.cleanup_min
-            && marked * 2 >= self.linked.load(Ordering::Relaxed)
+        // Our mark froze `next`: if we are still the head, `succ` is still
+        // our successor (nothing behind a marked pointer can be unlinked).
+        // Ordering: SeqCst on success — the store-buffer pattern with a
+        // cleanup pass's increment of `cleaners` and fence (invariant 6);
+        // failure needs nothing.
+        let succ = untagged(prev);
+        if self
+            .head
+            .compare_exchange(raw, succ, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.linked.fetch_sub(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            // Invariant 6: a pass that started after our CAS cannot reach
+            // the entry (it was only reachable from the head); one that
+            // started before is counted here.
+            if self.cleaners.load(Ordering::SeqCst) == 0 {
+                // SAFETY: our CAS unlinked it, so we own its link reference
+                // (invariant 3), and no pass can reach it (invariant 6).
+                unsafe { E::release_link(entry) };
+            } else {
+                let guard = epoch::pin();
+                // SAFETY: we own the link reference; a running pass may
+                // still read the entry (invariant 4).
+                unsafe { defer_release(&guard, entry) };
+            }
+            return true;
+        }
+        // A push or a cleanup pass moved the head (or a closer took the
+        // list): the entry stays linked, marked, for a pass or the closer.
+        // Counted after marking here, so a pass may decrement first and
+        // the counter wraps below zero for a moment (invariant 7).
+        self.marked.fetch_add(1, Ordering::Relaxed);
+        self.maybe_cleanup();
+        true
+    }
+
+    /// Runs a cleanup pass if enough removed entries wait to be unlinked
+    /// and no pass is running.
+    #[inline]
+    fn maybe_cleanup(&self) {
+        // Wrapping difference: see invariant 7.
+        let marked = self.marked.load(Ordering::Relaxed) as isize;
+        if marked >= self.cleanup_min as isize
+            && marked * 2 >= self.linked.load(Ordering::Relaxed) as isize
             && self.cleaners.load(Ordering::Relaxed) == 0
         {
             self.cleanup();
         }
-        true
     }
 
     /// Unlinks every removed entry it finds (Harris–Michael traversal).
@@ -292,9 +365,26 @@ impl<E: Entry> List<E> {
                     next = prev.map_addr(|addr| addr | MARK);
                 }
                 if tagged(next, MARK) {
-                    let succ = untagged(next);
+                    // Unlink the whole run of removed entries that starts
+                    // here with one CAS. Their `next` pointers are marked,
+                    // hence frozen (invariant 2): the run cannot change.
+                    let mut run = 1;
+                    let mut succ = untagged(next);
+                    while !succ.is_null() {
+                        // SAFETY: reachable from a linked entry's frozen
+                        // `next` while we are pinned and counted as a pass
+                        // (invariants 4 and 6).
+                        let succ_link = unsafe { (*succ.cast::<E>()).link() };
+                        // Ordering: Acquire — as the load of `next` above.
+                        let succ_next = succ_link.next.load(Ordering::Acquire);
+                        if !tagged(succ_next, MARK) {
+                            break;
+                        }
+                        run += 1;
+                        succ = untagged(succ_next);
+                    }
                     // Ordering: AcqRel on success (we take ownership of the
-                    // entry's link reference), Acquire on failure.
+                    // run's link references), Acquire on failure.
                     if pred
                         .compare_exchange(cur, succ, Ordering::AcqRel, Ordering::Acquire)
                         .is_err()
@@ -303,22 +393,32 @@ impl<E: Entry> List<E> {
                         // start over from the head (which may be CLOSED).
                         continue 'restart;
                     }
-                    self.marked.fetch_sub(1, Ordering::Relaxed);
-                    self.linked.fetch_sub(1, Ordering::Relaxed);
+                    self.marked.fetch_sub(run, Ordering::Relaxed);
+                    self.linked.fetch_sub(run, Ordering::Relaxed);
                     // Invariant 6: only other cleanup passes can still read
-                    // an entry we unlinked. If we are the only one, release
-                    // it now; otherwise after an epoch.
+                    // the entries we unlinked. If we are the only one,
+                    // release them now; otherwise after an epoch.
                     fence(Ordering::SeqCst);
-                    if self.cleaners.load(Ordering::SeqCst) == 1 {
-                        // SAFETY: we own its link reference (invariant 3)
-                        // and no other pass can reach it (invariant 6).
-                        unsafe { E::release_link(entry) };
-                    } else {
-                        // SAFETY: we own its link reference (invariant 3);
-                        // other pinned passes may still read it (invariant
-                        // 4).
-                        unsafe { defer_release(&guard, entry) };
-                        deferred = true;
+                    let alone = self.cleaners.load(Ordering::SeqCst) == 1;
+                    let mut gone = cur;
+                    while gone != succ {
+                        let entry = gone.cast::<E>().cast_const();
+                        // SAFETY: we own the entry's link reference until
+                        // we release it below; read its frozen `next` first.
+                        let after = unsafe { (*entry).link() }.next.load(Ordering::Relaxed);
+                        if alone {
+                            // SAFETY: we own its link reference (invariant
+                            // 3) and no other pass can reach it (invariant
+                            // 6).
+                            unsafe { E::release_link(entry) };
+                        } else {
+                            // SAFETY: we own its link reference (invariant
+                            // 3); other pinned passes may still read it
+                            // (invariant 4).
+                            unsafe { defer_release(&guard, entry) };
+                            deferred = true;
+                        }
+                        gone = untagged(after);
                     }
                     cur = succ;
                 } else {
@@ -346,7 +446,9 @@ impl<E: Entry> List<E> {
         // Release publishes the owner's state (set before closing) to
         // pushers that find the list closed. SeqCst for invariant 5.
         let first = self.head.swap(closed(), Ordering::SeqCst);
-        if tagged(first, CLOSED) {
+        if tagged(first, CLOSED) || first.is_null() {
+            // Nothing to walk (the common case of a context with no live
+            // children or waiters): no pass can hold any entry of ours.
             return Chain::empty();
         }
         fence(Ordering::SeqCst);
@@ -377,9 +479,10 @@ impl<E: Entry> List<E> {
         if self.is_closed() {
             return 0;
         }
-        let linked = self.linked.load(Ordering::Relaxed);
-        let marked = self.marked.load(Ordering::Relaxed);
-        linked.saturating_sub(marked)
+        let linked = self.linked.load(Ordering::Relaxed) as isize;
+        // Wrapping: see invariant 7.
+        let marked = self.marked.load(Ordering::Relaxed) as isize;
+        linked.saturating_sub(marked.max(0)).max(0) as usize
     }
 
     /// Entries physically linked (including removed ones not yet unlinked).

@@ -66,3 +66,50 @@ fn cleanup_races_close() {
         assert!(b.is_done());
     });
 }
+
+/// A child leaving from the head of the list (its remover unlinks it at
+/// once) while a cleanup pass, started by another child's removal, walks
+/// past it: the head entry must not be freed under the pass (list
+/// invariant 6), and the survivor stays registered.
+#[test]
+fn head_unlink_races_cleanup_pass() {
+    model("head_unlink_races_cleanup_pass", || {
+        let (parent, cancel) = Context::background().with_cancel();
+        let (a, _a_cancel) = parent.with_cancel();
+        let (b, b_cancel) = parent.with_cancel();
+        let (c, c_cancel) = parent.with_cancel();
+        // `b` is in the middle: its removal runs a cleanup pass (every
+        // removal cleans under loom).
+        let t = thread::spawn(move || {
+            drop(b_cancel);
+            drop(b);
+        });
+        // `c` is the head: its remover unlinks it itself.
+        drop(c_cancel);
+        drop(c);
+        t.join().unwrap();
+        assert_eq!(parent.registered_children(), 1);
+        cancel.cancel();
+        assert!(a.is_done());
+    });
+}
+
+/// A head unlink racing a new registration and the parent's cancel: the
+/// new child is cancelled (registered before the close, or refused by it),
+/// the departing one's link reference is released exactly once.
+#[test]
+fn head_unlink_races_push_and_close() {
+    model("head_unlink_races_push_and_close", || {
+        let (parent, cancel) = Context::background().with_cancel();
+        let (old, old_cancel) = parent.with_cancel();
+        let p1 = parent.clone();
+        let t1 = thread::spawn(move || p1.with_cancel());
+        let t2 = thread::spawn(move || cancel.cancel());
+        drop(old_cancel);
+        drop(old);
+        let (new, _new_cancel) = t1.join().unwrap();
+        t2.join().unwrap();
+        assert!(new.is_done());
+        assert_eq!(parent.registered_children(), 0);
+    });
+}
