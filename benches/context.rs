@@ -5,8 +5,8 @@
 //! The scenarios follow what one iteration of Go's
 //! `context/benchmark_test.go` does (see the project notes for the per
 //! benchmark descriptions and Go's numbers on the reference machine), plus a
-//! few of our own: child churn on one parent, fan-out cancellation and wake-up
-//! latency of parked threads and tasks.
+//! few of our own: child churn on one parent, fan-out cancellation, after-func
+//! callbacks and wake-up latency of parked threads and tasks.
 //!
 //! Names read `scenario/implementation[/parameters]`, so criterion prints the
 //! two implementations of a scenario next to each other. Go's `RunParallel`
@@ -14,7 +14,7 @@
 //! [`run_parallel`]: threads split `iters` and the wall time is returned, so
 //! the reported time per iteration is throughput, as in Go.
 //!
-//! Run with `cargo bench --bench context` (about four minutes on 2 cores);
+//! Run with `cargo bench --bench context` (about four and a half minutes on 2 cores);
 //! pass a filter such as `cargo bench --bench context -- cancel_tree` to run
 //! one scenario.
 
@@ -623,6 +623,172 @@ fn fanout_cancel(c: &mut Criterion) {
 }
 
 // ---------------------------------------------------------------------------
+// Go: WithTimeout
+// ---------------------------------------------------------------------------
+
+/// The timeout of every context in `with_timeout`: far enough out that none
+/// expires during a run.
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Contexts one `with_timeout` iteration derives and cancels (Go's `wcf`).
+const TIMEOUTS_PER_ITERATION: usize = 10;
+
+/// The timer load of Go's `WithTimeout`: `contexts` live contexts with a 1 h
+/// timeout, derived from `background()` by [`PARALLELISM`] threads. As in
+/// Go only the cancel handles are kept (the deadline keeps each context
+/// armed); the caller cancels them when done.
+fn timer_load(contexts: usize) -> Vec<Vec<CancelFunc>> {
+    thread::scope(|scope| {
+        let builders: Vec<_> = (0..PARALLELISM)
+            .map(|index| {
+                let count = share(contexts as u64, PARALLELISM, index);
+                scope.spawn(move || {
+                    (0..count)
+                        .map(|_| Context::background().with_timeout(HOUR).1)
+                        .collect::<Vec<CancelFunc>>()
+                })
+            })
+            .collect();
+        builders
+            .into_iter()
+            .map(|builder| builder.join().expect("load thread panicked"))
+            .collect()
+    })
+}
+
+/// Go's `WithTimeout`: with `concurrency` other 1 h timeouts pending (built
+/// once per parameter, untimed, and cancelled after it), 2 threads each
+/// derive 10 contexts with `with_timeout(1 h)` from `background()`, keeping
+/// the cancel handles only, then cancel the 10. One iteration is the 10
+/// derivations and 10 cancellations, as in Go.
+///
+/// No tokio-util contender: `CancellationToken` has no deadline (a timeout
+/// there is a separate `tokio::time` timer on a runtime).
+fn with_timeout(c: &mut Criterion) {
+    let mut group = c.benchmark_group("with_timeout");
+    quick(&mut group);
+    for concurrency in [40, 4000, 400_000] {
+        let load = timer_load(concurrency);
+        let id = BenchmarkId::new(GOCTX, format!("concurrency={concurrency}"));
+        group.bench_function(id, |b| {
+            b.iter_custom(|iters| {
+                run_parallel(PARALLELISM, iters, |n| {
+                    let mut cancels: Vec<CancelFunc> = Vec::with_capacity(TIMEOUTS_PER_ITERATION);
+                    for _ in 0..n {
+                        for _ in 0..TIMEOUTS_PER_ITERATION {
+                            let (ctx, cancel) = Context::background().with_timeout(HOUR);
+                            drop(black_box(ctx));
+                            cancels.push(cancel);
+                        }
+                        for cancel in cancels.drain(..) {
+                            cancel.cancel();
+                        }
+                    }
+                })
+            });
+        });
+        for cancel in load.iter().flatten() {
+            cancel.cancel();
+        }
+    }
+    group.finish();
+}
+
+// ---------------------------------------------------------------------------
+// After-func callbacks
+// ---------------------------------------------------------------------------
+
+/// Runs of the `after_func` callbacks (a static, so that the closures
+/// capture nothing and cost no reference count).
+static FIRED: AtomicU64 = AtomicU64::new(0);
+
+/// Spins until [`FIRED`] has moved past `before`.
+fn await_fired(before: u64) {
+    while FIRED.load(Ordering::Acquire) == before {
+        std::hint::spin_loop();
+    }
+}
+
+/// Go's `AfterFunc`, which has no benchmark in Go's suite.
+///
+/// * `goctx/register_stop`: `after_func` on a live long-lived context, then
+///   `stop()` (which wins): register and withdraw one callback.
+/// * `tokio_util/register_stop`: the nearest tokio-util operation, which
+///   registers interest in a live token and withdraws it: a fresh
+///   `cancelled()` future polled once with a no-op waker (it is pending, its
+///   waker now registered), then dropped.
+/// * `goctx/register_fire`: derive a child of a live parent, register a
+///   callback on it, cancel the child, and spin until the callback has run on
+///   goctx's worker thread: register + cancel + dispatch + run.
+/// * `tokio_util/spawn_fire`: tokio-util has no callback registration; the
+///   idiom for "run `f` on another thread once the token is cancelled" is a
+///   task on a runtime (2 workers here) that awaits `cancelled()` and then
+///   runs `f`. One iteration derives a child token, spawns that task,
+///   cancels the child and spins until `f` has run. It is named apart from
+///   `register_fire` because the work differs: the task is allocated and
+///   scheduled, and since the cancellation follows the spawn at once, the
+///   task usually finds the token cancelled on its first poll (no waker is
+///   registered or woken).
+fn after_func(c: &mut Criterion) {
+    let (ctx, _keep_live) = Context::background().with_cancel();
+    let token = CancellationToken::new();
+    let mut cx = TaskContext::from_waker(Waker::noop());
+
+    let mut group = c.benchmark_group("after_func");
+    quick(&mut group);
+    let fired_before = FIRED.load(Ordering::Acquire);
+    group.bench_function(BenchmarkId::new(GOCTX, "register_stop"), |b| {
+        b.iter(|| {
+            let after = black_box(&ctx).after_func(|| {
+                FIRED.fetch_add(1, Ordering::Release);
+            });
+            assert!(black_box(&after).stop());
+        });
+    });
+    assert_eq!(
+        FIRED.load(Ordering::Acquire),
+        fired_before,
+        "a stopped callback ran"
+    );
+    group.bench_function(BenchmarkId::new(TOKIO, "register_stop"), |b| {
+        b.iter(|| {
+            let cancelled = pin!(black_box(&token).cancelled());
+            assert!(cancelled.poll(&mut cx).is_pending());
+        });
+    });
+    group.bench_function(BenchmarkId::new(GOCTX, "register_fire"), |b| {
+        b.iter(|| {
+            let before = FIRED.load(Ordering::Acquire);
+            let (child, cancel) = ctx.with_cancel();
+            let after = black_box(&child).after_func(|| {
+                FIRED.fetch_add(1, Ordering::Release);
+            });
+            cancel.cancel();
+            await_fired(before);
+            drop(after);
+        });
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("tokio runtime");
+    group.bench_function(BenchmarkId::new(TOKIO, "spawn_fire"), |b| {
+        b.iter(|| {
+            let before = FIRED.load(Ordering::Acquire);
+            let child = token.child_token();
+            let waiter = child.clone();
+            drop(runtime.spawn(async move {
+                waiter.cancelled().await;
+                FIRED.fetch_add(1, Ordering::Release);
+            }));
+            child.cancel();
+            await_fired(before);
+        });
+    });
+    group.finish();
+}
+
+// ---------------------------------------------------------------------------
 // Wake-up latency: parked threads and async tasks
 // ---------------------------------------------------------------------------
 
@@ -940,6 +1106,8 @@ criterion_group! {
         deep_value,
         child_create_drop,
         fanout_cancel,
+        with_timeout,
+        after_func,
         cancel_wake,
         cancel_wake_async
 }
