@@ -95,16 +95,6 @@ struct Isolated<T> {
     _after: core::mem::MaybeUninit<[u8; 56]>,
 }
 
-impl<T> Isolated<T> {
-    fn new(value: T) -> Self {
-        Isolated {
-            _before: core::mem::MaybeUninit::uninit(),
-            value,
-            _after: core::mem::MaybeUninit::uninit(),
-        }
-    }
-}
-
 impl<T> core::ops::Deref for Isolated<T> {
     type Target = T;
 
@@ -148,25 +138,53 @@ impl CancelNode {
 
     /// Derives a deadline node: `deadline` must be earlier than the
     /// parent's. Cancels it at once if the deadline has passed, otherwise
-    /// arms its timer.
+    /// arms its timer. `future`: the caller knows the deadline lies after a
+    /// clock reading it just took (one `clock_gettime` less per timeout).
     pub(crate) fn derive_deadline(
         parent: &Context,
         handles: usize,
         deadline: Instant,
         cause: Option<Cause>,
+        future: bool,
     ) -> NonNull<CancelNode> {
         let raw =
             CancelNode::derive_with(parent, handles, Some(deadline), TimerEntry::deadline(cause));
         // SAFETY: we hold the handles just created.
         let node = unsafe { raw.as_ref() };
         if !node.is_done() {
-            if deadline <= Instant::now() {
+            if !future && deadline <= Instant::now() {
                 node.cancel(Error::DeadlineExceeded, node.timer.cause());
             } else {
                 timer::arm(raw, deadline);
             }
         }
         raw
+    }
+
+    /// One heap allocation, initialised field by field in place: building
+    /// the ~340-byte node on the stack and moving it into a `Box` costs a
+    /// `memmove` that showed up as a quarter of `with_cancel` + `cancel`.
+    /// The state word's padding stays uninitialised.
+    fn alloc(node: Node, deadline: Option<Instant>, timer: TimerEntry) -> *mut CancelNode {
+        let mut boxed = Box::<CancelNode>::new_uninit();
+        let raw = boxed.as_mut_ptr();
+        // SAFETY: `raw` points to an exclusively owned, properly aligned
+        // allocation for a `CancelNode`; every field but the padding inside
+        // `Isolated` (`MaybeUninit`) is written exactly once below, so the
+        // value is fully initialised when we give up the `MaybeUninit`.
+        unsafe {
+            (&raw mut (*raw).node).write(node);
+            (&raw mut (*raw).deadline).write(deadline);
+            (&raw mut (*raw).timer).write(timer);
+            (&raw mut (*raw).state.value).write(AtomicPtr::new(state::ACTIVE));
+            (&raw mut (*raw).links).write(AtomicUsize::new(1));
+            (&raw mut (*raw).link).write(Link::new());
+            (&raw mut (*raw).registered).write(ptr::null());
+            (&raw mut (*raw).children).write(List::new());
+            (&raw mut (*raw).waiters).write(List::new());
+            (&raw mut (*raw).work_next).write(UnsafeCell::new(ptr::null()));
+        }
+        Box::into_raw(boxed).cast::<CancelNode>()
     }
 
     fn derive_with(
@@ -176,19 +194,11 @@ impl CancelNode {
         timer: TimerEntry,
     ) -> NonNull<CancelNode> {
         let anchor = parent.anchor_ptr();
-        let node = Box::new(CancelNode {
-            node: Node::new(handles, Kind::Cancel, parent.clone(), ptr::null()),
+        let raw = CancelNode::alloc(
+            Node::new(handles, Kind::Cancel, parent.clone(), ptr::null()),
             deadline,
             timer,
-            state: Isolated::new(AtomicPtr::new(state::ACTIVE)),
-            links: AtomicUsize::new(1),
-            link: Link::new(),
-            registered: ptr::null(),
-            children: List::new(),
-            waiters: List::new(),
-            work_next: UnsafeCell::new(ptr::null()),
-        });
-        let raw = Box::into_raw(node);
+        );
         // SAFETY: `raw` is a fresh, exclusively owned allocation until it is
         // pushed below.
         unsafe {
@@ -425,8 +435,15 @@ impl CancelNode {
     /// The caller owns one such reference.
     pub(crate) unsafe fn release_memory(this: *const CancelNode) {
         // SAFETY: the caller's reference keeps the memory alive.
-        // Ordering: AcqRel — the last one sees all other accesses.
-        if unsafe { (*this).links.fetch_sub(1, Ordering::AcqRel) } == 1 {
+        let links = unsafe { &(*this).links };
+        // A count of one is ours alone, and only a holder of a reference can
+        // take another (`acquire_memory`): nobody can race us, so the usual
+        // case (a context never linked anywhere, or already unlinked) frees
+        // without a read-modify-write.
+        // Ordering: Acquire — pairs with the Release half of the decrements
+        // that brought the count to one, so their holders' accesses happen
+        // before the free. Otherwise AcqRel: the last one sees all others.
+        if links.load(Ordering::Acquire) == 1 || links.fetch_sub(1, Ordering::AcqRel) == 1 {
             // SAFETY: last reference; allocated by `Box` in `derive`. The
             // parent was moved out at release and is `ManuallyDrop`.
             drop(unsafe { Box::from_raw(this as *mut CancelNode) });

@@ -186,7 +186,7 @@ impl Context {
     /// assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
     /// ```
     pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelFunc) {
-        self.deadline_node(deadline, None)
+        self.deadline_node(deadline, None, false)
     }
 
     /// Like [`with_deadline`](Context::with_deadline), recording `cause` when
@@ -209,7 +209,7 @@ impl Context {
         deadline: Instant,
         cause: impl Into<Cause>,
     ) -> (Context, CancelFunc) {
-        self.deadline_node(deadline, Some(cause.into()))
+        self.deadline_node(deadline, Some(cause.into()), false)
     }
 
     /// [`with_deadline`](Context::with_deadline)`(now + timeout)` (Go's
@@ -229,7 +229,7 @@ impl Context {
     /// ```
     pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelFunc) {
         match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.with_deadline(deadline),
+            Some(deadline) => self.deadline_node(deadline, None, !timeout.is_zero()),
             None => self.with_cancel(),
         }
     }
@@ -254,16 +254,24 @@ impl Context {
         cause: impl Into<Cause>,
     ) -> (Context, CancelFunc) {
         match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.with_deadline_cause(deadline, cause),
+            Some(deadline) => self.deadline_node(deadline, Some(cause.into()), !timeout.is_zero()),
             None => self.with_cancel(),
         }
     }
 
-    fn deadline_node(&self, deadline: Instant, cause: Option<Cause>) -> (Context, CancelFunc) {
+    /// `future`: the caller has just read the clock and knows `deadline`
+    /// lies after that reading (a non-zero timeout), so the derivation need
+    /// not read it again.
+    fn deadline_node(
+        &self,
+        deadline: Instant,
+        cause: Option<Cause>,
+        future: bool,
+    ) -> (Context, CancelFunc) {
         if self.deadline().is_some_and(|current| current <= deadline) {
             return self.with_cancel();
         }
-        let node = CancelNode::derive_deadline(self, 2, deadline, cause);
+        let node = CancelNode::derive_deadline(self, 2, deadline, cause, future);
         (Context(Repr::Node(node.cast())), CancelFunc::new(node))
     }
 

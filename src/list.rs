@@ -60,8 +60,10 @@
 //! 7. `marked` counts removed-but-linked entries. A remover whose head CAS
 //!    fails counts its entry only after marking it, so a pass may unlink it
 //!    and decrement first: the counter is then briefly one below the truth
-//!    (wrapping below zero). Readers treat it as signed and clamp; it only
-//!    drives the cleanup heuristic and diagnostics.
+//!    (wrapping below zero). Readers treat it as signed; it only drives the
+//!    cleanup heuristic (a pass starts once `marked` reaches `threshold`,
+//!    half the number of live entries the previous pass walked past, so
+//!    each pass's walk is paid for by removals in proportion).
 //!
 //! # Orderings
 //!
@@ -74,8 +76,9 @@
 //!   prior writes to the entry when it loses.
 //! * Head unlink by the remover: SeqCst CAS, then a SeqCst fence and load
 //!   of `cleaners` (invariant 6).
-//! * Counters (`linked`, `marked`) are heuristics for when to clean and a
-//!   diagnostic; they are Relaxed. `cleaners` is the exception above.
+//! * `marked` and `threshold` only decide when to clean; they are Relaxed.
+//!   Pushes and head unlinks touch no counter at all; the diagnostics
+//!   (`live`, `linked`) walk the list instead. `cleaners` is the exception above.
 
 use core::marker::PhantomData;
 use core::ptr;
@@ -90,7 +93,8 @@ const CLOSED: usize = 1;
 const MARK: usize = 1;
 
 /// A cleanup pass starts only when at least this many entries are removed
-/// but still linked (and they are at least half the list). Under loom every
+/// but still linked (and at least half as many as the live entries the last
+/// pass walked past). Under loom every
 /// removal cleans, so the models exercise the pass.
 #[cfg(not(loom))]
 const CLEANUP_MIN: usize = 32;
@@ -154,14 +158,16 @@ pub(crate) unsafe trait Entry {
 /// See the module docs.
 pub(crate) struct List<E: Entry> {
     head: AtomicPtr<()>,
-    /// Entries physically linked (incremented before linking).
-    linked: AtomicUsize,
     /// Entries logically removed but still linked (incremented before
     /// marking).
     marked: AtomicUsize,
     /// Cleanup passes in progress.
     cleaners: AtomicUsize,
-    /// Removed-but-linked entries below this never trigger a cleanup pass.
+    /// Removed-but-linked entries that trigger a cleanup pass: half the
+    /// number of live entries the last pass kept (so a pass's traversal is
+    /// paid for by removals in proportion), and at least `cleanup_min`. Written only by passes.
+    threshold: AtomicUsize,
+    /// The least `threshold`.
     cleanup_min: usize,
     _entries: PhantomData<*const E>,
 }
@@ -188,7 +194,7 @@ impl<E: Entry> List<E> {
         List {
             cleanup_min: min.min(CLEANUP_MIN),
             head: AtomicPtr::new(ptr::null_mut()),
-            linked: AtomicUsize::new(0),
+            threshold: AtomicUsize::new(min.min(CLEANUP_MIN)),
             marked: AtomicUsize::new(0),
             cleaners: AtomicUsize::new(0),
             _entries: PhantomData,
@@ -205,13 +211,11 @@ impl<E: Entry> List<E> {
     pub(crate) unsafe fn push(&self, entry: *const E) -> Result<(), Closed> {
         // SAFETY: the caller guarantees `entry` is valid.
         let link = unsafe { (*entry).link() };
-        self.linked.fetch_add(1, Ordering::Relaxed);
         // Ordering: Acquire — if we see CLOSED we must also see what the
         // closer did before closing; pairs with the swap in `close`.
         let mut head = self.head.load(Ordering::Acquire);
         loop {
             if tagged(head, CLOSED) {
-                self.linked.fetch_sub(1, Ordering::Relaxed);
                 return Err(Closed);
             }
             // Ordering: Relaxed — published by the Release CAS below.
@@ -273,12 +277,15 @@ impl<E: Entry> List<E> {
         // cleanup pass's increment of `cleaners` and fence (invariant 6);
         // failure needs nothing.
         let succ = untagged(prev);
-        if self
-            .head
-            .compare_exchange(raw, succ, Ordering::SeqCst, Ordering::Relaxed)
-            .is_ok()
+        if let Ok(linked) =
+            self.head
+                .compare_exchange(raw, succ, Ordering::SeqCst, Ordering::Relaxed)
         {
-            self.linked.fetch_sub(1, Ordering::Relaxed);
+            // Release through the pointer the list stored (the pusher's,
+            // with the allocation's full provenance), not through `entry`,
+            // which a caller may have made from a shared reference: freeing
+            // through that would be undefined behaviour (Tree Borrows).
+            let entry = linked.cast::<E>().cast_const();
             fence(Ordering::SeqCst);
             // Invariant 6: a pass that started after our CAS cannot reach
             // the entry (it was only reachable from the head); one that
@@ -310,8 +317,7 @@ impl<E: Entry> List<E> {
     fn maybe_cleanup(&self) {
         // Wrapping difference: see invariant 7.
         let marked = self.marked.load(Ordering::Relaxed) as isize;
-        if marked >= self.cleanup_min as isize
-            && marked * 2 >= self.linked.load(Ordering::Relaxed) as isize
+        if marked >= self.threshold.load(Ordering::Relaxed) as isize
             && self.cleaners.load(Ordering::Relaxed) == 0
         {
             self.cleanup();
@@ -337,7 +343,10 @@ impl<E: Entry> List<E> {
         fence(Ordering::SeqCst);
         let guard = epoch::pin();
         let mut deferred = false;
+        // Live entries this pass walked past (and keeps).
+        let mut kept;
         'restart: loop {
+            kept = 0;
             let mut pred: &AtomicPtr<()> = &self.head;
             // Ordering: Acquire — pairs with the Release CAS in `push`, so
             // the entry's fields are visible.
@@ -394,7 +403,6 @@ impl<E: Entry> List<E> {
                         continue 'restart;
                     }
                     self.marked.fetch_sub(run, Ordering::Relaxed);
-                    self.linked.fetch_sub(run, Ordering::Relaxed);
                     // Invariant 6: only other cleanup passes can still read
                     // the entries we unlinked. If we are the only one,
                     // release them now; otherwise after an epoch.
@@ -422,11 +430,20 @@ impl<E: Entry> List<E> {
                     }
                     cur = succ;
                 } else {
+                    kept += 1;
                     pred = &link.next;
                     cur = next;
                 }
             }
             break;
+        }
+        // The next pass waits for removals of half as many entries as there
+        // are to walk past, which keeps cleanup amortised O(1) per operation,
+        // and halves the wait each time a list drains from its tail. (Under
+        // loom the threshold stays at its minimum, so every removal cleans.)
+        if cfg!(not(loom)) {
+            self.threshold
+                .store((kept / 2).max(self.cleanup_min), Ordering::Relaxed);
         }
         if deferred {
             // Hand what we deferred to the global queue and collect what has
@@ -476,18 +493,44 @@ impl<E: Entry> List<E> {
     /// Entries linked and not removed, for diagnostics (exact when no other
     /// thread touches the list).
     pub(crate) fn live(&self) -> usize {
-        if self.is_closed() {
-            return 0;
-        }
-        let linked = self.linked.load(Ordering::Relaxed) as isize;
-        // Wrapping: see invariant 7.
-        let marked = self.marked.load(Ordering::Relaxed) as isize;
-        linked.saturating_sub(marked.max(0)).max(0) as usize
+        self.count().1
     }
 
     /// Entries physically linked (including removed ones not yet unlinked).
     pub(crate) fn linked(&self) -> usize {
-        self.linked.load(Ordering::Relaxed)
+        self.count().0
+    }
+
+    /// Walks the list: `(linked, live)`. Diagnostics only (O(n)); the walk
+    /// counts itself as a cleanup pass, so nothing it can reach is freed
+    /// under it (invariant 6).
+    fn count(&self) -> (usize, usize) {
+        // Ordering: as at the start of `sweep` (invariant 5).
+        self.cleaners.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let guard = epoch::pin();
+        let (mut linked, mut live) = (0, 0);
+        // Ordering: Acquire — as in `sweep`.
+        let mut cur = self.head.load(Ordering::Acquire);
+        if tagged(cur, CLOSED) {
+            cur = ptr::null_mut();
+        }
+        while !cur.is_null() {
+            // SAFETY: reachable while we are pinned and counted as a pass
+            // (invariants 4 and 6).
+            let link = unsafe { (*cur.cast::<E>()).link() };
+            // Ordering: Acquire — as in `sweep`.
+            let next = link.next.load(Ordering::Acquire);
+            linked += 1;
+            if !tagged(next, MARK) {
+                live += 1;
+            }
+            cur = untagged(next);
+        }
+        drop(guard);
+        // Ordering: Release — as at the end of `sweep`.
+        self.cleaners.fetch_sub(1, Ordering::Release);
+        (linked, live)
     }
 }
 

@@ -55,7 +55,10 @@
 //!    withdraws a linked entry from the bucket its `when` names; the sweep
 //!    keeps (and re-counts) an entry it finds still `UNARMED`.
 //! 5. No lost wake-up: an arming thread links, raises its bucket's
-//!    `earliest`, then reads `sleeping_until`; the timer thread publishes
+//!    `earliest`, then reads `sleeping_until` (if `earliest` is already at
+//!    or before its deadline it stops there: whoever wrote that value made
+//!    sure the thread wakes by then, and a sweep that resets it afterwards
+//!    traverses the new entry); the timer thread publishes
 //!    `sleeping_until`, then reads every bucket's `earliest` again — each
 //!    step after a SeqCst fence (the store-buffer pattern), so either the
 //!    thread sees the new deadline or the arming thread unparks it. A sweep
@@ -344,6 +347,15 @@ mod imp {
         // Invariant 5: the push, then (fenced) the bucket's earliest
         // deadline, then (fenced) the thread's.
         fence(Ordering::SeqCst);
+        // A bucket whose earliest deadline is already at or before ours
+        // needs no update (a `fetch_min` would leave it unchanged; the
+        // SeqCst load reads the same latest value in the total order), and
+        // then neither does the thread, which sleeps until at most that
+        // bucket's deadline: the usual case for long timeouts, which skips
+        // a CAS loop, a fence and a load.
+        if bucket.earliest.load(Ordering::SeqCst) <= when {
+            return;
+        }
         bucket.earliest.fetch_min(when, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if when < timer.sleeping_until.load(Ordering::SeqCst) {
