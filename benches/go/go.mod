@@ -1,0 +1,3 @@
+module goctxtwin
+
+go 1.25
