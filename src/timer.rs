@@ -11,12 +11,15 @@
 //! * **The node is the timer entry.** A deadline node links itself (through
 //!   a second intrusive link, `TimerEntry::link`) into one of `BUCKETS`
 //!   lock-free lists of the kind `list.rs` describes, chosen by its deadline
-//!   in milliseconds. No allocation: `with_timeout` costs the node's one
-//!   allocation.
+//!   in milliseconds shifted by the arming thread's stripe (one of
+//!   `STRIPES`, handed out round robin), so threads that arm deadlines in
+//!   the same millisecond push onto different lists. The index is kept in
+//!   the entry for the disarm. No allocation: `with_timeout` costs the
+//!   node's one allocation.
 //! * **Arming is O(1) and lock-free** (deriving thread): a Treiber push, a
-//!   `fetch_min` of the bucket's earliest deadline, and an unpark of the
-//!   timer thread only if the new deadline is earlier than the one it sleeps
-//!   toward.
+//!   `fetch_min` of the bucket's earliest deadline (skipped when it is
+//!   already earlier), and an unpark of the timer thread only if the new
+//!   deadline is earlier than the one it sleeps toward.
 //! * **Disarming is O(1) and lock-free** (cancelling or releasing thread):
 //!   a CAS `ARMED → DISARMED` and a logical removal from the bucket. The
 //!   cancelling threads themselves unlink removed entries, amortised, as for
@@ -52,7 +55,7 @@
 //!    `try_acquire` (which fails once the node is released), so it never
 //!    touches a released node's ancestors.
 //! 4. `ARMED` is set only after the node is linked, so a disarm always
-//!    withdraws a linked entry from the bucket its `when` names; the sweep
+//!    withdraws a linked entry from the bucket its `bucket` index names; the sweep
 //!    keeps (and re-counts) an entry it finds still `UNARMED`.
 //! 5. No lost wake-up: an arming thread links, raises its bucket's
 //!    `earliest`, then reads `sleeping_until` (if `earliest` is already at
@@ -89,6 +92,8 @@ pub(crate) struct TimerEntry {
     /// The deadline in nanoseconds since the timer's base (set before the
     /// node is linked into its bucket, then immutable).
     when: AtomicU64,
+    /// The index of the bucket the node is linked into (set with `when`).
+    bucket: AtomicUsize,
     /// The cause a deadline expiry records (`DeadlineExceeded` when `None`).
     cause: Option<Cause>,
 }
@@ -100,6 +105,7 @@ impl TimerEntry {
             state: AtomicUsize::new(NONE),
             link: Link::new(),
             when: AtomicU64::new(0),
+            bucket: AtomicUsize::new(0),
             cause: None,
         }
     }
@@ -110,6 +116,7 @@ impl TimerEntry {
             state: AtomicUsize::new(UNARMED),
             link: Link::new(),
             when: AtomicU64::new(0),
+            bucket: AtomicUsize::new(0),
             cause,
         }
     }
@@ -234,15 +241,24 @@ mod imp {
     use crate::after_func::{AfterHeader, run_job};
     use crate::cancel::CancelNode;
     use crate::list::List;
-    use crate::primitive::atomic::{AtomicPtr, AtomicU64, Ordering, fence};
+    use crate::primitive::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering, fence};
     use crate::primitive::thread::{self, Thread};
 
-    /// Buckets, by deadline in milliseconds modulo this (a power of two).
+    /// Buckets, by deadline in milliseconds (shifted by the arming thread's
+    /// stripe) modulo this (a power of two).
     const BUCKETS: usize = 1024;
     /// A bucket cleans up once this many entries are removed but linked (and
     /// they are half of it), so removed entries held across all buckets stay
     /// under `BUCKETS * CLEANUP` plus twice the live ones.
     const BUCKET_CLEANUP: usize = 8;
+    /// Threads spread their deadlines over this many stripes of buckets.
+    const STRIPES: usize = 8;
+    /// Hands out stripes to threads, round robin.
+    static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+    std::thread_local! {
+        /// This thread's stripe.
+        static STRIPE: usize = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
     /// `sleeping_until` while the thread is awake: submitters never unpark.
     const AWAKE: u64 = 0;
     /// A bucket's earliest deadline when it holds none.
@@ -306,8 +322,15 @@ mod imp {
             nanos.clamp(1, u128::from(EMPTY - 1)) as u64
         }
 
-        fn bucket(&self, when: u64) -> &Bucket {
-            &self.buckets[(when / 1_000_000) as usize % BUCKETS]
+        /// The bucket for a deadline armed by this thread: by millisecond,
+        /// shifted by a per-thread stride, so threads arming deadlines in the
+        /// same millisecond (a server's timeouts) push onto different lists
+        /// instead of contending for one head. The timer finds due entries by
+        /// each bucket's `earliest`, whatever the index.
+        fn bucket_index(when: u64) -> usize {
+            // (A thread-local destructor arming a deadline gets stripe 0.)
+            let stripe = STRIPE.try_with(|stripe| *stripe).unwrap_or(0);
+            ((when / 1_000_000) as usize).wrapping_add(stripe * (BUCKETS / STRIPES)) % BUCKETS
         }
 
         /// The earliest deadline over all buckets.
@@ -335,7 +358,10 @@ mod imp {
         let entry = unsafe { node.as_ref() };
         // Ordering: Relaxed — published by the push's Release CAS.
         entry.timer.when.store(when, Ordering::Relaxed);
-        let bucket = timer.bucket(when);
+        let index = Timer::bucket_index(when);
+        // Ordering: Relaxed — as `when`.
+        entry.timer.bucket.store(index, Ordering::Relaxed);
+        let bucket = &timer.buckets[index];
         // SAFETY: the node is valid and in no bucket; the list now owns the
         // memory reference.
         if unsafe { bucket.entries.push(node.as_ptr().cast::<TimerView>()) }.is_err() {
@@ -367,11 +393,13 @@ mod imp {
     /// cleanup unlinks it, amortised, on this or another disarming thread).
     pub(super) fn withdraw(node: &CancelNode) {
         let Some(timer) = TIMER.get() else { return };
-        let when = node.timer.when.load(Ordering::Relaxed);
+        // Ordering: Relaxed — set before the push, which happens before the
+        // `ARMED` store that the caller's disarming CAS read (Acquire).
+        let index = node.timer.bucket.load(Ordering::Relaxed);
         let view = (node as *const CancelNode).cast::<TimerView>();
-        // SAFETY: the node was pushed onto exactly this bucket (its `when`
-        // picks it) and the caller keeps it alive.
-        unsafe { timer.bucket(when).entries.remove(view) };
+        // SAFETY: the node was pushed onto exactly this bucket (`index`)
+        // and the caller keeps it alive.
+        unsafe { timer.buckets[index].entries.remove(view) };
     }
 
     /// Starts the timer thread if it is not running yet (so that a later
