@@ -85,6 +85,8 @@ const DISARMED: usize = 3;
 const FIRED: usize = 4;
 
 /// The timer part of a cancellable node.
+// (Under loom the models arm and fire timers by hand: no buckets.)
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) struct TimerEntry {
     state: AtomicUsize,
     /// The node's link in its timer bucket.
@@ -211,6 +213,7 @@ impl TimerRef {
 /// A deadline node seen as an entry of its timer bucket: the same memory,
 /// linked through `TimerEntry::link`, the list holding a memory reference.
 #[repr(transparent)]
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) struct TimerView(CancelNode);
 
 // SAFETY: `CancelNode` is 128-aligned; `link` is a fixed field; the bucket's
@@ -408,15 +411,20 @@ mod imp {
         let _ = timer();
     }
 
-    /// Hands a dispatched after-func job to the timer thread.
+    /// Hands a dispatched after-func job to the spare idle worker, if there
+    /// is one (one wake-up, on any thread); otherwise to the timer thread,
+    /// which finds or starts a worker.
     ///
     /// # Safety
     ///
     /// `job` won the after-func race and the caller passes its queue
     /// reference.
     pub(crate) unsafe fn submit_job(job: *const AfterHeader) {
-        let timer = timer();
         let job = job.cast_mut();
+        if super::workers::try_spare(job) {
+            return;
+        }
+        let timer = timer();
         let mut head = timer.jobs.load(Ordering::Relaxed);
         loop {
             // SAFETY: the queue reference keeps the job valid.
@@ -602,6 +610,65 @@ mod workers {
     /// (a single consumer, so the Treiber pop has no ABA problem).
     static IDLE: AtomicPtr<Worker> = AtomicPtr::new(core::ptr::null_mut());
 
+    /// One more idle worker, which any thread may claim: taking it is a
+    /// swap (take-all, so no ABA problem), so a cancelling thread hands a
+    /// callback straight to it — one wake-up instead of two (timer thread,
+    /// then worker). Holds an `Arc` reference on the worker, or null.
+    static SPARE: AtomicPtr<Worker> = AtomicPtr::new(core::ptr::null_mut());
+
+    /// Gives `job` to the spare worker. False if there is none (or it just
+    /// retired): the caller queues the job for the timer thread instead.
+    pub(super) fn try_spare(job: *mut AfterHeader) -> bool {
+        // Ordering: Relaxed — a hint, to skip the swap when there is none.
+        if SPARE.load(Ordering::Relaxed).is_null() {
+            return false;
+        }
+        // Ordering: Acquire — pairs with the worker's Release CAS in
+        // `offer_spare`, so its fields are visible.
+        let spare = SPARE.swap(core::ptr::null_mut(), Ordering::Acquire);
+        if spare.is_null() {
+            return false;
+        }
+        // SAFETY: `SPARE` held a reference leaked by `offer_spare`; the swap
+        // gave it to us alone.
+        let worker = unsafe { Arc::from_raw(spare) };
+        // Ordering: AcqRel — as in `hand_off`: Release publishes the job to
+        // the worker's Acquire swap; fails if the worker retired.
+        let handed = worker
+            .slot
+            .compare_exchange(
+                core::ptr::null_mut(),
+                job,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if handed {
+            worker.thread.unpark();
+        }
+        handed
+    }
+
+    /// Makes `worker` the spare if there is none; otherwise false.
+    fn offer_spare(worker: &Arc<Worker>) -> bool {
+        let raw = Arc::into_raw(worker.clone()).cast_mut();
+        // Ordering: Release — publishes the worker to `try_spare`'s swap.
+        if SPARE
+            .compare_exchange(
+                core::ptr::null_mut(),
+                raw,
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            return true;
+        }
+        // SAFETY: the reference leaked just above, never published.
+        drop(unsafe { Arc::from_raw(raw) });
+        false
+    }
+
     /// Runs `job` on an idle worker, or on a new one (called only by the
     /// timer thread, the idle stack's single consumer).
     pub(super) fn hand_off(job: *mut AfterHeader, run: unsafe fn(*const AfterHeader)) {
@@ -696,7 +763,9 @@ mod workers {
         });
         run_contained(first, run);
         loop {
-            push_idle(&me);
+            if !offer_spare(&me) {
+                push_idle(&me);
+            }
             let idle_until = Instant::now() + IDLE_TIMEOUT;
             loop {
                 // Ordering: Acquire — pairs with `hand_off`'s Release CAS.
@@ -707,8 +776,9 @@ mod workers {
                 }
                 let now = Instant::now();
                 if now >= idle_until {
-                    // Retire unless a job lands first; the stack's reference
-                    // on us is dropped by `pop_idle`'s caller.
+                    // Retire unless a job lands first; the reference the
+                    // idle stack or the spare slot holds on us is dropped
+                    // by whoever takes it (`pop_idle`'s caller, `try_spare`).
                     if me
                         .slot
                         .compare_exchange(
