@@ -60,6 +60,10 @@ use crate::waiters::{self, WaiterList};
 #[repr(C)]
 pub(crate) struct CancelNode {
     pub(crate) node: Node,
+    /// Next to the header's handle count: deriving a child of this node
+    /// bumps the count and pushes onto this list back to back, so under
+    /// contention both usually touch one cache line.
+    children: List<CancelNode>,
     /// The earliest deadline on the path to the root (this node's own for a
     /// deadline node); immutable.
     deadline: Option<Instant>,
@@ -75,7 +79,6 @@ pub(crate) struct CancelNode {
     link: Link,
     /// The child list this node is linked into, or null.
     registered: *const CancelNode,
-    children: List<CancelNode>,
     pub(crate) waiters: WaiterList,
     /// The propagation work stack (invariant 2): the next node to process,
     /// tagged with `DEFER` when its link reference must go through the
