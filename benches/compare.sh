@@ -308,6 +308,11 @@ for group in ("cancel_wake", "cancel_wake_async"):
     for n in (1, 8, 64):
         row(f"`{group}/waiters={n}`", None, f"{group}/goctx/waiters={n}",
             f"{group}/tokio_util/waiters={n}", waiters=n)
+        if group == "cancel_wake":
+            # Not goctx: the std-only floor (flag + one unpark per waiter),
+            # shown in the goctx column right under the row it bounds.
+            row(f"`cancel_wake/unpark_baseline/waiters={n}` (std floor, in goctx column)",
+                None, f"cancel_wake/unpark_baseline/waiters={n}", waiters=n)
 row("`after_func/register_stop` (tokio: `cancelled()` polled once, dropped)",
     "AfterFuncRegisterStop", "after_func/goctx/register_stop",
     "after_func/tokio_util/register_stop", "after_func/register_stop")
@@ -443,6 +448,11 @@ notes.append(
     "callback usually runs on the waiting P; goctx's runs on its worker thread "
     "and the benchmark spins until it has. tokio-util has no callbacks: its "
     "`register_fire` column is `spawn_fire` (a task awaiting `cancelled()`).")
+notes.append(
+    "`cancel_wake/unpark_baseline` rows are not goctx: the same rounds with the "
+    "cancellation replaced by a flag and one `Thread::unpark` per parked waiter "
+    "(std only), the floor for a wake-all. Their time sits in the goctx column "
+    "so it lines up with the `cancel_wake` row above it.")
 notes.append(
     "No Go counterpart: the parallel `err_*` rows, `div_work`, `child_create_drop`, "
     "`fanout_cancel`, `cancel_wake*`. No tokio-util counterpart: `with_timeout` "

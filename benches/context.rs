@@ -21,8 +21,8 @@
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, mpsc};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -36,6 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 const GOCTX: &str = "goctx";
 const TOKIO: &str = "tokio_util";
+/// The std-only floor of `cancel_wake` (see [`UnparkSignal`]).
+const UNPARK_BASELINE: &str = "unpark_baseline";
 
 /// Worker threads in Go's `RunParallel` on this machine (`GOMAXPROCS=2`).
 const PARALLELISM: usize = 2;
@@ -792,8 +794,8 @@ fn after_func(c: &mut Criterion) {
 // Wake-up latency: parked threads and async tasks
 // ---------------------------------------------------------------------------
 
-/// One cancellation whose wake-up is measured, abstracted over goctx and
-/// tokio-util.
+/// One cancellation whose wake-up is measured, abstracted over goctx,
+/// tokio-util and the std-only baseline.
 trait Signal {
     /// What a waiter holds.
     type Waiter: Send + 'static;
@@ -802,6 +804,10 @@ trait Signal {
     fn fire(&self);
     /// Blocks the calling thread until `waiter` sees the cancellation.
     fn block(waiter: Self::Waiter);
+}
+
+/// A [`Signal`] that async tasks can also wait on.
+trait AsyncSignal: Signal {
     /// A future that resolves when `waiter` sees the cancellation.
     fn wait_async(waiter: Self::Waiter) -> impl Future<Output = ()> + Send + Unpin + 'static;
 }
@@ -823,6 +829,9 @@ impl Signal for GoctxSignal {
     fn block(waiter: Done) {
         waiter.wait();
     }
+}
+
+impl AsyncSignal for GoctxSignal {
     fn wait_async(waiter: Done) -> impl Future<Output = ()> + Send + Unpin + 'static {
         waiter
     }
@@ -844,8 +853,60 @@ impl Signal for TokioSignal {
     fn block(waiter: CancellationToken) {
         block_on(waiter.cancelled());
     }
+}
+
+impl AsyncSignal for TokioSignal {
     fn wait_async(waiter: CancellationToken) -> impl Future<Output = ()> + Send + Unpin + 'static {
         Box::pin(waiter.cancelled_owned())
+    }
+}
+
+/// The reference point for `cancel_wake`: no context at all, only what std
+/// offers for "wake these parked threads". A waiter adds its `Thread` handle
+/// to a list and parks in a loop until a flag is set (the loop absorbs
+/// spurious wake-ups and unpark tokens left over from an earlier round);
+/// `fire` sets the flag, then calls `Thread::unpark` on each listed thread
+/// in turn. The time goctx's `cancel()` takes beyond this is what its
+/// wake-all costs over one plain unpark per waiter.
+///
+/// As with `Done::wait`, a waiter registers when it starts waiting, in the
+/// untimed settle period before `fire`; the timed `fire` only adds one
+/// uncontended lock to read the list. The lock also covers a late waiter:
+/// one that registers after `fire` has read the list then finds the flag
+/// already set and does not park.
+struct UnparkSignal(Arc<UnparkList>);
+
+struct UnparkList {
+    fired: AtomicBool,
+    parked: Mutex<Vec<Thread>>,
+}
+
+impl Signal for UnparkSignal {
+    type Waiter = Arc<UnparkList>;
+    fn new() -> Self {
+        UnparkSignal(Arc::new(UnparkList {
+            fired: AtomicBool::new(false),
+            parked: Mutex::new(Vec::new()),
+        }))
+    }
+    fn waiter(&self) -> Arc<UnparkList> {
+        Arc::clone(&self.0)
+    }
+    fn fire(&self) {
+        self.0.fired.store(true, Ordering::Release);
+        for thread in self.0.parked.lock().expect("no waiter panicked").iter() {
+            thread.unpark();
+        }
+    }
+    fn block(waiter: Arc<UnparkList>) {
+        waiter
+            .parked
+            .lock()
+            .expect("no waiter panicked")
+            .push(thread::current());
+        while !waiter.fired.load(Ordering::Acquire) {
+            thread::park();
+        }
     }
 }
 
@@ -1020,7 +1081,7 @@ impl<F: Future + Unpin> Future for Registered<F> {
     }
 }
 
-fn run_async<S: Signal>(
+fn run_async<S: AsyncSignal>(
     runtime: &tokio::runtime::Runtime,
     rendezvous: &Arc<Rendezvous>,
     iters: u64,
@@ -1049,7 +1110,10 @@ fn run_async<S: Signal>(
 /// `waiters` threads parked in a blocking wait; the time from just before
 /// `cancel()` until the last of them has resumed. The waiter threads are
 /// spawned once per benchmark and reused. tokio-util's waiters block with a
-/// minimal park/unpark `block_on` over `cancelled()`.
+/// minimal park/unpark `block_on` over `cancelled()`. `unpark_baseline`
+/// ([`UnparkSignal`]) runs the same rounds with a flag and one
+/// `Thread::unpark` per waiter in place of a cancellation: the floor that
+/// goctx's wake-all is to be compared with.
 fn cancel_wake(c: &mut Criterion) {
     let mut group = c.benchmark_group("cancel_wake");
     slow(&mut group, Duration::from_secs(2));
@@ -1062,6 +1126,11 @@ fn cancel_wake(c: &mut Criterion) {
         drop(pool);
         let pool = WaiterThreads::<TokioSignal>::new(waiters);
         group.bench_function(BenchmarkId::new(TOKIO, &parameter), |b| {
+            b.iter_custom(|iters| pool.run(iters));
+        });
+        drop(pool);
+        let pool = WaiterThreads::<UnparkSignal>::new(waiters);
+        group.bench_function(BenchmarkId::new(UNPARK_BASELINE, &parameter), |b| {
             b.iter_custom(|iters| pool.run(iters));
         });
     }
