@@ -61,6 +61,8 @@ for target in "${targets[@]}"; do
     if [ "$status" != 0 ]; then
         failed+=("$target")
         echo "FAILED: the $target target found a failing input (exit $status):"
+        # The panic message first (the tail is mostly the sanitizer's stack).
+        grep -m 3 -A 4 -e "panicked at" -e "ERROR: AddressSanitizer" -e "ERROR: LeakSanitizer" "$log" | cut -c1-400 || true
         tail -n 60 "$log"
         echo "Reproduce: cargo +nightly fuzz run $target fuzz/artifacts/$target/<file>"
         echo "Minimize:  cargo +nightly fuzz tmin $target fuzz/artifacts/$target/<file>"
