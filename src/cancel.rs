@@ -267,8 +267,14 @@ impl CancelNode {
         unsafe { state::cause(self.word()) }
     }
 
-    /// Live children registered with this node (diagnostics).
+    /// Live children registered with this node (diagnostics). Zero once
+    /// the node is done, even while the canceller (another thread, the
+    /// timer) has yet to close the list: from then on no child waits for a
+    /// future cancellation (the fuzzer caught the window under load).
     pub(crate) fn registered_children(&self) -> usize {
+        if self.is_done() {
+            return 0;
+        }
         self.children.live()
     }
 

@@ -113,3 +113,26 @@ fn head_unlink_races_push_and_close() {
         assert_eq!(parent.registered_children(), 0);
     });
 }
+
+/// Reading `registered_children()` while another thread cancels: once the
+/// parent reads as done, it reports no registered children, even before
+/// the canceller has closed its list (found by the `ops` fuzz target under
+/// load, with the timer thread as the canceller).
+#[test]
+fn registered_children_once_done_is_zero() {
+    model("registered_children_once_done_is_zero", || {
+        let (parent, cancel) = Context::background().with_cancel();
+        let (child, _child_cancel) = parent.with_cancel();
+        let t = thread::spawn(move || cancel.cancel());
+        let done = parent.is_done();
+        let registered = parent.registered_children();
+        if done {
+            assert_eq!(registered, 0);
+        } else {
+            assert!(registered <= 1);
+        }
+        t.join().unwrap();
+        assert!(child.is_done());
+        assert_eq!(parent.registered_children(), 0);
+    });
+}
