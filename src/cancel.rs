@@ -136,7 +136,7 @@ impl CancelNode {
     /// Registers it with `parent`'s anchor, or makes it done at once if the
     /// anchor already is (invariant: done before the derivation returns).
     pub(crate) fn derive(parent: &Context, handles: usize) -> NonNull<CancelNode> {
-        CancelNode::derive_with(parent, handles, parent.deadline(), TimerEntry::none())
+        CancelNode::derive_with(parent, handles, parent.deadline(), TimerEntry::none(), 1)
     }
 
     /// Derives a deadline node: `deadline` must be earlier than the
@@ -150,16 +150,28 @@ impl CancelNode {
         cause: Option<Cause>,
         future: bool,
     ) -> NonNull<CancelNode> {
-        let raw =
-            CancelNode::derive_with(parent, handles, Some(deadline), TimerEntry::deadline(cause));
+        // The memory starts with the bucket's reference counted (invariant
+        // 3 and timer invariant 2), saving the arming a read-modify-write.
+        let raw = CancelNode::derive_with(
+            parent,
+            handles,
+            Some(deadline),
+            TimerEntry::deadline(cause),
+            2,
+        );
         // SAFETY: we hold the handles just created.
         let node = unsafe { raw.as_ref() };
-        if !node.is_done() {
-            if !future && deadline <= Instant::now() {
+        if !node.is_done() && (future || deadline > Instant::now()) {
+            // SAFETY: the bucket's reference, counted at construction.
+            unsafe { timer::arm(raw, deadline) };
+        } else {
+            if !node.is_done() {
                 node.cancel(Error::DeadlineExceeded, node.timer.cause());
-            } else {
-                timer::arm(raw, deadline);
             }
+            // Never armed: give the bucket's reference back (never the last
+            // one: the handles hold theirs).
+            // SAFETY: the reference counted at construction, unused.
+            unsafe { CancelNode::release_memory(raw.as_ptr()) };
         }
         raw
     }
@@ -168,7 +180,12 @@ impl CancelNode {
     /// the ~340-byte node on the stack and moving it into a `Box` costs a
     /// `memmove` that showed up as a quarter of `with_cancel` + `cancel`.
     /// The state word's padding stays uninitialised.
-    fn alloc(node: Node, deadline: Option<Instant>, timer: TimerEntry) -> *mut CancelNode {
+    fn alloc(
+        node: Node,
+        deadline: Option<Instant>,
+        timer: TimerEntry,
+        links: usize,
+    ) -> *mut CancelNode {
         let mut boxed = Box::<CancelNode>::new_uninit();
         let raw = boxed.as_mut_ptr();
         // SAFETY: `raw` points to an exclusively owned, properly aligned
@@ -180,7 +197,7 @@ impl CancelNode {
             (&raw mut (*raw).deadline).write(deadline);
             (&raw mut (*raw).timer).write(timer);
             (&raw mut (*raw).state.value).write(AtomicPtr::new(state::ACTIVE));
-            (&raw mut (*raw).links).write(AtomicUsize::new(1));
+            (&raw mut (*raw).links).write(AtomicUsize::new(links));
             (&raw mut (*raw).link).write(Link::new());
             (&raw mut (*raw).registered).write(ptr::null());
             (&raw mut (*raw).children).write(List::new());
@@ -190,17 +207,21 @@ impl CancelNode {
         Box::into_raw(boxed).cast::<CancelNode>()
     }
 
+    /// `links`: the memory references the caller wants besides the list's
+    /// (1: the handles'; 2: also a timer bucket's).
     fn derive_with(
         parent: &Context,
         handles: usize,
         deadline: Option<Instant>,
         timer: TimerEntry,
+        links: usize,
     ) -> NonNull<CancelNode> {
         let anchor = parent.anchor_ptr();
         let raw = CancelNode::alloc(
             Node::new(handles, Kind::Cancel, parent.clone(), ptr::null()),
             deadline,
             timer,
+            links,
         );
         // SAFETY: `raw` is a fresh, exclusively owned allocation until it is
         // pushed below.
@@ -213,13 +234,13 @@ impl CancelNode {
                 if state::is_done(word) {
                     (*raw).state.store(state::inherit(word), Ordering::Relaxed);
                 } else {
-                    (*raw).links.store(2, Ordering::Relaxed);
+                    (*raw).links.store(links + 1, Ordering::Relaxed);
                     (*raw).registered = anchor;
                     if anchor.children.push(raw).is_err() {
                         // Closed: the anchor is done (it closes only after
                         // its CAS; the failed push loaded CLOSED with
                         // Acquire). Never linked, so still exclusive.
-                        (*raw).links.store(1, Ordering::Relaxed);
+                        (*raw).links.store(links, Ordering::Relaxed);
                         (*raw).registered = ptr::null();
                         // Ordering: Acquire — as above.
                         let word = anchor.state.load(Ordering::Acquire);

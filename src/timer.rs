@@ -136,13 +136,15 @@ impl TimerEntry {
 
 /// Arms `node`'s timer for `deadline`. Called once, by the deriving thread,
 /// after the node is fully built.
-pub(crate) fn arm(raw: NonNull<CancelNode>, deadline: Instant) {
+///
+/// # Safety
+///
+/// The caller holds handles on the node and gives the bucket (or, under
+/// loom, the test) one memory reference it counted for it (invariant 2).
+pub(crate) unsafe fn arm(raw: NonNull<CancelNode>, deadline: Instant) {
     // SAFETY: the deriving thread holds handles on the node.
     let node = unsafe { raw.as_ref() };
-    // The bucket's (or, under loom, the test's) reference on the memory
-    // (invariant 2).
-    node.acquire_memory();
-    // SAFETY: the node's memory is kept alive by the reference just taken,
+    // SAFETY: the node's memory is kept alive by the caller's reference,
     // which the timer now owns. `submit` sets `ARMED` once the entry is
     // linked, so a disarm never removes an entry that is not linked yet.
     unsafe { imp::submit(raw, deadline) };
