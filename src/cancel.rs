@@ -288,15 +288,17 @@ impl CancelNode {
         unsafe { state::cause(self.word()) }
     }
 
-    /// Live children registered with this node (diagnostics). Zero once
-    /// the node is done, even while the canceller (another thread, the
-    /// timer) has yet to close the list: from then on no child waits for a
-    /// future cancellation (the fuzzer caught the window under load).
+    /// Live children registered with this node (diagnostics): linked, not
+    /// removed and not done. Zero once the node is done, even while the
+    /// canceller (another thread, the timer) has yet to close the list; and
+    /// a child that is done but has yet to deregister itself (its canceller
+    /// sets the state word first) does not count: from then on neither waits
+    /// for a future cancellation. The fuzzer caught both windows under load.
     pub(crate) fn registered_children(&self) -> usize {
         if self.is_done() {
             return 0;
         }
-        self.children.live()
+        self.children.live(|child| !child.is_done())
     }
 
     /// Children still physically linked, including removed ones not yet

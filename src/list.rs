@@ -490,21 +490,22 @@ impl<E: Entry> List<E> {
         tagged(self.head.load(Ordering::Acquire), CLOSED)
     }
 
-    /// Entries linked and not removed, for diagnostics (exact when no other
-    /// thread touches the list).
-    pub(crate) fn live(&self) -> usize {
-        self.count().1
+    /// Entries linked, not removed and for which `counts` is true, for
+    /// diagnostics (exact when no other thread touches the list).
+    pub(crate) fn live(&self, counts: impl FnMut(&E) -> bool) -> usize {
+        self.count(counts).1
     }
 
     /// Entries physically linked (including removed ones not yet unlinked).
     pub(crate) fn linked(&self) -> usize {
-        self.count().0
+        self.count(|_| true).0
     }
 
-    /// Walks the list: `(linked, live)`. Diagnostics only (O(n)); the walk
-    /// counts itself as a cleanup pass, so nothing it can reach is freed
-    /// under it (invariant 6).
-    fn count(&self) -> (usize, usize) {
+    /// Walks the list: `(linked, live)` where live entries are the unremoved
+    /// ones `counts` accepts. Diagnostics only (O(n)); the walk counts itself
+    /// as a cleanup pass, so nothing it can reach is freed under it
+    /// (invariant 6).
+    fn count(&self, mut counts: impl FnMut(&E) -> bool) -> (usize, usize) {
         // Ordering: as at the start of `sweep` (invariant 5).
         self.cleaners.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
@@ -518,11 +519,11 @@ impl<E: Entry> List<E> {
         while !cur.is_null() {
             // SAFETY: reachable while we are pinned and counted as a pass
             // (invariants 4 and 6).
-            let link = unsafe { (*cur.cast::<E>()).link() };
+            let entry = unsafe { &*cur.cast::<E>() };
             // Ordering: Acquire — as in `sweep`.
-            let next = link.next.load(Ordering::Acquire);
+            let next = entry.link().next.load(Ordering::Acquire);
             linked += 1;
-            if !tagged(next, MARK) {
+            if !tagged(next, MARK) && counts(entry) {
                 live += 1;
             }
             cur = untagged(next);
@@ -559,7 +560,7 @@ impl<E: Entry> core::fmt::Debug for List<E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("List")
             .field("closed", &self.is_closed())
-            .field("live", &self.live())
+            .field("live", &self.live(|_| true))
             .finish()
     }
 }

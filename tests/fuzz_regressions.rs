@@ -145,3 +145,33 @@ fn registered_children_is_zero_as_soon_as_done() {
         assert!(children.iter().all(|(child, _)| child.is_done()));
     }
 }
+
+/// Found by the `ops` target under load (input
+/// `fuzz/regressions/ops/child-expiry-seen-before-deregistration`,
+/// timing-dependent): a child's deadline expired on the timer thread, the
+/// harness saw the child done, and its parent's `registered_children()`
+/// still counted it: the canceller sets the child's state word before it
+/// takes the child off the parent's list. Done children no longer count.
+/// Exactly: the loom model `done_child_is_not_registered`.
+#[test]
+fn a_done_child_is_not_registered() {
+    use goctx::Context;
+    let rounds = if cfg!(miri) { 5 } else { 200 };
+    let (parent, _cancel) = Context::background().with_cancel();
+    for _ in 0..rounds {
+        let (child, child_cancel) = parent.with_cancel();
+        let canceller = std::thread::spawn(move || child_cancel.cancel());
+        loop {
+            let done = child.is_done();
+            let registered = parent.registered_children();
+            if done {
+                assert_eq!(registered, 0, "a done child was counted as registered");
+                break;
+            }
+            assert!(registered <= 1);
+            std::thread::yield_now();
+        }
+        canceller.join().unwrap();
+    }
+    assert_eq!(parent.registered_children(), 0);
+}

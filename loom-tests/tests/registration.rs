@@ -136,3 +136,25 @@ fn registered_children_once_done_is_zero() {
         assert_eq!(parent.registered_children(), 0);
     });
 }
+
+/// A child cancelling itself while the parent's registered children are
+/// read: once the child reads as done, it is not counted, even before its
+/// canceller has taken it off the parent's list (the `ops` fuzz target
+/// caught this window under load, with a child's deadline expiring).
+#[test]
+fn done_child_is_not_registered() {
+    model("done_child_is_not_registered", || {
+        let (parent, _cancel) = Context::background().with_cancel();
+        let (child, child_cancel) = parent.with_cancel();
+        let t = thread::spawn(move || child_cancel.cancel());
+        let done = child.is_done();
+        let registered = parent.registered_children();
+        if done {
+            assert_eq!(registered, 0);
+        } else {
+            assert!(registered <= 1);
+        }
+        t.join().unwrap();
+        assert_eq!(parent.registered_children(), 0);
+    });
+}
