@@ -608,6 +608,28 @@ mod workers {
         next_idle: AtomicPtr<Worker>,
     }
 
+    impl Worker {
+        /// Puts `job` in this idle worker's slot and wakes it. False if the
+        /// worker retired first (then it takes no more jobs).
+        fn give(&self, job: *mut AfterHeader) -> bool {
+            // Ordering: AcqRel — Release publishes the job to the worker's
+            // Acquire swap; Acquire on failure sees the retirement.
+            let given = self
+                .slot
+                .compare_exchange(
+                    core::ptr::null_mut(),
+                    job,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok();
+            if given {
+                self.thread.unpark();
+            }
+            given
+        }
+    }
+
     /// Idle workers: pushed by the workers, popped only by the timer thread
     /// (a single consumer, so the Treiber pop has no ABA problem).
     static IDLE: AtomicPtr<Worker> = AtomicPtr::new(core::ptr::null_mut());
@@ -634,21 +656,7 @@ mod workers {
         // SAFETY: `SPARE` held a reference leaked by `offer_spare`; the swap
         // gave it to us alone.
         let worker = unsafe { Arc::from_raw(spare) };
-        // Ordering: AcqRel — as in `hand_off`: Release publishes the job to
-        // the worker's Acquire swap; fails if the worker retired.
-        let handed = worker
-            .slot
-            .compare_exchange(
-                core::ptr::null_mut(),
-                job,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok();
-        if handed {
-            worker.thread.unpark();
-        }
-        handed
+        worker.give(job)
     }
 
     /// Makes `worker` the spare if there is none; otherwise false.
@@ -675,19 +683,7 @@ mod workers {
     /// timer thread, the idle stack's single consumer).
     pub(super) fn hand_off(job: *mut AfterHeader, run: unsafe fn(*const AfterHeader)) {
         while let Some(worker) = pop_idle() {
-            // Ordering: AcqRel — Release publishes the job to the worker's
-            // Acquire swap; fails if the worker retired.
-            if worker
-                .slot
-                .compare_exchange(
-                    core::ptr::null_mut(),
-                    job,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-            {
-                worker.thread.unpark();
+            if worker.give(job) {
                 return;
             }
         }
