@@ -78,7 +78,8 @@
 //!   of `cleaners` (invariant 6).
 //! * `marked` and `threshold` only decide when to clean; they are Relaxed.
 //!   Pushes and head unlinks touch no counter at all; the diagnostics
-//!   (`live`, `linked`) walk the list instead. `cleaners` is the exception above.
+//!   (`live`, `linked`) walk the list instead. `cleaners` is the exception
+//!   above.
 
 use core::marker::PhantomData;
 use core::ptr;
@@ -94,8 +95,8 @@ const MARK: usize = 1;
 
 /// A cleanup pass starts only when at least this many entries are removed
 /// but still linked (and at least half as many as the live entries the last
-/// pass walked past). Under loom every
-/// removal cleans, so the models exercise the pass.
+/// pass walked past). Under loom every removal cleans, so the models
+/// exercise the pass.
 #[cfg(not(loom))]
 const CLEANUP_MIN: usize = 32;
 #[cfg(loom)]
@@ -158,14 +159,14 @@ pub(crate) unsafe trait Entry {
 /// See the module docs.
 pub(crate) struct List<E: Entry> {
     head: AtomicPtr<()>,
-    /// Entries logically removed but still linked (incremented before
-    /// marking).
+    /// Entries logically removed but still linked (invariant 7).
     marked: AtomicUsize,
     /// Cleanup passes in progress.
     cleaners: AtomicUsize,
     /// Removed-but-linked entries that trigger a cleanup pass: half the
     /// number of live entries the last pass kept (so a pass's traversal is
-    /// paid for by removals in proportion), and at least `cleanup_min`. Written only by passes.
+    /// paid for by removals in proportion), and at least `cleanup_min`.
+    /// Written only by passes.
     threshold: AtomicUsize,
     /// The least `threshold`.
     cleanup_min: usize,
