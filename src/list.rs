@@ -337,12 +337,7 @@ impl<E: Entry> List<E> {
     /// must take whatever reference it needs on an entry it claims, since
     /// the list's own is released (after an epoch) once it is unlinked.
     pub(crate) fn sweep(&self, mut remove: impl FnMut(*const E) -> bool) {
-        // Ordering: SeqCst increment + fence — the store-buffer pattern with
-        // `close` (invariant 5): either we see CLOSED at the head, or the
-        // closer sees our increment.
-        self.cleaners.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        let guard = epoch::pin();
+        let guard = self.enter_pass();
         let mut deferred = false;
         // Live entries this pass walked past (and keeps).
         let mut kept;
@@ -451,6 +446,23 @@ impl<E: Entry> List<E> {
             // expired, rather than wait for the collector's own cadence.
             guard.flush();
         }
+        self.leave_pass(guard);
+    }
+
+    /// Starts a pass over the list (a cleanup pass or a diagnostic walk):
+    /// counted in `cleaners` and pinned, so nothing it can reach is freed
+    /// under it (invariants 4–6).
+    fn enter_pass(&self) -> Guard {
+        // Ordering: SeqCst increment + fence — the store-buffer pattern with
+        // `close` and with head unlinks (invariants 5 and 6): either we see
+        // their change of the head, or they see our increment.
+        self.cleaners.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        epoch::pin()
+    }
+
+    /// Ends a pass started by `enter_pass`.
+    fn leave_pass(&self, guard: Guard) {
         drop(guard);
         // Ordering: Release — our reads of the chain happen before a closer
         // that reads zero here (Acquire after its fence).
@@ -507,10 +519,7 @@ impl<E: Entry> List<E> {
     /// as a cleanup pass, so nothing it can reach is freed under it
     /// (invariant 6).
     fn count(&self, mut counts: impl FnMut(&E) -> bool) -> (usize, usize) {
-        // Ordering: as at the start of `sweep` (invariant 5).
-        self.cleaners.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        let guard = epoch::pin();
+        let guard = self.enter_pass();
         let (mut linked, mut live) = (0, 0);
         // Ordering: Acquire — as in `sweep`.
         let mut cur = self.head.load(Ordering::Acquire);
@@ -529,9 +538,7 @@ impl<E: Entry> List<E> {
             }
             cur = untagged(next);
         }
-        drop(guard);
-        // Ordering: Release — as at the end of `sweep`.
-        self.cleaners.fetch_sub(1, Ordering::Release);
+        self.leave_pass(guard);
         (linked, live)
     }
 }
