@@ -31,7 +31,7 @@ export LSAN_OPTIONS="report_objects=1"
 cargo_asan=(cargo +nightly test --target "$SANITIZER_TARGET" --target-dir target/asan)
 
 step "ASan build"
-"${cargo_asan[@]}" --tests --no-run
+bounded 900 "ASan build" "${cargo_asan[@]}" --tests --no-run
 
 # after_func's stopping_leaves_nothing_behind measures process-wide live
 # bytes; run with its siblings under a sanitizer it intermittently sees
@@ -39,8 +39,9 @@ step "ASan build"
 # It checks memory accounting, not memory safety, so it runs in `cargo test`.
 status=0
 step "ASan + LSan: unit and integration tests"
-"${cargo_asan[@]}" --tests --no-fail-fast -- --skip stopping_leaves_nothing_behind || status=$?
+bounded 600 "ASan + LSan test binaries" \
+    "${cargo_asan[@]}" --tests --no-fail-fast -- --skip stopping_leaves_nothing_behind || status=$?
 
 step "ASan + LSan: doctests"
-"${cargo_asan[@]}" --doc || status=$?
+bounded 600 "ASan doctests" "${cargo_asan[@]}" --doc || status=$?
 exit "$status"

@@ -34,12 +34,12 @@ fi
 
 step "cargo-fuzz"
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    cargo install cargo-fuzz --locked
+    bounded 900 "cargo install cargo-fuzz" cargo install cargo-fuzz --locked
 fi
 cargo fuzz --version
 
 step "fuzz build (every target)"
-cargo +nightly fuzz build
+bounded 900 "fuzz build" cargo +nightly fuzz build
 
 export LSAN_OPTIONS="leak_check_at_exit=0"
 failed=()
@@ -53,7 +53,8 @@ for target in "${targets[@]}"; do
     # wake-up, a deadlock) into a failure; the harness itself waits for
     # anything asynchronous at most 10 s.
     status=0
-    cargo +nightly fuzz run "$target" "$corpus" "fuzz/regressions/$target" -- \
+    bounded "$((seconds + 240))" "fuzz target $target" \
+        cargo +nightly fuzz run "$target" "$corpus" "fuzz/regressions/$target" -- \
         -max_total_time="$seconds" -timeout=60 -print_final_stats=1 >"$log" 2>&1 || status=$?
     execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)"
     rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n1)"

@@ -46,3 +46,19 @@ test_targets() {
     done
     echo
 }
+
+# bounded SECONDS LABEL COMMAND...: runs COMMAND under timeout(1) (its whole
+# process group: cargo and the test binary it started), so no hang can eat
+# the CI budget. On expiry it says which LABEL (a binary, a step) hung and
+# returns 124.
+bounded() {
+    local limit=$1 label=$2
+    shift 2
+    local status=0
+    timeout --kill-after=30 "$limit" "$@" || status=$?
+    if [ "$status" = 124 ] || [ "$status" = 137 ]; then
+        echo "TIMEOUT: $label did not finish within ${limit}s (killed)" >&2
+        return 124
+    fi
+    return "$status"
+}

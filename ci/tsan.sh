@@ -43,12 +43,13 @@ export TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1 report_signal_unsaf
 cargo_tsan=(cargo +nightly test -Zbuild-std --target "$SANITIZER_TARGET" --target-dir target/tsan)
 
 step "TSan build (std included)"
-"${cargo_tsan[@]}" "${targets[@]}" --no-run
+bounded 900 "TSan build" "${cargo_tsan[@]}" "${targets[@]}" --no-run
 
 step "TSan: ${targets[*]} (skipping: ${skips[*]})"
 log=target/tsan/run.log
 status=0
-"${cargo_tsan[@]}" "${targets[@]}" --no-fail-fast -- "${skips[@]}" 2>&1 | tee "$log" || status=$?
+bounded 600 "TSan test binaries" \
+    "${cargo_tsan[@]}" "${targets[@]}" --no-fail-fast -- "${skips[@]}" 2>&1 | tee "$log" || status=$?
 # TSan makes a test binary exit non-zero when it reported anything, so the
 # status already says it; this just summarises.
 reports=$(grep -c '^WARNING: ThreadSanitizer' "$log" || true)

@@ -13,6 +13,8 @@
 # left out for time: add it when diagnosing a report.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=ci/lib.sh
+. ci/lib.sh
 
 if ! command -v valgrind >/dev/null 2>&1; then
     echo "valgrind not found: installing it (apt-get)"
@@ -63,7 +65,14 @@ for entry in "${bins[@]}"; do
     set -- ${SKIPS[$name]:-}
     start=$SECONDS
     status=0
-    valgrind --tool=memcheck --leak-check=full --errors-for-leak-kinds=definite \
+    # --fair-sched=yes: valgrind runs one thread at a time, and its default
+    # lock hand-over is unfair, so a thread spinning without a system call
+    # can starve the one it waits for (async_done once ran 17 minutes).
+    # Each binary is bounded (VALGRIND_BINARY_SECONDS): a hang fails with
+    # the binary's name instead of eating the CI budget.
+    bounded "${VALGRIND_BINARY_SECONDS:-420}" "valgrind $name" \
+        valgrind --tool=memcheck --fair-sched=yes --leak-check=full \
+        --errors-for-leak-kinds=definite \
         --show-leak-kinds=definite --error-exitcode=101 \
         --log-file="$logdir/$name.log" \
         "$exe" --test-threads=2 "$@" >"$logdir/$name.out" 2>&1 || status=$?

@@ -26,7 +26,9 @@ use goctx::{AfterFunc, CancelFunc, Context, Error};
 
 /// The longest any test is willing to wait before calling it a hang (Go's
 /// "quiescent" wait); not a speed bound (miri runs ~1000× slower).
-const QUIESCENT: Duration = Duration::from_secs(if cfg!(miri) { 600 } else { 10 });
+// A hang guard only: generous, because valgrind and sanitizers run 20-100x
+// slower and one thread at a time (CI, issue 12).
+const QUIESCENT: Duration = Duration::from_secs(if cfg!(miri) { 600 } else { 120 });
 /// Rounds of the randomised layer tests.
 const LAYER_ROUNDS: usize = if cfg!(miri) { 3 } else { 20 };
 /// Go's `shortDuration`.
@@ -1140,9 +1142,17 @@ fn waiters_wake_on_expiry() {
 #[test]
 fn deadlines_start_no_thread_each() {
     let _exclusive = exclusive();
+    // goctx's own threads only (all are named `goctx-…`): the test harness
+    // starts a thread for the next test meanwhile (it then waits for the
+    // lock), so the process's total is no measure of what goctx started.
     let threads = || {
         std::fs::read_dir("/proc/self/task")
             .expect("procfs")
+            .filter_map(|task| {
+                let comm = task.ok()?.path().join("comm");
+                let name = std::fs::read_to_string(comm).ok()?;
+                name.starts_with("goctx").then_some(())
+            })
             .count()
     };
     let (warm, _cancel) = Context::background().with_timeout(SHORT);
