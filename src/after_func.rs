@@ -297,6 +297,11 @@ impl Drop for AfterFunc {
     }
 }
 
+// `stop()` is one atomic state change: a panic caught around it leaves no
+// half-done state to observe (as for `Context`).
+impl std::panic::UnwindSafe for AfterFunc {}
+impl std::panic::RefUnwindSafe for AfterFunc {}
+
 impl fmt::Debug for AfterFunc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // SAFETY: our reference keeps the entry alive.

@@ -684,6 +684,75 @@ impl CancelCauseFunc {
     pub fn cancel(&self, cause: impl Into<Cause>) {
         self.0.node().cancel(Error::Canceled, Some(cause.into()));
     }
+
+    /// Returns a guard that cancels with `cause` when dropped (Go's
+    /// `defer cancel(cause)`), unless [disarmed](CancelCauseGuard::disarm).
+    /// The cause is made now, so the drop allocates nothing.
+    ///
+    /// ```
+    /// use goctx::{Cause, Context};
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel_cause();
+    /// {
+    ///     let _guard = cancel.guard(Cause::msg("request finished"));
+    ///     assert!(!ctx.is_done());
+    /// }
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "request finished");
+    /// ```
+    pub fn guard(self, cause: impl Into<Cause>) -> CancelCauseGuard {
+        CancelCauseGuard(Some((self, cause.into())))
+    }
+}
+
+/// Cancels with its cause when dropped (see [`CancelCauseFunc::guard`]).
+///
+/// ```
+/// let (ctx, cancel) = goctx::Context::background().with_cancel_cause();
+/// let guard = cancel.guard(goctx::Error::DeadlineExceeded);
+/// let cancel = guard.disarm(); // keep the context running after all
+/// assert!(!ctx.is_done());
+/// cancel.cancel(goctx::Cause::msg("later"));
+/// assert!(ctx.is_done());
+/// ```
+#[must_use = "dropping the guard cancels at once"]
+pub struct CancelCauseGuard(Option<(CancelCauseFunc, Cause)>);
+
+impl CancelCauseGuard {
+    /// Gives the `CancelCauseFunc` back without cancelling (the cause is
+    /// dropped).
+    ///
+    /// ```
+    /// let (ctx, cancel) = goctx::Context::background().with_cancel_cause();
+    /// drop(cancel.guard(goctx::Error::Canceled).disarm());
+    /// assert!(!ctx.is_done());
+    /// ```
+    pub fn disarm(mut self) -> CancelCauseFunc {
+        self.0
+            .take()
+            .expect("guard holds its CancelCauseFunc until dropped")
+            .0
+    }
+}
+
+impl Drop for CancelCauseGuard {
+    fn drop(&mut self) {
+        if let Some((cancel, cause)) = self.0.take() {
+            cancel.cancel(cause);
+        }
+    }
+}
+
+impl fmt::Debug for CancelCauseGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some((cancel, cause)) => f
+                .debug_struct("CancelCauseGuard")
+                .field("cancel", cancel)
+                .field("cause", cause)
+                .finish(),
+            None => f.write_str("CancelCauseGuard(disarmed)"),
+        }
+    }
 }
 
 impl fmt::Debug for CancelCauseFunc {

@@ -9,6 +9,7 @@ use core::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use crate::cancel::CancelNode;
+use crate::error::ContextError;
 use crate::node::Node;
 use crate::primitive::thread;
 use crate::waiters::{TaskWaiter, park_on};
@@ -42,6 +43,8 @@ use crate::waiters::{TaskWaiter, park_on};
 pub struct Done {
     anchor: Option<NonNull<CancelNode>>,
     task: Option<TaskWaiter>,
+    /// The future has returned `Ready` (for `FusedFuture`).
+    finished: bool,
 }
 
 // SAFETY: `anchor` is a counted handle on a `Sync` node; `task` is `Send`.
@@ -57,7 +60,11 @@ impl Done {
     /// A `Done` holding one handle on `anchor` (taken by the caller), or a
     /// `Done` that never completes.
     pub(crate) fn new(anchor: Option<NonNull<CancelNode>>) -> Done {
-        Done { anchor, task: None }
+        Done {
+            anchor,
+            task: None,
+            finished: false,
+        }
     }
 
     #[inline]
@@ -167,6 +174,7 @@ impl Future for Done {
             if let Some(task) = this.task.take() {
                 task.finish();
             }
+            this.finished = true;
             return Poll::Ready(());
         }
         let poll = match &mut this.task {
@@ -179,12 +187,37 @@ impl Future for Done {
             },
             Some(task) => task.poll(cx),
         };
-        if poll.is_ready()
-            && let Some(task) = this.task.take()
-        {
-            task.finish();
+        if poll.is_ready() {
+            this.finished = true;
+            if let Some(task) = this.task.take() {
+                task.finish();
+            }
         }
         poll
+    }
+}
+
+/// With the `futures` feature, for `futures::select!`: terminated once it
+/// has returned `Ready` (polling it again is allowed and stays `Ready`).
+///
+/// ```
+/// # #[cfg(feature = "futures")] {
+/// use futures_core::future::FusedFuture;
+///
+/// let (ctx, cancel) = goctx::Context::background().with_cancel();
+/// let mut done = ctx.done();
+/// assert!(!done.is_terminated());
+/// cancel.cancel();
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// (&mut done).await;
+/// # });
+/// assert!(done.is_terminated());
+/// # }
+/// ```
+#[cfg(feature = "futures")]
+impl futures_core::future::FusedFuture for Done {
+    fn is_terminated(&self) -> bool {
+        self.finished
     }
 }
 
@@ -208,6 +241,14 @@ impl Drop for Done {
             // SAFETY: we own one handle.
             unsafe { Node::release(anchor.cast()) };
         }
+    }
+}
+
+impl Done {
+    /// The context's error and cause, once done.
+    pub(crate) fn error(&self) -> Option<ContextError> {
+        let node = self.node()?;
+        Some(ContextError::new(node.err()?, node.cause()?))
     }
 }
 

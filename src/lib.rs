@@ -24,7 +24,8 @@
 //! | `cancel(cause)`                 | [`CancelCauseFunc::cancel`]             |
 //! | `context.Canceled`              | [`Error::Canceled`]                     |
 //! | `context.DeadlineExceeded`      | [`Error::DeadlineExceeded`]             |
-//!
+//! | `if err := ctx.Err(); err != nil { return err }` | [`ctx.check()?`](Context::check) → [`ContextError`] |
+//! | `ctx.Done() != nil`             | [`ctx.can_be_done()`](Context::can_be_done) |
 //! | `WithDeadline(p, d)` / `WithTimeout(p, t)` | [`p.with_deadline(d)`](Context::with_deadline) / [`p.with_timeout(t)`](Context::with_timeout) |
 //! | `WithDeadlineCause` / `WithTimeoutCause` | [`with_deadline_cause`](Context::with_deadline_cause) / [`with_timeout_cause`](Context::with_timeout_cause) |
 //! | `ctx.Deadline()`                | [`ctx.deadline()`](Context::deadline)   |
@@ -107,6 +108,7 @@
 
 mod after_func;
 mod cancel;
+mod check;
 mod context;
 mod done;
 mod error;
@@ -121,10 +123,11 @@ mod waiters;
 pub mod docs;
 
 pub use after_func::AfterFunc;
-pub use cancel::{CancelCauseFunc, CancelFunc, CancelGuard};
+pub use cancel::{CancelCauseFunc, CancelCauseGuard, CancelFunc, CancelGuard};
+pub use check::RunUntilDone;
 pub use context::Context;
 pub use done::Done;
-pub use error::{Cause, Error};
+pub use error::{Cause, ContextError, Error};
 #[cfg(loom)]
 #[doc(hidden)]
 pub use timer::loom_hooks;

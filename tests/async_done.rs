@@ -197,7 +197,7 @@ fn dropping_futures_while_cancelling_never_hangs() {
             let mut polls = 0u32;
             while poll_once(&mut ctx.done(), &waker).is_pending() {
                 polls += 1;
-                if polls % 64 == 0 {
+                if polls.is_multiple_of(64) {
                     thread::yield_now();
                 } else {
                     std::hint::spin_loop();
