@@ -13,7 +13,7 @@
 //! ALLOCS <scenario> <implementation> <allocations per operation, 2 decimals>
 //! ```
 //!
-//! Run with `cargo bench --bench allocs` (a few seconds).
+//! Run with `cargo bench -p goctx-benches --bench allocs` (a few seconds).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;

@@ -4,8 +4,8 @@
 # target/compare.md).
 #
 # What it runs (from the repository root, whatever the current directory):
-#   1. cargo bench --bench context [-- "$COMPARE_FILTER"]   (criterion)
-#   2. cargo bench --bench allocs                           (allocations/op,
+#   1. cargo bench -p goctx-benches --bench context [-- "$COMPARE_FILTER"]   (criterion)
+#   2. cargo bench -p goctx-benches --bench allocs                           (allocations/op,
 #      lines "ALLOCS <scenario> <goctx|tokio_util> <allocs_per_op>"; skipped
 #      if benches/allocs.rs does not exist)
 #   3. $GO test -run '^$' -bench "$GO_BENCH_FILTER" -benchmem \
@@ -91,7 +91,7 @@ if [[ $SKIP_RUST == 1 ]]; then
     rust_mode=reused
 else
     rust_mode=run
-    bench_cmd=(cargo bench --bench context)
+    bench_cmd=(cargo bench -p goctx-benches --bench context)
     if [[ -n $COMPARE_FILTER ]]; then
         bench_cmd+=(-- "$COMPARE_FILTER")
     fi
@@ -101,7 +101,7 @@ else
 
     rm -f "$out_dir/allocs.log"
     if [[ -f benches/allocs.rs ]]; then
-        allocs_cmd=(cargo bench --bench allocs)
+        allocs_cmd=(cargo bench -p goctx-benches --bench allocs)
         say "${allocs_cmd[*]}"
         record "${allocs_cmd[@]}"
         if ! "${allocs_cmd[@]}" 2>&1 | tee "$out_dir/allocs.raw" >&2; then
@@ -458,7 +458,7 @@ notes.append(
     "`fanout_cancel`, `cancel_wake*`. No tokio-util counterpart: `with_timeout` "
     "(no deadlines) and `deep_value` (no values).")
 notes.append(
-    "goctx/tokio-util allocs/op come from `cargo bench --bench allocs` (allocation "
+    "goctx/tokio-util allocs/op come from `cargo bench -p goctx-benches --bench allocs` (allocation "
     "calls of the whole process per operation, one thread driving); "
     "`cancel_tree/depth=1000` there is the open-root chain.")
 if unmapped:

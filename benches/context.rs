@@ -14,8 +14,8 @@
 //! [`run_parallel`]: threads split `iters` and the wall time is returned, so
 //! the reported time per iteration is throughput, as in Go.
 //!
-//! Run with `cargo bench --bench context` (about four and a half minutes on 2 cores);
-//! pass a filter such as `cargo bench --bench context -- cancel_tree` to run
+//! Run with `cargo bench -p goctx-benches --bench context` (about four and a half minutes on 2 cores);
+//! pass a filter such as `cargo bench -p goctx-benches --bench context -- cancel_tree` to run
 //! one scenario.
 
 use std::future::Future;

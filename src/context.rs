@@ -103,6 +103,7 @@ impl Context {
     /// cancel_parent.cancel();
     /// assert!(child.is_done());
     /// ```
+    #[must_use = "the derived context is dropped at once (and with it, often, its only use)"]
     pub fn with_cancel(&self) -> (Context, CancelFunc) {
         let node = CancelNode::derive(self, 2);
         (Context(Repr::Node(node.cast())), CancelFunc::new(node))
@@ -119,6 +120,7 @@ impl Context {
     /// assert_eq!(ctx.err(), Some(Error::Canceled));
     /// assert!(ctx.cause().unwrap().downcast_ref::<std::fmt::Error>().is_some());
     /// ```
+    #[must_use = "the derived context is dropped at once"]
     pub fn with_cancel_cause(&self) -> (Context, CancelCauseFunc) {
         let node = CancelNode::derive(self, 2);
         (Context(Repr::Node(node.cast())), CancelCauseFunc::new(node))
@@ -139,6 +141,7 @@ impl Context {
     /// assert_eq!(ctx.value::<User>(), Some(&User("ada")));
     /// assert_eq!(inner.value::<User>(), Some(&User("grace")));
     /// ```
+    #[must_use = "with_value returns a new context; the receiver is unchanged"]
     pub fn with_value<T>(&self, value: T) -> Context
     where
         T: Send + Sync + 'static,
@@ -162,6 +165,7 @@ impl Context {
     /// assert!(!detached.is_done());
     /// assert_eq!(detached.value::<TraceId>(), Some(&TraceId(9)));
     /// ```
+    #[must_use = "without_cancel returns a new context; the receiver is unchanged"]
     pub fn without_cancel(&self) -> Context {
         Context(Repr::Node(node::new_without_cancel(self.clone())))
     }
@@ -185,6 +189,7 @@ impl Context {
     /// ctx.done().wait();
     /// assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
     /// ```
+    #[must_use = "the derived context is dropped at once"]
     pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelFunc) {
         self.deadline_node(deadline, None, false)
     }
@@ -204,6 +209,7 @@ impl Context {
     /// assert!(ctx.is_done());
     /// assert_eq!(ctx.cause().unwrap().to_string(), "too slow");
     /// ```
+    #[must_use = "the derived context is dropped at once"]
     pub fn with_deadline_cause(
         &self,
         deadline: Instant,
@@ -227,6 +233,7 @@ impl Context {
     /// cancel.cancel(); // releases the timer
     /// assert_eq!(ctx.err(), Some(Error::Canceled));
     /// ```
+    #[must_use = "the derived context is dropped at once"]
     pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelFunc) {
         match Instant::now().checked_add(timeout) {
             Some(deadline) => self.deadline_node(deadline, None, !timeout.is_zero()),
@@ -248,6 +255,7 @@ impl Context {
     /// assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
     /// assert_eq!(ctx.cause().unwrap().to_string(), "slow backend");
     /// ```
+    #[must_use = "the derived context is dropped at once"]
     pub fn with_timeout_cause(
         &self,
         timeout: Duration,
@@ -300,6 +308,7 @@ impl Context {
     /// cancel.cancel();
     /// assert_ne!(rx.recv().unwrap(), std::thread::current().id());
     /// ```
+    #[must_use = "keep the AfterFunc to stop f (dropping it does not stop f; bind it to `_f` to register and forget)"]
     pub fn after_func<F>(&self, f: F) -> AfterFunc
     where
         F: FnOnce() + Send + 'static,
@@ -334,6 +343,7 @@ impl Context {
     /// done.wait();
     /// ```
     #[inline]
+    #[must_use = "done() only makes a handle: wait on it or await it"]
     pub fn done(&self) -> Done {
         let anchor = NonNull::new(self.anchor_ptr().cast_mut());
         if let Some(anchor) = anchor {

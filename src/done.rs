@@ -40,6 +40,7 @@ use crate::waiters::{TaskWaiter, park_on};
 /// done.wait();
 /// assert!(done.is_done());
 /// ```
+#[must_use = "a Done does nothing unless waited on or polled"]
 pub struct Done {
     anchor: Option<NonNull<CancelNode>>,
     task: Option<TaskWaiter>,

@@ -32,8 +32,8 @@
 //! (b without the spinner).
 //!
 //! ```text
-//! cargo run --release --example timer_lateness             # the default scenarios
-//! cargo run --release --example timer_lateness -- a b      # some of them
+//! cargo run --release -p goctx-benches --bin timer_lateness             # the default scenarios
+//! cargo run --release -p goctx-benches --bin timer_lateness -- a b      # some of them
 //! ```
 //!
 //! Exits 1 only on a correctness failure (a context done before its

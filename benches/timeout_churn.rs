@@ -14,11 +14,11 @@
 //! thread catches up with what it was handed.
 //!
 //! ```text
-//! cargo run --release --example timeout_churn                  # cancel, then drop: 10M cycles each
-//! cargo run --release --example timeout_churn -- cancel        # only with_timeout + cancel()
-//! cargo run --release --example timeout_churn -- drop          # only with_timeout + drop (no cancel)
-//! cargo run --release --example timeout_churn -- parent        # cancel, under a long-lived with_cancel parent
-//! cargo run --release --example timeout_churn -- --cycles 2000000 --threads 1 cancel
+//! cargo run --release -p goctx-benches --bin timeout_churn                  # cancel, then drop: 10M cycles each
+//! cargo run --release -p goctx-benches --bin timeout_churn -- cancel        # only with_timeout + cancel()
+//! cargo run --release -p goctx-benches --bin timeout_churn -- drop          # only with_timeout + drop (no cancel)
+//! cargo run --release -p goctx-benches --bin timeout_churn -- parent        # cancel, under a long-lived with_cancel parent
+//! cargo run --release -p goctx-benches --bin timeout_churn -- --cycles 2000000 --threads 1 cancel
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
