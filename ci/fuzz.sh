@@ -54,7 +54,7 @@ for target in "${targets[@]}"; do
     # anything asynchronous at most 10 s.
     status=0
     bounded "$((seconds + 240))" "fuzz target $target" \
-        cargo +nightly fuzz run "$target" "$corpus" "fuzz/regressions/$target" -- \
+        cargo +nightly fuzz run "$target" "$corpus" "tests/fuzz/regressions/$target" -- \
         -max_total_time="$seconds" -timeout=60 -print_final_stats=1 >"$log" 2>&1 || status=$?
     execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)"
     rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n1)"
@@ -67,7 +67,7 @@ for target in "${targets[@]}"; do
         tail -n 60 "$log"
         echo "Reproduce: cargo +nightly fuzz run $target fuzz/artifacts/$target/<file>"
         echo "Minimize:  cargo +nightly fuzz tmin $target fuzz/artifacts/$target/<file>"
-        echo "Keep it:   copy it into fuzz/regressions/$target/ and name a test after it"
+        echo "Keep it:   copy it into tests/fuzz/regressions/$target/ and name a test after it"
         echo "           in tests/fuzz_regressions.rs"
     fi
     rm -f "$log"

@@ -1,30 +1,30 @@
 //! The fuzz targets' bodies, run on stable: every file of the committed
-//! regression corpus `fuzz/regressions/<target>/` goes through the same
+//! regression corpus `tests/fuzz/regressions/<target>/` goes through the same
 //! code `cargo +nightly fuzz run <target>` runs (the modules below are the
 //! fuzz crate's own files, compiled here by path). Inputs that once failed
 //! also get a test of their own, named after the bug they pin.
 //!
 //! To add an input: copy it (a crash artifact, or anything interesting from
-//! `fuzz/corpus/<target>/`) into `fuzz/regressions/<target>/`.
+//! `fuzz/corpus/<target>/`) into `tests/fuzz/regressions/<target>/`.
 
 use std::path::{Path, PathBuf};
 
 #[allow(unreachable_pub)]
-#[path = "../fuzz/src/concurrent.rs"]
+#[path = "fuzz/concurrent.rs"]
 mod concurrent;
-#[path = "../fuzz/src/input.rs"]
+#[path = "fuzz/input.rs"]
 mod input;
-#[path = "../fuzz/src/model.rs"]
+#[path = "fuzz/model.rs"]
 mod model;
 #[allow(unreachable_pub)]
-#[path = "../fuzz/src/ops.rs"]
+#[path = "fuzz/ops.rs"]
 mod ops;
-#[path = "../fuzz/src/probe.rs"]
+#[path = "fuzz/probe.rs"]
 mod probe;
 
 fn corpus(target: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/regressions")
+        .join("tests/fuzz/regressions")
         .join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -61,7 +61,7 @@ fn concurrent_corpus() {
 
 /// Found by the `ops` target (LeakSanitizer, "indirect leak" of a
 /// `CancelNode` and an after-func entry); input
-/// `fuzz/regressions/ops/leak-after-func-on-context-nobody-can-cancel`:
+/// `tests/fuzz/regressions/ops/leak-after-func-on-context-nobody-can-cancel`:
 /// `todo().with_cancel_cause()`, `after_func` on it, then its cancel
 /// handle, the `AfterFunc` and the context dropped. Nothing can make that
 /// context done any more; the pending callback used to hold its context
@@ -96,11 +96,11 @@ fn leaked_after_func_on_a_context_nobody_can_cancel() {
 /// at once and does not hold the context, so dropping the context's other
 /// handles frees it (and the value layer above it) while the `AfterFunc` is
 /// still held. The model had assumed every held `AfterFunc` holds its
-/// context. Input `fuzz/regressions/ops/found-live-value-after-func-release`.
+/// context. Input `tests/fuzz/regressions/ops/found-live-value-after-func-release`.
 #[test]
 fn after_func_on_a_done_context_does_not_hold_it() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/regressions/ops/found-live-value-after-func-release");
+        .join("tests/fuzz/regressions/ops/found-live-value-after-func-release");
     ops::run(&std::fs::read(path).expect("readable input"));
 
     // The same, through the API.
@@ -114,7 +114,7 @@ fn after_func_on_a_done_context_does_not_hold_it() {
 }
 
 /// Found by the `ops` target under load (input
-/// `fuzz/regressions/ops/expiry-seen-before-list-closed`, timing-dependent):
+/// `tests/fuzz/regressions/ops/expiry-seen-before-list-closed`, timing-dependent):
 /// a near deadline expired on the timer thread; the harness saw the context
 /// done, then `registered_children()` still counted its child, because the
 /// timer had set the state word but not yet closed the child list. A done
@@ -147,7 +147,7 @@ fn registered_children_is_zero_as_soon_as_done() {
 }
 
 /// Found by the `ops` target under load (input
-/// `fuzz/regressions/ops/child-expiry-seen-before-deregistration`,
+/// `tests/fuzz/regressions/ops/child-expiry-seen-before-deregistration`,
 /// timing-dependent): a child's deadline expired on the timer thread, the
 /// harness saw the child done, and its parent's `registered_children()`
 /// still counted it: the canceller sets the child's state word before it

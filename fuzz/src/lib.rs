@@ -1,7 +1,9 @@
 //! Fuzz targets for goctx, as a library so that the same bodies run under
 //! cargo-fuzz (`fuzz_targets/*.rs`, nightly) and under `cargo test` on
-//! stable (`tests/fuzz_regressions.rs` in the root crate compiles these
-//! files by path and replays `fuzz/regressions/<target>/`).
+//! stable (`tests/fuzz_regressions.rs` in the root crate compiles the same
+//! files and replays `tests/fuzz/regressions/<target>/`). The bodies live in
+//! the root crate's `tests/fuzz/`, so the published crate's own tests
+//! (which cannot see this separate package) still replay the corpus.
 //!
 //! * [`ops`]: bytes decode into a sequence of operations on a forest of
 //!   contexts; after every step the real tree is compared with `model`, a
@@ -13,8 +15,13 @@
 //! The modules name each other through `crate::`, so the regression test
 //! declares them at its crate root under the same names.
 
+#[path = "../../tests/fuzz/concurrent.rs"]
 pub mod concurrent;
+#[path = "../../tests/fuzz/input.rs"]
 mod input;
+#[path = "../../tests/fuzz/model.rs"]
 mod model;
+#[path = "../../tests/fuzz/ops.rs"]
 pub mod ops;
+#[path = "../../tests/fuzz/probe.rs"]
 mod probe;
