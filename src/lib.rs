@@ -134,6 +134,9 @@ mod waiters;
 
 pub mod docs;
 
+#[cfg(loom)]
+#[doc(hidden)]
+pub use after_func::pool_hooks;
 pub use after_func::{
     AfterFunc, DEFAULT_AFTER_FUNC_KEEP_ALIVE, DEFAULT_MAX_AFTER_FUNC_WORKERS,
     after_func_keep_alive, max_after_func_workers, set_after_func_keep_alive,

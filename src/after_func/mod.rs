@@ -40,6 +40,9 @@
 
 mod runner;
 
+#[cfg(loom)]
+pub use runner::pool_hooks;
+
 use core::fmt;
 use core::ptr::{self, NonNull};
 use core::time::Duration;

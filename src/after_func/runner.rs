@@ -55,14 +55,20 @@
 //!    below the cap, so at most the cap's worth of workers exist, plus ones
 //!    that retired and are still returning.
 //!
-//! Under `cfg(loom)` the pool is replaced by running the job inline on the
-//! dispatching thread, which is the schedule the models of invariant 1 of
-//! `after_func` (run vs stop) need; the pool's own hand-offs are modelled
-//! by `loom-tests/tests/after_func.rs` through `loom_hooks`.
+//! Under `cfg(loom)` after-func jobs run inline on the dispatching thread,
+//! which is the schedule the models of invariant 1 of `after_func` (run vs
+//! stop) need; the pool's hand-offs (`Pool`, the same code the std pool
+//! runs) are modelled with test jobs through `pool_hooks` by
+//! `loom-tests/tests/after_func.rs`.
 
+use core::ptr;
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::AfterHeader;
+use crate::primitive::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering, fence};
+use crate::primitive::thread::Thread;
 
 /// The default cap on after-func worker threads (tokio's blocking-pool
 /// default).
@@ -74,7 +80,509 @@ pub(crate) const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 #[cfg(loom)]
 pub(crate) use inline::*;
 #[cfg(not(loom))]
-pub(crate) use pool::*;
+pub(crate) use threads::*;
+
+/// What the pool queues: a job with an intrusive queue link.
+pub(crate) trait Job: Sized {
+    fn link(&self) -> &AtomicPtr<Self>;
+}
+
+impl Job for AfterHeader {
+    fn link(&self) -> &AtomicPtr<AfterHeader> {
+        &self.job_next
+    }
+}
+
+/// The pool's shared state (see the module docs; one static in std builds,
+/// one per model in loom models).
+pub(crate) struct Pool<J> {
+    /// The cap on live workers (`set_max`).
+    max: AtomicUsize,
+    /// An idle worker's keep-alive in nanoseconds (`set_keep_alive`).
+    #[cfg_attr(loom, allow(dead_code))]
+    keep_alive_nanos: AtomicU64,
+    /// Started workers that have not retired (invariant 4).
+    live: AtomicUsize,
+    /// Dispatched jobs not yet taken by the dispatcher: a Treiber stack
+    /// through `Job::link`, pushed by any thread, taken whole by the
+    /// dispatcher.
+    queue: AtomicPtr<J>,
+    /// Idle workers: pushed by the workers, popped only by the dispatcher
+    /// (a single consumer, so the Treiber pop has no ABA problem). Each
+    /// entry holds an `Arc` reference.
+    idle: AtomicPtr<Worker<J>>,
+    /// One more idle worker, which any thread may claim with a swap; holds
+    /// an `Arc` reference, or null.
+    spare: AtomicPtr<Worker<J>>,
+    /// 1 while the dispatcher holds jobs it could not place (invariant 3).
+    wanted: AtomicUsize,
+    /// The dispatcher's `Thread` (leaked once), published by the dispatcher
+    /// itself; null until then.
+    dispatcher: AtomicPtr<Thread>,
+}
+
+/// The fields of a new pool (a macro: std needs a `const fn`, loom's
+/// atomics have none).
+macro_rules! new_pool {
+    ($max:expr, $live:expr) => {
+        Pool {
+            max: AtomicUsize::new($max),
+            keep_alive_nanos: AtomicU64::new(DEFAULT_KEEP_ALIVE.as_nanos() as u64),
+            live: AtomicUsize::new($live),
+            queue: AtomicPtr::new(ptr::null_mut()),
+            idle: AtomicPtr::new(ptr::null_mut()),
+            spare: AtomicPtr::new(ptr::null_mut()),
+            wanted: AtomicUsize::new(0),
+            dispatcher: AtomicPtr::new(ptr::null_mut()),
+        }
+    };
+}
+
+/// A worker as the pool sees it.
+pub(crate) struct Worker<J> {
+    /// The job handed to this idle worker, null, or `retired()`.
+    slot: AtomicPtr<J>,
+    thread: Thread,
+    next_idle: AtomicPtr<Worker<J>>,
+}
+
+/// What a worker finds in its slot.
+pub(crate) enum Taken<J> {
+    Job(*mut J),
+    /// The dispatcher dismissed it (a lowered cap).
+    Dismissed,
+    Nothing,
+}
+
+/// How a dispatcher pass ended.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Placement {
+    /// Every job went to a worker.
+    Done,
+    /// Jobs are left: every worker is busy and the cap is reached.
+    AtCap,
+    /// Jobs are left: a thread could not be started.
+    StartFailed,
+}
+
+/// What the dispatcher does with jobs left over.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Wait {
+    /// Capacity appeared meanwhile: place again at once.
+    No,
+    /// Park until a worker goes idle or exits (or a job is dispatched).
+    Park,
+    /// Park, but retry a thread start after a while.
+    Retry,
+}
+
+/// A worker's slot value meaning "retired, send nothing".
+fn retired<J>() -> *mut J {
+    ptr::without_provenance_mut(1)
+}
+
+impl<J> Worker<J> {
+    pub(crate) fn new(thread: Thread) -> Worker<J> {
+        Worker {
+            slot: AtomicPtr::new(ptr::null_mut()),
+            thread,
+            next_idle: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// Puts `job` in this idle worker's slot and wakes it. False if the
+    /// worker retired first (then it takes no more jobs and the job is
+    /// still the caller's: invariant 1).
+    fn give(&self, job: *mut J) -> bool {
+        // Ordering: AcqRel — Release publishes the job to the worker's
+        // Acquire swap in `take`; Acquire on failure sees the retirement.
+        let given = self
+            .slot
+            .compare_exchange(ptr::null_mut(), job, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if given {
+            self.thread.unpark();
+        }
+        given
+    }
+
+    /// Tells this idle worker to exit (the cap was lowered). False if it
+    /// retired or was given a job first.
+    fn dismiss(&self) -> bool {
+        // Ordering: AcqRel — as in `give`; the worker's swap sees it.
+        let dismissed = self
+            .slot
+            .compare_exchange(
+                ptr::null_mut(),
+                retired(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if dismissed {
+            self.thread.unpark();
+        }
+        dismissed
+    }
+
+    /// Takes what was put in the slot (the worker's own thread).
+    pub(crate) fn take(&self) -> Taken<J> {
+        // Ordering: Acquire — pairs with the Release CASes of `give` and
+        // `dismiss`.
+        let job = self.slot.swap(ptr::null_mut(), Ordering::Acquire);
+        if job == retired() {
+            Taken::Dismissed
+        } else if job.is_null() {
+            Taken::Nothing
+        } else {
+            Taken::Job(job)
+        }
+    }
+
+    /// Retires this idle worker unless a job lands first (its keep-alive
+    /// ran out); the caller then calls `Pool::retire`. The reference the
+    /// idle stack or the spare holds on it is dropped by whoever takes it
+    /// (`give` then fails).
+    pub(crate) fn try_retire(&self) -> bool {
+        // Ordering: AcqRel — Acquire on failure sees a job given meanwhile
+        // (the next `take` returns it).
+        self.slot
+            .compare_exchange(
+                ptr::null_mut(),
+                retired(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+}
+
+impl<J: Job> Pool<J> {
+    #[cfg(not(loom))]
+    const fn new() -> Pool<J> {
+        new_pool!(DEFAULT_MAX_WORKERS, 0)
+    }
+
+    #[cfg(loom)]
+    fn with(max: usize, live: usize) -> Pool<J> {
+        new_pool!(max, live)
+    }
+
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn set_max(&self, max: usize) {
+        // Ordering: Relaxed — a setting, read afresh at each decision; a
+        // dispatcher that waits at the old cap is woken to see the new one.
+        self.max.store(max.max(1), Ordering::Relaxed);
+        self.notify_capacity();
+    }
+
+    pub(crate) fn max(&self) -> usize {
+        // Ordering: Relaxed — a setting.
+        self.max.load(Ordering::Relaxed)
+    }
+
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn set_keep_alive(&self, keep_alive: Duration) {
+        let nanos = u64::try_from(keep_alive.as_nanos()).unwrap_or(u64::MAX);
+        // Ordering: Relaxed — a setting, read when a worker goes idle.
+        self.keep_alive_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn keep_alive(&self) -> Duration {
+        // Ordering: Relaxed — a setting.
+        Duration::from_nanos(self.keep_alive_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Hands a dispatched job to the spare worker, or queues it for the
+    /// dispatcher. Never runs the job and never starts a thread.
+    pub(crate) fn dispatch(&self, job: *mut J) {
+        if let Some(worker) = self.take_spare()
+            && worker.give(job)
+        {
+            return;
+        }
+        let mut head = self.queue.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: the job is valid (the caller's contract) and ours
+            // until the push succeeds.
+            unsafe { (*job).link().store(head, Ordering::Relaxed) };
+            // Ordering: Release — publishes the job (and its link) to the
+            // dispatcher's Acquire swap.
+            match self
+                .queue
+                .compare_exchange_weak(head, job, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(actual) => head = actual,
+            }
+        }
+        // Ordering: Acquire — pairs with `publish_dispatcher`'s Release.
+        let mut dispatcher = self.dispatcher.load(Ordering::Acquire);
+        if dispatcher.is_null() {
+            // Invariant 2: the push, then (fenced) a second look; the
+            // dispatcher publishes itself, then (fenced) takes the queue.
+            fence(Ordering::SeqCst);
+            // Ordering: Acquire — as above.
+            dispatcher = self.dispatcher.load(Ordering::Acquire);
+            if dispatcher.is_null() {
+                return;
+            }
+        }
+        // SAFETY: a leaked `Thread`, never freed.
+        unsafe { (*dispatcher).unpark() };
+    }
+
+    /// The dispatcher's first step, on its own thread.
+    pub(crate) fn publish_dispatcher(&self, me: &'static Thread) {
+        // Ordering: Release — publishes the `Thread` to `dispatch`.
+        self.dispatcher
+            .store(ptr::from_ref(me).cast_mut(), Ordering::Release);
+        // Invariant 2: published, then (fenced) the first swap of the queue.
+        fence(Ordering::SeqCst);
+    }
+
+    fn take_spare(&self) -> Option<Arc<Worker<J>>> {
+        // Ordering: Relaxed — a hint, to skip the swap when there is none.
+        if self.spare.load(Ordering::Relaxed).is_null() {
+            return None;
+        }
+        // Ordering: Acquire — pairs with the Release CAS in `offer_spare`,
+        // so the worker's fields are visible.
+        let spare = self.spare.swap(ptr::null_mut(), Ordering::Acquire);
+        if spare.is_null() {
+            return None;
+        }
+        // SAFETY: `spare` held a reference leaked by `offer_spare`; the
+        // swap gave it to us alone.
+        Some(unsafe { Arc::from_raw(spare) })
+    }
+
+    /// Makes `worker` the spare if there is none; otherwise false.
+    fn offer_spare(&self, worker: &Arc<Worker<J>>) -> bool {
+        let raw = Arc::into_raw(Arc::clone(worker)).cast_mut();
+        // Ordering: Release — publishes the worker to `take_spare`'s swap.
+        if self
+            .spare
+            .compare_exchange(ptr::null_mut(), raw, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+        {
+            return true;
+        }
+        // SAFETY: the reference leaked just above, never published.
+        drop(unsafe { Arc::from_raw(raw) });
+        false
+    }
+
+    /// Pops an idle worker (the dispatcher only: the single consumer).
+    fn pop_idle(&self) -> Option<Arc<Worker<J>>> {
+        // Ordering: Acquire — sees the pushed worker's `next_idle`.
+        let mut head = self.idle.load(Ordering::Acquire);
+        loop {
+            if head.is_null() {
+                return None;
+            }
+            // SAFETY: an idle-stack entry is an `Arc` leaked by `push_idle`;
+            // only this (single) consumer takes it back, so it is alive.
+            let next = unsafe { (*head).next_idle.load(Ordering::Relaxed) };
+            // Ordering: Acquire — as the load.
+            match self
+                .idle
+                .compare_exchange_weak(head, next, Ordering::Acquire, Ordering::Acquire)
+            {
+                // SAFETY: we took the stack's reference.
+                Ok(_) => return Some(unsafe { Arc::from_raw(head) }),
+                Err(actual) => head = actual,
+            }
+        }
+    }
+
+    fn push_idle(&self, worker: &Arc<Worker<J>>) {
+        let raw = Arc::into_raw(Arc::clone(worker)).cast_mut();
+        let mut head = self.idle.load(Ordering::Relaxed);
+        loop {
+            worker.next_idle.store(head, Ordering::Relaxed);
+            // Ordering: Release — publishes `next_idle` to `pop_idle`.
+            match self
+                .idle
+                .compare_exchange_weak(head, raw, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(actual) => head = actual,
+            }
+        }
+    }
+
+    /// Invariant 3, worker side: after publishing an idle worker or a
+    /// retirement, wakes a dispatcher that waits for one.
+    fn notify_capacity(&self) {
+        fence(Ordering::SeqCst);
+        // Ordering: Relaxed — after the fence (invariant 3).
+        if self.wanted.load(Ordering::Relaxed) != 0 {
+            self.wake_dispatcher();
+        }
+    }
+
+    pub(crate) fn wake_dispatcher(&self) {
+        // Ordering: Acquire — pairs with `publish_dispatcher`'s Release.
+        let dispatcher = self.dispatcher.load(Ordering::Acquire);
+        if !dispatcher.is_null() {
+            // SAFETY: a leaked `Thread`, never freed.
+            unsafe { (*dispatcher).unpark() };
+        }
+    }
+
+    /// Moves the queue, oldest first, to the back of `backlog` (the
+    /// dispatcher).
+    pub(crate) fn take_queue(&self, backlog: &mut VecDeque<*mut J>) {
+        // Ordering: Acquire — pairs with `dispatch`'s Release CAS.
+        let mut job = self.queue.swap(ptr::null_mut(), Ordering::Acquire);
+        let start = backlog.len();
+        while !job.is_null() {
+            // SAFETY: a queued job stays valid until it has run.
+            let next = unsafe { (*job).link().load(Ordering::Relaxed) };
+            backlog.push_back(job);
+            job = next;
+        }
+        // The stack gave them newest first.
+        backlog.make_contiguous()[start..].reverse();
+    }
+
+    /// Gives backlog jobs, oldest first, to idle workers, or to `start`
+    /// (which starts a worker with the job and says whether it could)
+    /// while fewer than the cap are live (the dispatcher).
+    pub(crate) fn place(
+        &self,
+        backlog: &mut VecDeque<*mut J>,
+        mut start: impl FnMut(*mut J) -> bool,
+    ) -> Placement {
+        // Workers above a lowered cap: idle ones are dismissed rather than
+        // given jobs.
+        // Ordering: Relaxed — a count compared with a setting.
+        let mut excess = self.live.load(Ordering::Relaxed).saturating_sub(self.max());
+        while let Some(&job) = backlog.front() {
+            if let Some(worker) = self.pop_idle().or_else(|| self.take_spare()) {
+                if excess > 0 {
+                    if worker.dismiss() {
+                        excess -= 1;
+                    }
+                    continue;
+                }
+                // A retired worker refuses it; then try the next one.
+                if worker.give(job) {
+                    backlog.pop_front();
+                }
+                continue;
+            }
+            // Invariant 4: only the dispatcher raises `live`, so a load and
+            // an add suffice.
+            // Ordering: Relaxed — a count; workers only lower it meanwhile.
+            if self.live.load(Ordering::Relaxed) >= self.max() {
+                return Placement::AtCap;
+            }
+            // Ordering: Relaxed — as above.
+            self.live.fetch_add(1, Ordering::Relaxed);
+            if !start(job) {
+                // The job stays at the front of the backlog.
+                // Ordering: Relaxed — undoes the reservation.
+                self.live.fetch_sub(1, Ordering::Relaxed);
+                return Placement::StartFailed;
+            }
+            backlog.pop_front();
+        }
+        Placement::Done
+    }
+
+    /// Invariant 3, dispatcher side: announces that jobs wait, then looks
+    /// once more for capacity. The caller parks as told, then calls
+    /// `stop_waiting`.
+    pub(crate) fn wait_for_capacity(&self, placement: Placement) -> Wait {
+        // Ordering: Relaxed — followed by the fence.
+        self.wanted.store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        // Ordering: Relaxed — after the fence (invariant 3).
+        let idle = !self.idle.load(Ordering::Relaxed).is_null()
+            || !self.spare.load(Ordering::Relaxed).is_null();
+        if idle {
+            Wait::No
+        } else if placement == Placement::StartFailed {
+            Wait::Retry
+        } else if self.live.load(Ordering::Relaxed) < self.max() {
+            Wait::No
+        } else {
+            Wait::Park
+        }
+    }
+
+    pub(crate) fn stop_waiting(&self) {
+        // Ordering: Relaxed — a spurious unpark later is harmless.
+        self.wanted.store(0, Ordering::Relaxed);
+    }
+
+    /// A worker that ran its job offers itself: as the spare (which serves
+    /// cancellers directly), or, while the dispatcher waits for a worker,
+    /// on the idle stack where it looks first; then wakes the dispatcher if
+    /// it waits (invariant 3).
+    pub(crate) fn worker_idle(&self, me: &Arc<Worker<J>>) {
+        // Ordering: Relaxed — a hint; `notify_capacity` does the rest.
+        if self.wanted.load(Ordering::Relaxed) != 0 || !self.offer_spare(me) {
+            self.push_idle(me);
+        }
+        self.notify_capacity();
+    }
+
+    #[cfg_attr(loom, allow(dead_code))]
+    /// Gives up `me`'s place under the cap if more than the cap are live
+    /// (the cap was lowered): one CAS per leaver, so leavers never take the
+    /// count below the cap.
+    pub(crate) fn leave_over_cap(&self, me: &Arc<Worker<J>>) -> bool {
+        // Ordering: Relaxed — a count compared with a setting.
+        let mut live = self.live.load(Ordering::Relaxed);
+        loop {
+            if live <= self.max() {
+                return false;
+            }
+            // Ordering: Relaxed — as above; invariant 3's fence follows in
+            // `retired_from_count`.
+            match self.live.compare_exchange_weak(
+                live,
+                live - 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.retired_from_count(me);
+                    return true;
+                }
+                Err(actual) => live = actual,
+            }
+        }
+    }
+
+    /// Gives up `me`'s place under the cap (invariant 4) and wakes a
+    /// dispatcher waiting for one (invariant 3).
+    pub(crate) fn retire(&self, me: &Arc<Worker<J>>) {
+        // Ordering: Relaxed — a count; invariant 3's fence follows.
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        self.retired_from_count(me);
+    }
+
+    /// What a worker does once `live` no longer counts it.
+    fn retired_from_count(&self, me: &Arc<Worker<J>>) {
+        // A retired spare would keep others from becoming the spare.
+        let raw = Arc::as_ptr(me).cast_mut();
+        // Ordering: Relaxed — success only takes back our own reference.
+        if self
+            .spare
+            .compare_exchange(raw, ptr::null_mut(), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            // SAFETY: the reference `offer_spare` leaked for us.
+            drop(unsafe { Arc::from_raw(raw) });
+        }
+        self.notify_capacity();
+    }
+}
 
 /// Loom models run a dispatched job inline on the notifying thread.
 #[cfg(loom)]
@@ -105,40 +613,19 @@ mod inline {
     }
 }
 
+/// The std pool: one static `Pool`, the dispatcher thread and the workers.
 #[cfg(not(loom))]
-mod pool {
-    use core::ptr;
+mod threads {
     use std::collections::VecDeque;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use super::{AfterHeader, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_WORKERS};
+    use super::{AfterHeader, Placement, Pool, Taken, Wait, Worker};
     use crate::after_func::run_job;
-    use crate::primitive::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering, fence};
+    use crate::primitive::atomic::{AtomicUsize, Ordering};
     use crate::primitive::thread::{self, Thread};
 
-    /// The cap on live workers (`set_max_workers`).
-    static MAX_WORKERS: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_WORKERS);
-    /// An idle worker's keep-alive in nanoseconds (`set_keep_alive`).
-    static KEEP_ALIVE_NANOS: AtomicU64 = AtomicU64::new(DEFAULT_KEEP_ALIVE.as_nanos() as u64);
-    /// Started workers that have not retired (invariant 4).
-    static LIVE: AtomicUsize = AtomicUsize::new(0);
-    /// Dispatched jobs not yet taken by the dispatcher: a Treiber stack
-    /// through `AfterHeader::job_next`, pushed by any thread, taken whole
-    /// by the dispatcher.
-    static QUEUE: AtomicPtr<AfterHeader> = AtomicPtr::new(ptr::null_mut());
-    /// Idle workers: pushed by the workers, popped only by the dispatcher
-    /// (a single consumer, so the Treiber pop has no ABA problem). Each
-    /// entry holds an `Arc` reference.
-    static IDLE: AtomicPtr<Worker> = AtomicPtr::new(ptr::null_mut());
-    /// One more idle worker, which any thread may claim with a swap; holds
-    /// an `Arc` reference, or null.
-    static SPARE: AtomicPtr<Worker> = AtomicPtr::new(ptr::null_mut());
-    /// 1 while the dispatcher holds jobs it could not place (invariant 3).
-    static WANTED: AtomicUsize = AtomicUsize::new(0);
-    /// The dispatcher's `Thread` (leaked once), published by the dispatcher
-    /// itself; null until then.
-    static DISPATCHER: AtomicPtr<Thread> = AtomicPtr::new(ptr::null_mut());
+    static POOL: Pool<AfterHeader> = Pool::new();
     /// 1 once a thread has started (or is starting) the dispatcher.
     static STARTED: AtomicUsize = AtomicUsize::new(0);
 
@@ -148,75 +635,19 @@ mod pool {
     const RETRY_MAX: Duration = Duration::from_secs(1);
 
     pub(crate) fn set_max_workers(max: usize) {
-        // Ordering: Relaxed — a setting, read afresh at each decision; a
-        // dispatcher that waits at the old cap is woken to see the new one.
-        MAX_WORKERS.store(max.max(1), Ordering::Relaxed);
-        notify_capacity();
+        POOL.set_max(max);
     }
 
     pub(crate) fn max_workers() -> usize {
-        // Ordering: Relaxed — a setting.
-        MAX_WORKERS.load(Ordering::Relaxed)
+        POOL.max()
     }
 
     pub(crate) fn set_keep_alive(keep_alive: Duration) {
-        let nanos = u64::try_from(keep_alive.as_nanos()).unwrap_or(u64::MAX);
-        // Ordering: Relaxed — a setting, read when a worker goes idle.
-        KEEP_ALIVE_NANOS.store(nanos, Ordering::Relaxed);
+        POOL.set_keep_alive(keep_alive);
     }
 
     pub(crate) fn keep_alive() -> Duration {
-        // Ordering: Relaxed — a setting.
-        Duration::from_nanos(KEEP_ALIVE_NANOS.load(Ordering::Relaxed))
-    }
-
-    /// A worker's slot value meaning "retired, send nothing".
-    fn retired() -> *mut AfterHeader {
-        ptr::without_provenance_mut(1)
-    }
-
-    struct Worker {
-        /// The job handed to this idle worker, null, or `retired()`.
-        slot: AtomicPtr<AfterHeader>,
-        thread: Thread,
-        next_idle: AtomicPtr<Worker>,
-    }
-
-    impl Worker {
-        /// Puts `job` in this idle worker's slot and wakes it. False if the
-        /// worker retired first (then it takes no more jobs and the job is
-        /// still the caller's: invariant 1).
-        fn give(&self, job: *mut AfterHeader) -> bool {
-            // Ordering: AcqRel — Release publishes the job to the worker's
-            // Acquire swap; Acquire on failure sees the retirement.
-            let given = self
-                .slot
-                .compare_exchange(ptr::null_mut(), job, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok();
-            if given {
-                self.thread.unpark();
-            }
-            given
-        }
-
-        /// Tells this idle worker to exit (the cap was lowered). False if it
-        /// retired or was given a job first.
-        fn dismiss(&self) -> bool {
-            // Ordering: AcqRel — as in `give`; the worker's swap sees it.
-            let dismissed = self
-                .slot
-                .compare_exchange(
-                    ptr::null_mut(),
-                    retired(),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok();
-            if dismissed {
-                self.thread.unpark();
-            }
-            dismissed
-        }
+        POOL.keep_alive()
     }
 
     /// A job pointer moved into a new worker thread.
@@ -240,7 +671,7 @@ mod pool {
     #[cold]
     fn start_slow() {
         // Ordering: Relaxed — the swap only elects one starter; the
-        // dispatcher publishes itself through `DISPATCHER`.
+        // dispatcher publishes itself through `Pool::publish_dispatcher`.
         if STARTED.swap(1, Ordering::Relaxed) != 0 {
             return;
         }
@@ -257,208 +688,41 @@ mod pool {
         }
     }
 
-    /// Hands a dispatched job to the spare worker, or queues it for the
-    /// dispatcher. Never runs the job and never starts a thread.
+    /// Hands a dispatched job to the pool.
     ///
     /// # Safety
     ///
     /// `job` won the after-func claim (it must run) and the caller passes
     /// its queue reference.
     pub(crate) unsafe fn dispatch(job: *const AfterHeader) {
-        let job = job.cast_mut();
-        if try_spare(job) {
-            return;
-        }
-        let mut head = QUEUE.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: the queue reference keeps the job valid; it is ours
-            // until the push succeeds.
-            unsafe { (*job).job_next.store(head, Ordering::Relaxed) };
-            // Ordering: Release — publishes the job (and `job_next`) to the
-            // dispatcher's Acquire swap.
-            match QUEUE.compare_exchange_weak(head, job, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => break,
-                Err(actual) => head = actual,
-            }
-        }
-        // Ordering: Acquire — pairs with the dispatcher's Release store of
-        // its `Thread`.
-        let mut dispatcher = DISPATCHER.load(Ordering::Acquire);
-        if dispatcher.is_null() {
-            // Invariant 2: the push, then (fenced) a second look; the
-            // dispatcher publishes itself, then (fenced) takes the queue.
-            fence(Ordering::SeqCst);
-            // Ordering: Acquire — as above.
-            dispatcher = DISPATCHER.load(Ordering::Acquire);
-            if dispatcher.is_null() {
-                return;
-            }
-        }
-        // SAFETY: a leaked `Thread`, never freed.
-        unsafe { (*dispatcher).unpark() };
-    }
-
-    /// Gives `job` to the spare worker. False if there is none (or it just
-    /// retired): the caller queues the job instead.
-    fn try_spare(job: *mut AfterHeader) -> bool {
-        match take_spare() {
-            Some(worker) => worker.give(job),
-            None => false,
-        }
-    }
-
-    fn take_spare() -> Option<Arc<Worker>> {
-        // Ordering: Relaxed — a hint, to skip the swap when there is none.
-        if SPARE.load(Ordering::Relaxed).is_null() {
-            return None;
-        }
-        // Ordering: Acquire — pairs with the Release CAS in `offer_spare`,
-        // so the worker's fields are visible.
-        let spare = SPARE.swap(ptr::null_mut(), Ordering::Acquire);
-        if spare.is_null() {
-            return None;
-        }
-        // SAFETY: `SPARE` held a reference leaked by `offer_spare`; the swap
-        // gave it to us alone.
-        Some(unsafe { Arc::from_raw(spare) })
-    }
-
-    /// Makes `worker` the spare if there is none; otherwise false.
-    fn offer_spare(worker: &Arc<Worker>) -> bool {
-        let raw = Arc::into_raw(Arc::clone(worker)).cast_mut();
-        // Ordering: Release — publishes the worker to `take_spare`'s swap.
-        if SPARE
-            .compare_exchange(ptr::null_mut(), raw, Ordering::Release, Ordering::Relaxed)
-            .is_ok()
-        {
-            return true;
-        }
-        // SAFETY: the reference leaked just above, never published.
-        drop(unsafe { Arc::from_raw(raw) });
-        false
-    }
-
-    /// Pops an idle worker (the dispatcher only: the single consumer).
-    fn pop_idle() -> Option<Arc<Worker>> {
-        // Ordering: Acquire — sees the pushed worker's `next_idle`.
-        let mut head = IDLE.load(Ordering::Acquire);
-        loop {
-            if head.is_null() {
-                return None;
-            }
-            // SAFETY: an idle-stack entry is an `Arc` leaked by `push_idle`;
-            // only this (single) consumer takes it back, so it is alive.
-            let next = unsafe { (*head).next_idle.load(Ordering::Relaxed) };
-            // Ordering: Acquire — as the load.
-            match IDLE.compare_exchange_weak(head, next, Ordering::Acquire, Ordering::Acquire) {
-                // SAFETY: we took the stack's reference.
-                Ok(_) => return Some(unsafe { Arc::from_raw(head) }),
-                Err(actual) => head = actual,
-            }
-        }
-    }
-
-    fn push_idle(worker: &Arc<Worker>) {
-        let raw = Arc::into_raw(Arc::clone(worker)).cast_mut();
-        let mut head = IDLE.load(Ordering::Relaxed);
-        loop {
-            worker.next_idle.store(head, Ordering::Relaxed);
-            // Ordering: Release — publishes `next_idle` to `pop_idle`.
-            match IDLE.compare_exchange_weak(head, raw, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(actual) => head = actual,
-            }
-        }
-    }
-
-    /// An idle worker for the dispatcher: from the idle stack, else the
-    /// spare.
-    fn take_idle() -> Option<Arc<Worker>> {
-        pop_idle().or_else(take_spare)
-    }
-
-    /// Invariant 3, worker side: after publishing an idle worker or a
-    /// retirement, wakes a dispatcher that waits for one.
-    fn notify_capacity() {
-        fence(Ordering::SeqCst);
-        // Ordering: Relaxed — after the fence (invariant 3).
-        if WANTED.load(Ordering::Relaxed) != 0 {
-            // Ordering: Acquire — pairs with the dispatcher's Release store.
-            let dispatcher = DISPATCHER.load(Ordering::Acquire);
-            if !dispatcher.is_null() {
-                // SAFETY: a leaked `Thread`, never freed.
-                unsafe { (*dispatcher).unpark() };
-            }
-        }
-    }
-
-    /// Reserves a worker slot under the cap (invariant 4). Only the
-    /// dispatcher raises `LIVE`, so a load and an add suffice.
-    fn reserve_worker() -> bool {
-        // Ordering: Relaxed — a count; workers only lower it concurrently.
-        if LIVE.load(Ordering::Relaxed) >= max_workers() {
-            return false;
-        }
-        // Ordering: Relaxed — as above.
-        LIVE.fetch_add(1, Ordering::Relaxed);
-        true
+        POOL.dispatch(job.cast_mut());
     }
 
     fn run_dispatcher() {
         let me: &'static Thread = Box::leak(Box::new(thread::current()));
-        // Ordering: Release — publishes the `Thread` to `dispatch`.
-        DISPATCHER.store(ptr::from_ref(me).cast_mut(), Ordering::Release);
-        // Invariant 2: published, then (fenced) the first swap of the queue.
-        fence(Ordering::SeqCst);
-        let mut backlog: VecDeque<SendJob> = VecDeque::new();
+        POOL.publish_dispatcher(me);
+        let mut backlog = VecDeque::new();
         let mut retry = RETRY_FIRST;
         let mut failing = false;
         loop {
-            take_queue(&mut backlog);
-            let mut start_failed = false;
-            // Workers above a lowered cap: idle ones are dismissed rather
-            // than given jobs.
-            // Ordering: Relaxed — a count compared with a setting.
-            let mut excess = LIVE.load(Ordering::Relaxed).saturating_sub(max_workers());
-            while let Some(job) = backlog.front() {
-                let job = job.0;
-                if let Some(worker) = take_idle() {
-                    if excess > 0 {
-                        if worker.dismiss() {
-                            excess -= 1;
-                        }
-                        continue;
-                    }
-                    // A retired worker refuses it; then try the next one.
-                    if worker.give(job) {
-                        backlog.pop_front();
-                    }
-                    continue;
-                }
-                if !reserve_worker() {
-                    break;
-                }
-                let send = SendJob(job);
+            POOL.take_queue(&mut backlog);
+            let placement = POOL.place(&mut backlog, |job| {
+                let job = SendJob(job);
                 let spawned = std::thread::Builder::new()
                     .name("goctx-after-func".into())
-                    .spawn(move || {
-                        let send = send;
-                        work(send.0);
-                    });
+                    .spawn(move || work(job));
                 match spawned {
                     Ok(_) => {
-                        backlog.pop_front();
                         if failing {
                             eprintln!("goctx: after_func worker threads start again");
                             failing = false;
                             retry = RETRY_FIRST;
                         }
+                        true
                     }
+                    // The closure that held the job was dropped unrun; the
+                    // job stays in the backlog.
                     Err(error) => {
-                        // The closure that held the job was dropped unrun;
-                        // the job itself stays at the front of the backlog.
-                        // Ordering: Relaxed — undoes the reservation.
-                        LIVE.fetch_sub(1, Ordering::Relaxed);
                         if !failing {
                             eprintln!(
                                 "goctx: cannot start an after_func worker ({error}); \
@@ -466,50 +730,25 @@ mod pool {
                             );
                             failing = true;
                         }
-                        start_failed = true;
-                        break;
+                        false
                     }
                 }
-            }
-            if backlog.is_empty() {
+            });
+            if placement == Placement::Done {
                 // New jobs come with an unpark (invariant 2).
                 thread::park();
                 continue;
             }
-            // Invariant 3, dispatcher side.
-            // Ordering: Relaxed — followed by the fence.
-            WANTED.store(1, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
-            // Ordering: Relaxed — after the fence (invariant 3).
-            let idle =
-                !IDLE.load(Ordering::Relaxed).is_null() || !SPARE.load(Ordering::Relaxed).is_null();
-            let room = !start_failed && LIVE.load(Ordering::Relaxed) < max_workers();
-            if start_failed {
-                if !idle {
+            match POOL.wait_for_capacity(placement) {
+                Wait::No => {}
+                Wait::Park => thread::park(),
+                Wait::Retry => {
                     thread::park_timeout(retry);
                     retry = (retry * 2).min(RETRY_MAX);
                 }
-            } else if !idle && !room {
-                thread::park();
             }
-            // Ordering: Relaxed — a spurious unpark later is harmless.
-            WANTED.store(0, Ordering::Relaxed);
+            POOL.stop_waiting();
         }
-    }
-
-    /// Moves the queue, oldest first, to the back of `backlog`.
-    fn take_queue(backlog: &mut VecDeque<SendJob>) {
-        // Ordering: Acquire — pairs with `dispatch`'s Release CAS.
-        let mut job = QUEUE.swap(ptr::null_mut(), Ordering::Acquire);
-        let start = backlog.len();
-        while !job.is_null() {
-            // SAFETY: the queue reference keeps the job valid.
-            let next = unsafe { (*job).job_next.load(Ordering::Relaxed) };
-            backlog.push_back(SendJob(job));
-            job = next;
-        }
-        // The stack gave them newest first.
-        backlog.make_contiguous()[start..].reverse();
     }
 
     /// Runs a job. `f` itself is contained by `run_job`; this also keeps a
@@ -525,108 +764,192 @@ mod pool {
         }));
     }
 
-    /// Gives up this worker's place under the cap if more than the cap are
-    /// live (the cap was lowered): one CAS per leaver, so leavers never
-    /// take the count below the cap.
-    fn leave_over_cap(me: &Arc<Worker>) -> bool {
-        // Ordering: Relaxed — a count compared with a setting.
-        let mut live = LIVE.load(Ordering::Relaxed);
-        loop {
-            if live <= max_workers() {
-                return false;
-            }
-            // Ordering: Relaxed — as above; invariant 3's fence follows in
-            // `retired_from_count`.
-            match LIVE.compare_exchange_weak(live, live - 1, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => {
-                    retired_from_count(me);
-                    return true;
-                }
-                Err(actual) => live = actual,
-            }
-        }
-    }
-
-    /// Gives up this worker's place under the cap (invariant 4) and wakes a
-    /// dispatcher waiting for one (invariant 3).
-    fn retire(me: &Arc<Worker>) {
-        // Ordering: Relaxed — a count; invariant 3's fence follows.
-        LIVE.fetch_sub(1, Ordering::Relaxed);
-        retired_from_count(me);
-    }
-
-    /// What a worker does once `LIVE` no longer counts it.
-    fn retired_from_count(me: &Arc<Worker>) {
-        // A retired spare would keep others from becoming the spare.
-        let raw = Arc::as_ptr(me).cast_mut();
-        // Ordering: Relaxed — success only takes back our own reference.
-        if SPARE
-            .compare_exchange(raw, ptr::null_mut(), Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            // SAFETY: the reference `offer_spare` leaked for us.
-            drop(unsafe { Arc::from_raw(raw) });
-        }
-        notify_capacity();
-    }
-
-    fn work(first: *mut AfterHeader) {
-        let me = Arc::new(Worker {
-            slot: AtomicPtr::new(ptr::null_mut()),
-            thread: thread::current(),
-            next_idle: AtomicPtr::new(ptr::null_mut()),
-        });
-        run_contained(first);
+    fn work(first: SendJob) {
+        let me = Arc::new(Worker::new(thread::current()));
+        run_contained(first.0);
         loop {
             // A lowered cap: leave at once rather than idle.
-            if leave_over_cap(&me) {
+            if POOL.leave_over_cap(&me) {
                 return;
             }
-            // The spare serves cancellers directly; while the dispatcher has
-            // a backlog, go where it looks first.
-            // Ordering: Relaxed — a hint; `notify_capacity` does the rest.
-            if WANTED.load(Ordering::Relaxed) != 0 || !offer_spare(&me) {
-                push_idle(&me);
-            }
-            notify_capacity();
-            let idle_until = Instant::now().checked_add(keep_alive());
+            POOL.worker_idle(&me);
+            let idle_until = Instant::now().checked_add(POOL.keep_alive());
             loop {
-                // Ordering: Acquire — pairs with `give`'s Release CAS.
-                let job = me.slot.swap(ptr::null_mut(), Ordering::Acquire);
-                if job == retired() {
-                    // Dismissed by the dispatcher (a lowered cap).
-                    retire(&me);
-                    return;
-                }
-                if !job.is_null() {
-                    run_contained(job);
-                    break;
+                match me.take() {
+                    Taken::Job(job) => {
+                        run_contained(job);
+                        break;
+                    }
+                    Taken::Dismissed => {
+                        POOL.retire(&me);
+                        return;
+                    }
+                    Taken::Nothing => {}
                 }
                 let now = Instant::now();
                 match idle_until {
                     Some(until) if now >= until => {
-                        // Retire unless a job lands first; the reference the
-                        // idle stack holds on us is dropped by whoever pops
-                        // it (`give` then fails).
-                        // Ordering: AcqRel — Acquire on failure sees a job
-                        // given meanwhile (taken by the swap above next).
-                        if me
-                            .slot
-                            .compare_exchange(
-                                ptr::null_mut(),
-                                retired(),
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            )
-                            .is_ok()
-                        {
-                            retire(&me);
+                        if me.try_retire() {
+                            POOL.retire(&me);
                             return;
                         }
                     }
                     Some(until) => thread::park_timeout(until - now),
                     None => thread::park(),
                 }
+            }
+        }
+    }
+}
+
+/// Test hooks for the loom models of the pool's hand-offs (only under
+/// `--cfg loom`): a pool of test jobs, driven step by step by the model's
+/// threads with the same code the std pool runs.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod pool_hooks {
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+
+    use super::{Job, Placement, Pool, Taken, Wait, Worker};
+    use crate::primitive::atomic::{AtomicPtr, Ordering, fence};
+    use crate::primitive::thread;
+
+    /// A job of the model: an id behind the intrusive link.
+    #[derive(Debug)]
+    pub struct TestJob {
+        link: AtomicPtr<TestJob>,
+        id: usize,
+    }
+
+    impl Job for TestJob {
+        fn link(&self) -> &AtomicPtr<TestJob> {
+            &self.link
+        }
+    }
+
+    /// A pool of the model.
+    pub struct TestPool(Pool<TestJob>);
+
+    impl core::fmt::Debug for TestPool {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("TestPool")
+        }
+    }
+
+    /// A worker of the model, made on its own thread.
+    pub struct TestWorker(Arc<Worker<TestJob>>);
+
+    impl core::fmt::Debug for TestWorker {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("TestWorker")
+        }
+    }
+
+    /// What a worker found in its slot.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Found {
+        /// The job with this id.
+        Job(usize),
+        /// Dismissed by the dispatcher.
+        Dismissed,
+        /// Nothing yet.
+        Nothing,
+    }
+
+    impl TestPool {
+        /// A pool with cap `max`, `live` of whose workers already run (the
+        /// model makes them with `worker`). Leaked: the model's threads
+        /// share it.
+        pub fn new(max: usize, live: usize) -> &'static TestPool {
+            Box::leak(Box::new(TestPool(Pool::with(max, live))))
+        }
+
+        /// Dispatches job `id` as a cancelling thread does.
+        pub fn dispatch(&self, id: usize) {
+            let job = Box::into_raw(Box::new(TestJob {
+                link: AtomicPtr::new(core::ptr::null_mut()),
+                id,
+            }));
+            self.0.dispatch(job);
+        }
+
+        /// A busy worker on the calling thread (counted in `live` already).
+        pub fn worker(&self) -> TestWorker {
+            TestWorker(Arc::new(Worker::new(thread::current())))
+        }
+
+        /// `worker` ran its job and goes idle.
+        pub fn go_idle(&self, worker: &TestWorker) {
+            self.0.worker_idle(&worker.0);
+        }
+
+        /// What `worker` finds in its slot (a job is freed here).
+        pub fn take(&self, worker: &TestWorker) -> Found {
+            match worker.0.take() {
+                Taken::Job(job) => {
+                    // SAFETY: the job was boxed by `dispatch` and is ours.
+                    let job = unsafe { Box::from_raw(job) };
+                    Found::Job(job.id)
+                }
+                Taken::Dismissed => Found::Dismissed,
+                Taken::Nothing => Found::Nothing,
+            }
+        }
+
+        /// `worker`'s keep-alive ran out: retires it unless a job landed.
+        pub fn try_retire(&self, worker: &TestWorker) -> bool {
+            let retired = worker.0.try_retire();
+            if retired {
+                self.0.retire(&worker.0);
+            }
+            retired
+        }
+
+        /// Unparks the dispatcher (so a model can end it: store the model's
+        /// "done" flag first; fenced against the dispatcher's publication,
+        /// so either this sees the dispatcher or the dispatcher sees the
+        /// flag before it parks).
+        pub fn wake_dispatcher(&self) {
+            fence(Ordering::SeqCst);
+            self.0.wake_dispatcher();
+        }
+
+        /// Runs the dispatcher on the calling thread, as the std pool does
+        /// (`start` stands for starting a worker with the job's id), until
+        /// `done()` holds with nothing left to place.
+        pub fn run_dispatcher(
+            &self,
+            done: impl Fn() -> bool,
+            mut start: impl FnMut(usize) -> bool,
+        ) {
+            let me = Box::leak(Box::new(thread::current()));
+            self.0.publish_dispatcher(me);
+            let mut backlog = VecDeque::new();
+            loop {
+                self.0.take_queue(&mut backlog);
+                let placement = self.0.place(&mut backlog, |job| {
+                    // SAFETY: a job boxed by `dispatch`, still queued.
+                    let id = unsafe { (*job).id };
+                    let started = start(id);
+                    if started {
+                        // SAFETY: the "worker" took it; it is ours to free.
+                        drop(unsafe { Box::from_raw(job) });
+                    }
+                    started
+                });
+                if placement == Placement::Done {
+                    if done() {
+                        return;
+                    }
+                    thread::park();
+                    continue;
+                }
+                match self.0.wait_for_capacity(placement) {
+                    Wait::No => {}
+                    Wait::Park | Wait::Retry => thread::park(),
+                }
+                self.0.stop_waiting();
             }
         }
     }
