@@ -49,6 +49,21 @@ fn eventually(cond: impl Fn() -> bool) -> bool {
     true
 }
 
+/// Whether a sanitizer (which reserves terabytes of shadow memory) or
+/// valgrind (which maps its tool into the process) runs this test.
+#[cfg(target_os = "linux")]
+fn instrumented() -> (bool, bool) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let vm_kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmSize:"))
+        .and_then(|size| size.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let valgrind = maps.contains("vgpreload") || maps.contains("valgrind");
+    (vm_kb > 1 << 30, valgrind)
+}
+
 /// The process's thread count.
 #[cfg(target_os = "linux")]
 fn threads() -> usize {
@@ -138,6 +153,11 @@ fn counters(count: usize) -> Arc<Vec<AtomicUsize>> {
 #[test]
 fn blocking_callbacks_stay_under_the_worker_cap() {
     let _exclusive = exclusive();
+    if instrumented().1 {
+        // valgrind allows 500 threads (`--max-threads`), under the cap.
+        eprintln!("skipped under valgrind");
+        return;
+    }
     let gate = Arc::new(RwLock::new(()));
     let runs = counters(CALLBACKS);
     let started = Arc::new(AtomicUsize::new(0));
@@ -183,14 +203,22 @@ fn blocking_callbacks_stay_under_the_worker_cap() {
 // bdad359. Now the timer thread never touches the pool: a deadline armed
 // right after the dispatch, and one armed once the pool is saturated and
 // callbacks queue, both fire within a generous bound.
-#[cfg(not(miri))]
+#[cfg(all(target_os = "linux", not(miri)))]
 #[test]
 fn deadline_is_on_time_while_the_pool_is_saturated() {
-    /// Far above the few milliseconds this takes now, far below bdad359's
-    /// lateness on the same machine (see the report of issue 8).
-    const LATE: Duration = Duration::from_millis(150);
     const TIMEOUT: Duration = Duration::from_millis(5);
     let _exclusive = exclusive();
+    let (sanitizer, valgrind) = instrumented();
+    if valgrind {
+        // valgrind allows 500 threads (`--max-threads`), under the cap, and
+        // runs them one at a time.
+        eprintln!("skipped under valgrind");
+        return;
+    }
+    // Far above the few milliseconds this takes now, far below bdad359's
+    // lateness on the same machine (893 ms, see the report of issue 8);
+    // sanitizers slow thread starts and the timer thread alike.
+    let late = Duration::from_millis(if sanitizer { 1000 } else { 150 });
     let gate = Arc::new(RwLock::new(()));
     let runs = counters(CALLBACKS);
     let started = Arc::new(AtomicUsize::new(0));
@@ -220,11 +248,11 @@ fn deadline_is_on_time_while_the_pool_is_saturated() {
          blocking callbacks, {while_saturated:?} with the pool saturated"
     );
     assert!(
-        during_dispatch < LATE,
+        during_dispatch < late,
         "a 5 ms deadline fired {during_dispatch:?} late during the dispatch"
     );
     assert!(
-        while_saturated < LATE,
+        while_saturated < late,
         "a 5 ms deadline fired {while_saturated:?} late while the pool was saturated"
     );
     assert!(eventually(|| started.load(Ordering::SeqCst) == CALLBACKS));

@@ -1,6 +1,6 @@
 //! The after-func worker pool: the threads that run dispatched callbacks.
 //!
-//! A cancellation that notifies an after-func entry calls [`dispatch`]; it
+//! A cancellation that notifies an after-func entry calls `dispatch`; it
 //! never runs the callback and never starts a thread. Callbacks run on
 //! worker threads named `goctx-after-func`, at most
 //! [`max_after_func_workers`](crate::max_after_func_workers) of them (512 by
@@ -10,47 +10,47 @@
 //!
 //! # Design
 //!
-//! * **Spare worker.** One idle worker sits in `SPARE`, which any thread
+//! * **Spare worker.** One idle worker sits in `spare`, which any thread
 //!   claims with one swap (take-all, so no ABA problem). `dispatch` hands the
 //!   job straight to it: one wake-up from `cancel()` to the callback.
-//! * **Queue.** Otherwise `dispatch` pushes the job onto `QUEUE`, an
+//! * **Queue.** Otherwise `dispatch` pushes the job onto `queue`, an
 //!   intrusive Treiber stack threaded through `AfterHeader::job_next`
 //!   (lock-free, no allocation), and unparks the dispatcher.
 //! * **Dispatcher.** Takes the whole queue with one swap (so it is the only
 //!   consumer: no ABA problem), appends it in arrival order to its private
 //!   backlog, and gives each backlog job to an idle worker (popped from the
-//!   `IDLE` stack, whose only consumer it is, or the spare), or starts a new
+//!   `idle` stack, whose only consumer it is, or the spare), or starts a new
 //!   worker with the job while fewer than the cap are alive. At the cap, the
 //!   rest of the backlog waits until a worker goes idle or exits. If a
 //!   thread cannot be started, the job stays in the backlog and the
 //!   dispatcher retries (after 10 ms, doubling up to 1 s); it never runs a
 //!   callback itself.
 //! * **Workers.** A worker runs its job (a panic is contained), then
-//!   becomes the spare or pushes itself on `IDLE`, and parks. After the
+//!   becomes the spare or pushes itself on `idle`, and parks. After the
 //!   keep-alive ([`after_func_keep_alive`](crate::after_func_keep_alive),
 //!   10 s by default) without a job it retires and exits.
 //!
 //! # Invariants
 //!
 //! 1. A job is owned by exactly one place at a time: the caller of
-//!    `dispatch`, `SPARE`'s worker slot, `QUEUE`, the dispatcher's backlog,
+//!    `dispatch`, `spare`'s worker slot, `queue`, the dispatcher's backlog,
 //!    or a worker's slot; a worker slot is filled only by a CAS from null,
 //!    which fails once the worker retired or was dismissed (`retired()`),
 //!    so a job given to a retiring worker stays with the giver.
 //! 2. No lost job in the queue: a pusher pushes, then unparks the
 //!    dispatcher (a park token, so a push after the dispatcher's last swap
 //!    makes its next park return at once). Before the dispatcher has
-//!    published its `Thread` the pusher finds `DISPATCHER` null; both sides
+//!    published its `Thread` the pusher finds `dispatcher` null; both sides
 //!    are fenced (the dispatcher publishes, then takes the queue), so either
 //!    the pusher sees the dispatcher or the dispatcher's first swap sees the
 //!    job.
 //! 3. No lost capacity: a dispatcher with a backlog it cannot place sets
-//!    `WANTED`, then (fenced) looks once more for an idle worker, the spare
+//!    `wanted`, then (fenced) looks once more for an idle worker, the spare
 //!    and the live count; a worker that goes idle or exits publishes that,
-//!    then (fenced) reads `WANTED` and unparks the dispatcher if it is set
+//!    then (fenced) reads `wanted` and unparks the dispatcher if it is set
 //!    (the store-buffer pattern, both sides fenced). So a backlog never
 //!    waits while a worker is idle or a slot under the cap is free.
-//! 4. `LIVE` counts started workers that have not retired. Only the
+//! 4. `live` counts started workers that have not retired. Only the
 //!    dispatcher raises it, before starting a thread, and only while it is
 //!    below the cap, so at most the cap's worth of workers exist, plus ones
 //!    that retired and are still returning.
