@@ -8,7 +8,7 @@
 # by design is not a leak to LSan, because it stays reachable: the timer and
 # what it holds (`Box::leak`ed, referenced from a `static OnceLock`; LSan also
 # scans the stacks of the timer and worker threads), idle after-func workers
-# (the `IDLE` static), and crossbeam-epoch's global collector and its garbage
+# (the idle stack and spare of the `POOL` static), and crossbeam-epoch's global collector and its garbage
 # bags (a `static`). Over the whole suite LSan reports nothing, so any LSan
 # report is a real leak: fix it, do not suppress it. (Should a justified case ever come up, name its exact
 # allocation site in ci/lsan.supp and pass it with LSAN_OPTIONS=suppressions=.)

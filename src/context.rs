@@ -286,8 +286,11 @@ impl Context {
     /// Arranges for `f` to run once this context is done, on a thread of its
     /// own (Go's `AfterFunc`): never on the thread that calls `cancel()`,
     /// never delaying it; promptly if the context is already done. `f` runs
-    /// at most once. A blocking `f` delays no other callback or deadline; a
-    /// panicking `f` is reported by the panic hook and contained.
+    /// at most once. A blocking `f` delays no deadline, and no other
+    /// callback while fewer than [`max_after_func_workers`](crate::max_after_func_workers)
+    /// (512 by default) block: beyond that, callbacks queue until a worker
+    /// thread is free. A panicking `f` is reported by the panic hook and
+    /// contained.
     ///
     /// [`AfterFunc::stop`] prevents a pending `f`. On a context that can
     /// never be done, `f` never runs. The returned [`AfterFunc`] holds the

@@ -90,7 +90,21 @@
 //!   subtree before returning.
 //! * A deadline context is the same one allocation (its timer entry lives in
 //!   the node); one shared timer thread, started by the first deadline
-//!   context or after-func, expires deadlines and dispatches after-funcs.
+//!   context, expires deadlines.
+//! * [`after_func`](Context::after_func) callbacks run on a pool of worker
+//!   threads, started by the first after-func: at most
+//!   [`max_after_func_workers`] of them
+//!   ([`DEFAULT_MAX_AFTER_FUNC_WORKERS`] = 512 unless set with
+//!   [`set_max_after_func_workers`]), each exiting after
+//!   [`after_func_keep_alive`] idle ([`DEFAULT_AFTER_FUNC_KEEP_ALIVE`] =
+//!   10 s unless set with [`set_after_func_keep_alive`]). When every worker
+//!   is busy, further callbacks wait in a lock-free queue, in dispatch
+//!   order. A callback never runs on the thread that cancels (nor on the
+//!   timer thread), however many block and even if no thread can be
+//!   started: then it stays queued, the pool retries the start (every
+//!   10 ms to 1 s) and prints the error once; if no thread can ever be
+//!   started, queued callbacks never run. One more thread, the pool's
+//!   dispatcher, is the only one that starts workers.
 //! * Nothing on the paths that derive, cancel, check, wait on or drop a
 //!   context takes a lock: see [`docs::internals`] for the design, its
 //!   state table, invariants, orderings and memory reclamation.
@@ -122,7 +136,14 @@ mod waiters;
 
 pub mod docs;
 
-pub use after_func::AfterFunc;
+#[cfg(loom)]
+#[doc(hidden)]
+pub use after_func::pool_hooks;
+pub use after_func::{
+    AfterFunc, DEFAULT_AFTER_FUNC_KEEP_ALIVE, DEFAULT_MAX_AFTER_FUNC_WORKERS,
+    after_func_keep_alive, max_after_func_workers, set_after_func_keep_alive,
+    set_max_after_func_workers,
+};
 pub use cancel::{CancelCauseFunc, CancelCauseGuard, CancelFunc, CancelGuard};
 pub use check::RunUntilDone;
 pub use context::Context;

@@ -1,11 +1,12 @@
 //! Deadlines: the timer entry inside a deadline context's node, and the one
-//! shared timer thread that expires them (and runs `after_func` callbacks'
-//! dispatch).
+//! shared timer thread that expires them. (After-func callbacks are run by
+//! their own pool, `after_func/runner.rs`; an expiry dispatches them as any
+//! cancellation does.)
 //!
 //! # Design
 //!
 //! * **No thread, no allocation until needed.** The timer thread and its
-//!   buckets are created by the first deadline context or after-func (a
+//!   buckets are created by the first deadline context (a
 //!   one-time `OnceLock` initialisation; afterwards every access is one
 //!   atomic load).
 //! * **The node is the timer entry.** A deadline node links itself (through
@@ -30,7 +31,7 @@
 //!   woken, it sweeps each bucket whose earliest deadline has passed,
 //!   removing and firing the due entries and recomputing the bucket's
 //!   earliest deadline from those that stay (later deadlines that share the
-//!   bucket), then hands ready after-func jobs to workers.
+//!   bucket).
 //!
 //! # Entry states
 //!
@@ -232,9 +233,6 @@ unsafe impl Entry for TimerView {
     }
 }
 
-#[cfg(not(loom))]
-pub(crate) use imp::{start_thread, submit_job};
-
 /// The shared timer thread and its buckets.
 #[cfg(not(loom))]
 mod imp {
@@ -243,10 +241,9 @@ mod imp {
     use std::time::{Duration, Instant};
 
     use super::{TimerRef, TimerView};
-    use crate::after_func::{AfterHeader, run_job};
     use crate::cancel::CancelNode;
     use crate::list::List;
-    use crate::primitive::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering, fence};
+    use crate::primitive::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
     use crate::primitive::thread::{self, Thread};
 
     /// Buckets, by deadline in milliseconds (shifted by the arming thread's
@@ -279,8 +276,6 @@ mod imp {
         /// Deadlines are kept as nanoseconds since this instant.
         base: Instant,
         buckets: Box<[Bucket]>,
-        /// Ready after-func jobs (`AfterHeader::job_next`).
-        jobs: AtomicPtr<AfterHeader>,
         /// The deadline the thread parks toward (`EMPTY`: none), or `AWAKE`.
         sleeping_until: AtomicU64,
         thread: Thread,
@@ -312,7 +307,6 @@ mod imp {
         let timer: &'static Timer = Box::leak(Box::new(Timer {
             base: Instant::now(),
             buckets,
-            jobs: AtomicPtr::new(core::ptr::null_mut()),
             sleeping_until: AtomicU64::new(AWAKE),
             thread: handle.thread().clone(),
         }));
@@ -407,43 +401,6 @@ mod imp {
         unsafe { timer.buckets[index].entries.remove(view) };
     }
 
-    /// Starts the timer thread if it is not running yet (so that a later
-    /// cancellation never has to).
-    pub(crate) fn start_thread() {
-        let _ = timer();
-    }
-
-    /// Hands a dispatched after-func job to the spare idle worker, if there
-    /// is one (one wake-up, on any thread); otherwise to the timer thread,
-    /// which finds or starts a worker.
-    ///
-    /// # Safety
-    ///
-    /// `job` won the after-func race and the caller passes its queue
-    /// reference.
-    pub(crate) unsafe fn submit_job(job: *const AfterHeader) {
-        let job = job.cast_mut();
-        if super::workers::try_spare(job) {
-            return;
-        }
-        let timer = timer();
-        let mut head = timer.jobs.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: the queue reference keeps the job valid.
-            unsafe { (*job).job_next.store(head, Ordering::Relaxed) };
-            // Ordering: Release publishes the job to the thread's swap.
-            match timer
-                .jobs
-                .compare_exchange_weak(head, job, Ordering::Release, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(actual) => head = actual,
-            }
-        }
-        // Always wake: a callback must run promptly.
-        timer.thread.unpark();
-    }
-
     /// Sweeps one bucket: removes the entries due by `now` into `due` (with
     /// a memory reference each) and recomputes the bucket's earliest
     /// deadline from the rest.
@@ -488,21 +445,11 @@ mod imp {
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry.fire()));
             }
 
-            // Ordering: Acquire — pairs with `submit_job`'s Release.
-            let mut job = timer.jobs.swap(core::ptr::null_mut(), Ordering::Acquire);
-            while !job.is_null() {
-                // SAFETY: the queue reference keeps the job valid.
-                let next = unsafe { (*job).job_next.load(Ordering::Relaxed) };
-                super::workers::hand_off(job, run_job);
-                job = next;
-            }
-
             let next = timer.earliest();
             timer.sleeping_until.store(next, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             // Invariant 5: a last look after announcing the deadline.
-            let pending = timer.earliest() < next || !timer.jobs.load(Ordering::Acquire).is_null();
-            if !pending {
+            if timer.earliest() >= next {
                 if next == EMPTY {
                     thread::park();
                 } else {
@@ -581,218 +528,5 @@ pub mod loom_hooks {
             .into_iter()
             .map(ArmedTimer)
             .collect()
-    }
-}
-
-/// The after-func worker pool (std only).
-#[cfg(not(loom))]
-mod workers {
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
-
-    use crate::after_func::AfterHeader;
-    use crate::primitive::atomic::{AtomicPtr, Ordering};
-    use crate::primitive::thread::{self, Thread};
-
-    /// An idle worker exits after this long without a job.
-    const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-
-    /// A worker's job slot value meaning "retired, send nothing".
-    fn retired() -> *mut AfterHeader {
-        core::ptr::without_provenance_mut(1)
-    }
-
-    struct Worker {
-        slot: AtomicPtr<AfterHeader>,
-        thread: Thread,
-        next_idle: AtomicPtr<Worker>,
-    }
-
-    impl Worker {
-        /// Puts `job` in this idle worker's slot and wakes it. False if the
-        /// worker retired first (then it takes no more jobs).
-        fn give(&self, job: *mut AfterHeader) -> bool {
-            // Ordering: AcqRel — Release publishes the job to the worker's
-            // Acquire swap; Acquire on failure sees the retirement.
-            let given = self
-                .slot
-                .compare_exchange(
-                    core::ptr::null_mut(),
-                    job,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok();
-            if given {
-                self.thread.unpark();
-            }
-            given
-        }
-    }
-
-    /// Idle workers: pushed by the workers, popped only by the timer thread
-    /// (a single consumer, so the Treiber pop has no ABA problem).
-    static IDLE: AtomicPtr<Worker> = AtomicPtr::new(core::ptr::null_mut());
-
-    /// One more idle worker, which any thread may claim: taking it is a
-    /// swap (take-all, so no ABA problem), so a cancelling thread hands a
-    /// callback straight to it — one wake-up instead of two (timer thread,
-    /// then worker). Holds an `Arc` reference on the worker, or null.
-    static SPARE: AtomicPtr<Worker> = AtomicPtr::new(core::ptr::null_mut());
-
-    /// Gives `job` to the spare worker. False if there is none (or it just
-    /// retired): the caller queues the job for the timer thread instead.
-    pub(super) fn try_spare(job: *mut AfterHeader) -> bool {
-        // Ordering: Relaxed — a hint, to skip the swap when there is none.
-        if SPARE.load(Ordering::Relaxed).is_null() {
-            return false;
-        }
-        // Ordering: Acquire — pairs with the worker's Release CAS in
-        // `offer_spare`, so its fields are visible.
-        let spare = SPARE.swap(core::ptr::null_mut(), Ordering::Acquire);
-        if spare.is_null() {
-            return false;
-        }
-        // SAFETY: `SPARE` held a reference leaked by `offer_spare`; the swap
-        // gave it to us alone.
-        let worker = unsafe { Arc::from_raw(spare) };
-        worker.give(job)
-    }
-
-    /// Makes `worker` the spare if there is none; otherwise false.
-    fn offer_spare(worker: &Arc<Worker>) -> bool {
-        let raw = Arc::into_raw(worker.clone()).cast_mut();
-        // Ordering: Release — publishes the worker to `try_spare`'s swap.
-        if SPARE
-            .compare_exchange(
-                core::ptr::null_mut(),
-                raw,
-                Ordering::Release,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-        {
-            return true;
-        }
-        // SAFETY: the reference leaked just above, never published.
-        drop(unsafe { Arc::from_raw(raw) });
-        false
-    }
-
-    /// Runs `job` on an idle worker, or on a new one (called only by the
-    /// timer thread, the idle stack's single consumer).
-    pub(super) fn hand_off(job: *mut AfterHeader, run: unsafe fn(*const AfterHeader)) {
-        while let Some(worker) = pop_idle() {
-            if worker.give(job) {
-                return;
-            }
-        }
-        let send = SendJob(job);
-        let spawned = std::thread::Builder::new()
-            .name("goctx-after-func".into())
-            .spawn(move || {
-                let send = send;
-                work(send.0, run)
-            });
-        if let Err(error) = spawned {
-            // No thread can be had: run it here rather than lose it (the
-            // closure that held the job was dropped unrun).
-            eprintln!(
-                "goctx: cannot start an after_func worker ({error}); running it on the timer thread"
-            );
-            // SAFETY: the job's queue reference was passed to us.
-            unsafe { run(job) };
-        }
-    }
-
-    struct SendJob(*mut AfterHeader);
-    // SAFETY: a dispatched job is handed to exactly one thread.
-    unsafe impl Send for SendJob {}
-
-    fn pop_idle() -> Option<Arc<Worker>> {
-        // Ordering: Acquire — sees the pushed worker's `next_idle`.
-        let mut head = IDLE.load(Ordering::Acquire);
-        loop {
-            if head.is_null() {
-                return None;
-            }
-            // SAFETY: an idle-stack entry is an `Arc` leaked by `push_idle`;
-            // only this (single) consumer takes it back.
-            let next = unsafe { (*head).next_idle.load(Ordering::Relaxed) };
-            match IDLE.compare_exchange_weak(head, next, Ordering::Acquire, Ordering::Acquire) {
-                // SAFETY: we took the stack's reference.
-                Ok(_) => return Some(unsafe { Arc::from_raw(head) }),
-                Err(actual) => head = actual,
-            }
-        }
-    }
-
-    fn push_idle(worker: &Arc<Worker>) {
-        let raw = Arc::into_raw(worker.clone()).cast_mut();
-        let mut head = IDLE.load(Ordering::Relaxed);
-        loop {
-            worker.next_idle.store(head, Ordering::Relaxed);
-            // Ordering: Release — publishes `next_idle` to `pop_idle`.
-            match IDLE.compare_exchange_weak(head, raw, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(actual) => head = actual,
-            }
-        }
-    }
-
-    /// Runs a job. `f` itself is contained by `run_job`; this also keeps a
-    /// panicking drop (of the last handle the job releases) from killing
-    /// the worker.
-    fn run_contained(job: *mut AfterHeader, run: unsafe fn(*const AfterHeader)) {
-        let job = SendJob(job);
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            let job = job;
-            // SAFETY: the job was handed to this thread with its queue
-            // reference.
-            unsafe { run(job.0) }
-        }));
-    }
-
-    fn work(first: *mut AfterHeader, run: unsafe fn(*const AfterHeader)) {
-        let me = Arc::new(Worker {
-            slot: AtomicPtr::new(core::ptr::null_mut()),
-            thread: thread::current(),
-            next_idle: AtomicPtr::new(core::ptr::null_mut()),
-        });
-        run_contained(first, run);
-        loop {
-            if !offer_spare(&me) {
-                push_idle(&me);
-            }
-            let idle_until = Instant::now() + IDLE_TIMEOUT;
-            loop {
-                // Ordering: Acquire — pairs with `hand_off`'s Release CAS.
-                let job = me.slot.swap(core::ptr::null_mut(), Ordering::Acquire);
-                if !job.is_null() {
-                    run_contained(job, run);
-                    break;
-                }
-                let now = Instant::now();
-                if now >= idle_until {
-                    // Retire unless a job lands first; the reference the
-                    // idle stack or the spare slot holds on us is dropped
-                    // by whoever takes it (`pop_idle`'s caller, `try_spare`).
-                    if me
-                        .slot
-                        .compare_exchange(
-                            core::ptr::null_mut(),
-                            retired(),
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        )
-                        .is_ok()
-                    {
-                        return;
-                    }
-                    continue;
-                }
-                thread::park_timeout(idle_until - now);
-            }
-        }
     }
 }

@@ -4,14 +4,17 @@
 //! (see `waiters.rs`) followed by the closure. It is linked into the waiter
 //! set of the context's cancellable node, so the cancellation that closes the
 //! set finds it with the threads and tasks it wakes — but instead of waking
-//! anyone, notifying it *dispatches* it: the entry is pushed on a lock-free
-//! queue and the runner thread is unparked. `cancel()` therefore never runs
-//! `f` and never waits for it.
+//! anyone, notifying it *dispatches* it to the worker pool (`runner.rs`):
+//! the spare idle worker takes it with one swap, or it is pushed on a
+//! lock-free queue for the pool's dispatcher. `cancel()` therefore never
+//! runs `f`, never waits for it and never starts a thread; a deadline expiry
+//! dispatches the same way, so the timer thread is not involved either.
 //!
-//! The runner hands every callback to a worker thread of its own (idle
-//! workers are reused, new ones spawned when none is idle), so a blocking
-//! `f` delays no other callback and no deadline; a panicking `f` is caught
-//! (the panic hook has already reported it) and breaks nothing.
+//! The pool runs each callback on a worker thread of its own while fewer
+//! than the cap ([`max_after_func_workers`]) are busy, and queues the rest,
+//! so a blocking `f` delays no deadline and no other callback beyond the
+//! cap's worth of blocking ones; a panicking `f` is caught (the panic hook
+//! has already reported it) and breaks nothing.
 //!
 //! # Invariants
 //!
@@ -32,10 +35,17 @@
 //!    won; the winner of invariant 1 releases it. The hold is bounded by the
 //!    deadline.
 //! 4. References on the entry: the `AfterFunc`, the waiter list while
-//!    linked, and the runner queue while dispatched.
+//!    linked, and the runner (its queue, the dispatcher's backlog or a
+//!    worker) while dispatched.
+
+mod runner;
+
+#[cfg(loom)]
+pub use runner::pool_hooks;
 
 use core::fmt;
 use core::ptr::{self, NonNull};
+use core::time::Duration;
 
 use crate::cancel::CancelNode;
 use crate::context::Context;
@@ -49,7 +59,7 @@ use crate::waiters::{CallbackVtable, NOTIFIED, REF, REGISTERING, Waiter};
 pub(crate) struct AfterHeader {
     waiter: Waiter,
     /// The runner queue link.
-    pub(crate) job_next: AtomicPtr<AfterHeader>,
+    job_next: AtomicPtr<AfterHeader>,
     /// The handle invariant 3 holds, or null. Written at registration,
     /// then only by the winner of invariant 1.
     keep_alive: UnsafeCell<*const CancelNode>,
@@ -125,7 +135,7 @@ unsafe fn dispatch_waiter(waiter: *const Waiter) {
 ///
 /// `job` was dispatched (it won invariant 1) and the caller owns the queue's
 /// reference.
-pub(crate) unsafe fn run_job(job: *const AfterHeader) {
+unsafe fn run_job(job: *const AfterHeader) {
     // SAFETY: per the contract.
     unsafe {
         ((*job).run)(job);
@@ -202,8 +212,8 @@ impl AfterFunc {
         }));
         let header = entry as *const AfterHeader;
         if ctx.anchor().is_some() {
-            // The runner must exist before any cancellation dispatches to it:
-            // a canceller never starts threads.
+            // The pool's dispatcher must exist before any cancellation
+            // dispatches to it: a canceller never starts threads.
             runner::start();
         }
         // The raw anchor pointer (not one made from a reference): the handle
@@ -329,37 +339,97 @@ fn fire_now(header: *const AfterHeader) {
     unsafe { runner::dispatch(header) };
 }
 
-/// The runner: std builds hand jobs to worker threads through the timer
-/// thread; loom models run them inline on the notifying thread, which is the
-/// schedule loom needs to explore `stop` racing the notification.
-#[cfg(loom)]
-mod runner {
-    use super::{AfterHeader, run_job};
+/// The default of [`max_after_func_workers`]: 512 threads (the default cap
+/// of tokio's blocking pool).
+pub const DEFAULT_MAX_AFTER_FUNC_WORKERS: usize = runner::DEFAULT_MAX_WORKERS;
 
-    pub(super) fn start() {}
+/// The default of [`after_func_keep_alive`]: 10 seconds.
+pub const DEFAULT_AFTER_FUNC_KEEP_ALIVE: Duration = runner::DEFAULT_KEEP_ALIVE;
 
-    /// # Safety
-    ///
-    /// As `run_job`.
-    pub(super) unsafe fn dispatch(job: *const AfterHeader) {
-        // SAFETY: forwarded.
-        unsafe { run_job(job) }
-    }
+/// Sets the cap on the threads that run [`after_func`](Context::after_func)
+/// callbacks (default [`DEFAULT_MAX_AFTER_FUNC_WORKERS`]); 0 counts as 1.
+///
+/// Each callback runs on a worker thread of the process-wide pool. When
+/// `max` callbacks are running (say, blocked), later ones wait in a queue,
+/// in dispatch order, until a worker is free; they are never run on the
+/// thread that cancels the context, nor on the timer thread, and they
+/// delay no deadline. A raised cap lets waiting callbacks start at once; a
+/// lowered one retires workers as they finish their callbacks. Callbacks
+/// that block for long should be few, or the cap raised for them.
+///
+/// ```standalone_crate
+/// use std::sync::mpsc;
+/// use std::time::Duration;
+///
+/// goctx::set_max_after_func_workers(2);
+/// assert_eq!(goctx::max_after_func_workers(), 2);
+///
+/// // Three callbacks that wait for a release: two run, the third queues
+/// // until one of them returns.
+/// let (ctx, cancel) = goctx::Context::background().with_cancel();
+/// let (started_tx, started) = mpsc::channel();
+/// let mut releases = Vec::new();
+/// let mut callbacks = Vec::new();
+/// for i in 0..3 {
+///     let (release, wait) = mpsc::channel::<()>();
+///     releases.push(release);
+///     let started_tx = started_tx.clone();
+///     callbacks.push(ctx.after_func(move || {
+///         started_tx.send(i).unwrap();
+///         let _ = wait.recv();
+///     }));
+/// }
+/// cancel.cancel();
+/// let first = started.recv().unwrap();
+/// let second = started.recv().unwrap();
+/// assert!(started.recv_timeout(Duration::from_millis(50)).is_err());
+/// releases[first].send(()).unwrap();
+/// let third = started.recv().unwrap();
+/// assert_eq!(first + second + third, 0 + 1 + 2);
+/// for release in &releases {
+///     let _ = release.send(());
+/// }
+/// goctx::set_max_after_func_workers(goctx::DEFAULT_MAX_AFTER_FUNC_WORKERS);
+/// ```
+pub fn set_max_after_func_workers(max: usize) {
+    runner::set_max_workers(max);
 }
 
-#[cfg(not(loom))]
-mod runner {
-    use super::AfterHeader;
+/// The cap on after-func worker threads (see
+/// [`set_max_after_func_workers`]).
+///
+/// ```
+/// // Unless the program set another cap:
+/// let cap = goctx::max_after_func_workers();
+/// assert!(cap >= 1 && cap <= goctx::DEFAULT_MAX_AFTER_FUNC_WORKERS);
+/// ```
+pub fn max_after_func_workers() -> usize {
+    runner::max_workers()
+}
 
-    pub(super) fn start() {
-        crate::timer::start_thread();
-    }
+/// Sets how long an idle after-func worker thread waits for another
+/// callback before it exits (default [`DEFAULT_AFTER_FUNC_KEEP_ALIVE`]).
+/// Takes effect the next time a worker becomes idle; `Duration::MAX` keeps
+/// idle workers forever.
+///
+/// ```standalone_crate
+/// use std::time::Duration;
+///
+/// goctx::set_after_func_keep_alive(Duration::from_secs(1));
+/// assert_eq!(goctx::after_func_keep_alive(), Duration::from_secs(1));
+/// # goctx::set_after_func_keep_alive(goctx::DEFAULT_AFTER_FUNC_KEEP_ALIVE);
+/// ```
+pub fn set_after_func_keep_alive(keep_alive: Duration) {
+    runner::set_keep_alive(keep_alive);
+}
 
-    /// # Safety
-    ///
-    /// `job` won invariant 1 and the caller passes its queue reference.
-    pub(super) unsafe fn dispatch(job: *const AfterHeader) {
-        // SAFETY: forwarded.
-        unsafe { crate::timer::submit_job(job) }
-    }
+/// How long an idle after-func worker waits for a callback before it exits
+/// (see [`set_after_func_keep_alive`]).
+///
+/// ```
+/// // Unless the program set another keep-alive:
+/// assert!(goctx::after_func_keep_alive() <= goctx::DEFAULT_AFTER_FUNC_KEEP_ALIVE);
+/// ```
+pub fn after_func_keep_alive() -> Duration {
+    runner::keep_alive()
 }
