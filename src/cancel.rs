@@ -49,12 +49,12 @@ use crossbeam_epoch::Guard;
 use crate::context::Context;
 use crate::error::{Cause, Error};
 use crate::list::{Entry, Link, List, release_link_from};
-use crate::node::{Kind, Node};
+use crate::node::{self, Kind, Node};
 use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::state::{self, CauseBox, Pending, Word};
 use crate::timer::{self, TimerEntry};
-use crate::waiters::{self, WaiterList};
+use crate::waiters::{self, Panic, WaiterList};
 
 /// A cancellable context's node.
 #[repr(C)]
@@ -141,14 +141,15 @@ impl CancelNode {
 
     /// Derives a deadline node: `deadline` must be earlier than the
     /// parent's. Cancels it at once if the deadline has passed, otherwise
-    /// arms its timer. `future`: the caller knows the deadline lies after a
-    /// clock reading it just took (one `clock_gettime` less per timeout).
+    /// arms its timer. The clock is read after the node is built (Go's
+    /// `time.Until(d) <= 0` check): a deadline that has passed by the time
+    /// the derivation returns, however short the timeout, is done before it
+    /// returns (API rule 7).
     pub(crate) fn derive_deadline(
         parent: &Context,
         handles: usize,
         deadline: Instant,
         cause: Option<Cause>,
-        future: bool,
     ) -> NonNull<CancelNode> {
         // The memory starts with the bucket's reference counted (invariant
         // 3 and timer invariant 2), saving the arming a read-modify-write.
@@ -161,7 +162,7 @@ impl CancelNode {
         );
         // SAFETY: we hold the handles just created.
         let node = unsafe { raw.as_ref() };
-        if !node.is_done() && (future || deadline > Instant::now()) {
+        if !node.is_done() && deadline > Instant::now() {
             // SAFETY: the bucket's reference, counted at construction.
             unsafe { timer::arm(raw, deadline) };
         } else {
@@ -425,13 +426,15 @@ impl CancelNode {
     }
 
     /// Tears the node down once its last handle is gone (node.rs release
-    /// loop; the parent has already been moved out and is alive).
+    /// loop; the parent has already been moved out and is alive). User data
+    /// is dropped here, after the bookkeeping, each drop contained: a panic
+    /// goes into `panic` and the teardown goes on (node invariant 5).
     ///
     /// # Safety
     ///
     /// `this` was just released (no handles left).
-    pub(crate) unsafe fn retire(this: NonNull<CancelNode>) {
-        // SAFETY: the memory is valid until `unlink_memory` below.
+    pub(crate) unsafe fn retire(this: NonNull<CancelNode>, panic: &mut Option<Panic>) {
+        // SAFETY: the memory is valid until `release_memory` below.
         let node = unsafe { this.as_ref() };
         // A node that is done has left its anchor's list already: its own
         // cancel removed it (that canceller held a handle, so it finished
@@ -453,19 +456,27 @@ impl CancelNode {
         if !node.children.is_empty() {
             drop(node.children.close());
         }
+        timer::disarm(node);
         // No thread or task can be waiting (a `Done` holds a handle); what
         // is left is withdrawn entries and callbacks whose `AfterFunc` was
         // dropped — the context can no longer be done, so they never run.
-        if !node.waiters.is_empty() {
-            waiters::drain(&node.waiters);
+        if !node.waiters.is_empty()
+            && let Some(payload) = waiters::drain(&node.waiters)
+        {
+            panic.get_or_insert(payload);
         }
         let word = node.word();
         if state::owns_cause(word) {
             // SAFETY: we own the box; nobody dereferences it any more: every
             // node borrowing it was a descendant, and they are all released.
-            drop(unsafe { Box::from_raw(state::cause_ptr(word)) });
+            let cause = unsafe { Box::from_raw(state::cause_ptr(word)) };
+            node::contain(panic, move || drop(cause));
         }
-        timer::disarm(node);
+        // SAFETY: released: nobody reads the timer's cause any more.
+        let cause = unsafe { node.timer.take_cause() };
+        if cause.is_some() {
+            node::contain(panic, move || drop(cause));
+        }
         // SAFETY: the handles' reference on the memory.
         unsafe { CancelNode::release_memory(this.as_ptr()) };
     }

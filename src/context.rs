@@ -186,7 +186,7 @@ impl Context {
     /// assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
     /// ```
     pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelFunc) {
-        self.deadline_node(deadline, None, false)
+        self.deadline_node(deadline, None)
     }
 
     /// Like [`with_deadline`](Context::with_deadline), recording `cause` when
@@ -209,7 +209,7 @@ impl Context {
         deadline: Instant,
         cause: impl Into<Cause>,
     ) -> (Context, CancelFunc) {
-        self.deadline_node(deadline, Some(cause.into()), false)
+        self.deadline_node(deadline, Some(cause.into()))
     }
 
     /// [`with_deadline`](Context::with_deadline)`(now + timeout)` (Go's
@@ -229,7 +229,7 @@ impl Context {
     /// ```
     pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelFunc) {
         match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.deadline_node(deadline, None, !timeout.is_zero()),
+            Some(deadline) => self.deadline_node(deadline, None),
             None => self.with_cancel(),
         }
     }
@@ -254,24 +254,16 @@ impl Context {
         cause: impl Into<Cause>,
     ) -> (Context, CancelFunc) {
         match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.deadline_node(deadline, Some(cause.into()), !timeout.is_zero()),
+            Some(deadline) => self.deadline_node(deadline, Some(cause.into())),
             None => self.with_cancel(),
         }
     }
 
-    /// `future`: the caller has just read the clock and knows `deadline`
-    /// lies after that reading (a non-zero timeout), so the derivation need
-    /// not read it again.
-    fn deadline_node(
-        &self,
-        deadline: Instant,
-        cause: Option<Cause>,
-        future: bool,
-    ) -> (Context, CancelFunc) {
+    fn deadline_node(&self, deadline: Instant, cause: Option<Cause>) -> (Context, CancelFunc) {
         if self.deadline().is_some_and(|current| current <= deadline) {
             return self.with_cancel();
         }
-        let node = CancelNode::derive_deadline(self, 2, deadline, cause, future);
+        let node = CancelNode::derive_deadline(self, 2, deadline, cause);
         (Context(Repr::Node(node.cast())), CancelFunc::new(node))
     }
 

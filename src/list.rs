@@ -82,6 +82,7 @@
 //!   above.
 
 use core::marker::PhantomData;
+use core::mem::ManuallyDrop;
 use core::ptr;
 
 use crossbeam_epoch::{self as epoch, Guard};
@@ -337,7 +338,8 @@ impl<E: Entry> List<E> {
     /// must take whatever reference it needs on an entry it claims, since
     /// the list's own is released (after an epoch) once it is unlinked.
     pub(crate) fn sweep(&self, mut remove: impl FnMut(*const E) -> bool) {
-        let guard = self.enter_pass();
+        let pass = self.enter_pass();
+        let guard = &pass.guard;
         let mut deferred = false;
         // Live entries this pass walked past (and keeps).
         let mut kept;
@@ -419,7 +421,7 @@ impl<E: Entry> List<E> {
                             // SAFETY: we own its link reference (invariant
                             // 3); other pinned passes may still read it
                             // (invariant 4).
-                            unsafe { defer_release(&guard, entry) };
+                            unsafe { defer_release(guard, entry) };
                             deferred = true;
                         }
                         gone = untagged(after);
@@ -446,27 +448,24 @@ impl<E: Entry> List<E> {
             // expired, rather than wait for the collector's own cadence.
             guard.flush();
         }
-        self.leave_pass(guard);
     }
 
     /// Starts a pass over the list (a cleanup pass or a diagnostic walk):
     /// counted in `cleaners` and pinned, so nothing it can reach is freed
-    /// under it (invariants 4–6).
-    fn enter_pass(&self) -> Guard {
+    /// under it (invariants 4–6). The pass ends when the returned guard is
+    /// dropped — also if the pass unwinds (a panic in code it calls: an
+    /// entry's release, the sweep's `remove`), so `cleaners` never stays
+    /// raised and the list is cleaned again by later passes.
+    fn enter_pass(&self) -> Pass<'_> {
         // Ordering: SeqCst increment + fence — the store-buffer pattern with
         // `close` and with head unlinks (invariants 5 and 6): either we see
         // their change of the head, or they see our increment.
         self.cleaners.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        epoch::pin()
-    }
-
-    /// Ends a pass started by `enter_pass`.
-    fn leave_pass(&self, guard: Guard) {
-        drop(guard);
-        // Ordering: Release — our reads of the chain happen before a closer
-        // that reads zero here (Acquire after its fence).
-        self.cleaners.fetch_sub(1, Ordering::Release);
+        Pass {
+            cleaners: &self.cleaners,
+            guard: ManuallyDrop::new(epoch::pin()),
+        }
     }
 
     /// Closes the list and returns the detached chain. Only the first call
@@ -519,7 +518,7 @@ impl<E: Entry> List<E> {
     /// as a cleanup pass, so nothing it can reach is freed under it
     /// (invariant 6).
     fn count(&self, mut counts: impl FnMut(&E) -> bool) -> (usize, usize) {
-        let guard = self.enter_pass();
+        let pass = self.enter_pass();
         let (mut linked, mut live) = (0, 0);
         // Ordering: Acquire — as in `sweep`.
         let mut cur = self.head.load(Ordering::Acquire);
@@ -538,8 +537,27 @@ impl<E: Entry> List<E> {
             }
             cur = untagged(next);
         }
-        self.leave_pass(guard);
+        drop(pass);
         (linked, live)
+    }
+}
+
+/// A pass over a list in progress (`List::enter_pass`): counted in the
+/// list's `cleaners` and pinned until dropped.
+struct Pass<'a> {
+    cleaners: &'a AtomicUsize,
+    guard: ManuallyDrop<Guard>,
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        // Unpin first, as a pass that ends normally: nothing of the list is
+        // read after this point.
+        // SAFETY: dropped exactly once, here; not used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.guard) };
+        // Ordering: Release — our reads of the chain happen before a closer
+        // that reads zero here (Acquire after its fence).
+        self.cleaners.fetch_sub(1, Ordering::Release);
     }
 }
 

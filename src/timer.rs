@@ -68,6 +68,13 @@
 //!    resets `earliest` and then traverses, fenced the same way, so an entry
 //!    pushed during the sweep is either traversed or raises `earliest`
 //!    after the reset.
+//! 6. The timer thread runs no user `Drop`: a bucket holds a memory
+//!    reference only, and freeing the memory drops no user data (the
+//!    entry's cause is taken by the node's release, node invariant 5); the
+//!    handle `fire` takes is given back with `release_unless_last`, and a
+//!    last one goes to an after-func worker. Wakers woken by an expiry run
+//!    on the timer thread by design; their panics, and any other panic in
+//!    a timer step, are caught, so the thread never dies.
 
 use core::ptr::NonNull;
 use std::time::Instant;
@@ -76,6 +83,7 @@ use crate::cancel::CancelNode;
 use crate::error::{Cause, Error};
 use crate::list::{Entry, Link};
 use crate::node::Node;
+use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 const NONE: usize = 0;
@@ -97,7 +105,11 @@ pub(crate) struct TimerEntry {
     /// The index of the bucket the node is linked into (set with `when`).
     bucket: AtomicUsize,
     /// The cause a deadline expiry records (`DeadlineExceeded` when `None`).
-    cause: Option<Cause>,
+    /// User data: taken and dropped by the node's release (the last
+    /// *handle*, `take_cause`), never by whoever frees the memory — a bucket
+    /// sweep on the timer thread, a cleanup pass, an epoch-deferred closure
+    /// (invariant 6).
+    cause: UnsafeCell<Option<Cause>>,
 }
 
 impl TimerEntry {
@@ -108,7 +120,7 @@ impl TimerEntry {
             link: Link::new(),
             when: AtomicU64::new(0),
             bucket: AtomicUsize::new(0),
-            cause: None,
+            cause: UnsafeCell::new(None),
         }
     }
 
@@ -119,7 +131,7 @@ impl TimerEntry {
             link: Link::new(),
             when: AtomicU64::new(0),
             bucket: AtomicUsize::new(0),
-            cause,
+            cause: UnsafeCell::new(cause),
         }
     }
 
@@ -128,9 +140,25 @@ impl TimerEntry {
         self.state.load(Ordering::Relaxed) != NONE
     }
 
-    /// The cause a deadline expiry records.
+    /// The cause a deadline expiry records. Called only by holders of a
+    /// handle on the node (the deriving thread, the timer after
+    /// `try_acquire`).
     pub(crate) fn cause(&self) -> Option<Cause> {
-        self.cause.clone()
+        // SAFETY: the caller holds a handle, so `take_cause` (at release,
+        // after the last handle is gone, ordered by the handle count's
+        // Release/Acquire) has not run; nobody writes the cell before.
+        self.cause.with(|cause| unsafe { (*cause).clone() })
+    }
+
+    /// Takes the cause out, for the node's release to drop.
+    ///
+    /// # Safety
+    ///
+    /// The node has just been released (no handle is left), so nobody can
+    /// read the cell any more (`cause` needs a handle).
+    pub(crate) unsafe fn take_cause(&self) -> Option<Cause> {
+        // SAFETY: per the contract, we are the cell's only user.
+        self.cause.with_mut(|cause| unsafe { (*cause).take() })
     }
 }
 
@@ -197,9 +225,11 @@ impl TimerRef {
             .compare_exchange(ARMED, FIRED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if claimed && node.node.try_acquire() {
+            // Given back even if `cancel` resumes a waker's panic: otherwise
+            // the node and its ancestors would never be freed.
+            let handle = TimerHandle(self.0);
             node.cancel(Error::DeadlineExceeded, node.timer.cause());
-            // SAFETY: the handle `try_acquire` took (invariant 3).
-            unsafe { Node::release(self.0.cast()) };
+            drop(handle);
         }
         self.discard();
         !claimed
@@ -211,6 +241,35 @@ impl TimerRef {
         unsafe { CancelNode::release_memory(self.0.as_ptr()) };
     }
 }
+
+/// The handle `TimerRef::fire` took with `try_acquire` (invariant 3),
+/// given back when dropped, also while a waker's panic unwinds. If it is the
+/// last handle, the release — which drops user data: causes, values, a
+/// callback that can no longer run — goes to an after-func worker, never
+/// onto the timer thread (invariant 6).
+struct TimerHandle(NonNull<CancelNode>);
+
+impl Drop for TimerHandle {
+    fn drop(&mut self) {
+        // SAFETY: the handle `try_acquire` took keeps the node alive.
+        let node = unsafe { self.0.as_ref() };
+        if node.node.release_unless_last() {
+            return;
+        }
+        let last = SendHandle(self.0);
+        crate::after_func::run_detached(move || {
+            let last = last;
+            // SAFETY: the handle `try_acquire` took, given up once, here.
+            unsafe { Node::release(last.0.cast()) }
+        });
+    }
+}
+
+/// The last handle on a node, on its way to a worker.
+struct SendHandle(NonNull<CancelNode>);
+
+// SAFETY: a handle on a `Sync` node, used by one thread at a time.
+unsafe impl Send for SendHandle {}
 
 /// A deadline node seen as an entry of its timer bucket: the same memory,
 /// linked through `TimerEntry::link`, the list holding a memory reference.
@@ -477,14 +536,23 @@ mod imp {
         let mut due = Vec::new();
         loop {
             let now = timer.nanos(Instant::now());
+            // Every step is contained (invariant 6): no panic, wherever it
+            // comes from, stops the timer thread.
             for bucket in timer.buckets.iter() {
                 if bucket.earliest.load(Ordering::Acquire) <= now {
-                    sweep(bucket, now, &mut due);
+                    let swept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        sweep(bucket, now, &mut due)
+                    }));
+                    if swept.is_err() {
+                        // Entries the sweep did not reach stay linked: look
+                        // again in a millisecond.
+                        bucket.earliest.fetch_min(now + 1_000_000, Ordering::SeqCst);
+                    }
                 }
             }
             for entry in due.drain(..) {
-                // Cancelling runs foreign code (wakers, value drops when the
-                // last handle goes): a panic there must not kill the timer.
+                // Cancelling runs foreign code (wakers): a panic there must
+                // not kill the timer.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry.fire()));
             }
 
@@ -493,7 +561,9 @@ mod imp {
             while !job.is_null() {
                 // SAFETY: the queue reference keeps the job valid.
                 let next = unsafe { (*job).job_next.load(Ordering::Relaxed) };
-                super::workers::hand_off(job, run_job);
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    super::workers::hand_off(job, run_job)
+                }));
                 job = next;
             }
 
