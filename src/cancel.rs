@@ -151,7 +151,7 @@ impl CancelNode {
         deadline: Instant,
         cause: Option<Cause>,
     ) -> NonNull<CancelNode> {
-        // The memory starts with the bucket's reference counted (invariant
+        // The memory starts with the wheel list's reference counted (invariant
         // 3 and timer invariant 2), saving the arming a read-modify-write.
         let raw = CancelNode::derive_with(
             parent,
@@ -162,14 +162,15 @@ impl CancelNode {
         );
         // SAFETY: we hold the handles just created.
         let node = unsafe { raw.as_ref() };
-        if !node.is_done() && deadline > Instant::now() {
-            // SAFETY: the bucket's reference, counted at construction.
-            unsafe { timer::arm(raw, deadline) };
+        let now = Instant::now();
+        if !node.is_done() && deadline > now {
+            // SAFETY: the wheel's reference, counted at construction.
+            unsafe { timer::arm(raw, deadline, now) };
         } else {
             if !node.is_done() {
                 node.cancel(Error::DeadlineExceeded, node.timer.cause());
             }
-            // Never armed: give the bucket's reference back (never the last
+            // Never armed: give the wheel's reference back (never the last
             // one: the handles hold theirs).
             // SAFETY: the reference counted at construction, unused.
             unsafe { CancelNode::release_memory(raw.as_ptr()) };
@@ -209,7 +210,7 @@ impl CancelNode {
     }
 
     /// `links`: the memory references the caller wants besides the list's
-    /// (1: the handles'; 2: also a timer bucket's).
+    /// (1: the handles'; 2: also a timer wheel list's).
     fn derive_with(
         parent: &Context,
         handles: usize,

@@ -497,6 +497,23 @@ impl<E: Entry> List<E> {
         head.is_null() || tagged(head, CLOSED)
     }
 
+    /// Whether no pass is running. Once this is true, no pass can hold a
+    /// pointer to an entry that was unlinked before the call (invariant 6:
+    /// only passes can, and a pass that starts later cannot reach it), so
+    /// the entry's link may be pushed again — the timer wheel moves entries
+    /// between lists this way.
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn is_quiescent(&self) -> bool {
+        // Ordering: SeqCst fence, then Acquire — the fence orders the
+        // unlink we (or the pass that unlinked the entry, whose CAS we
+        // read) made before it against the fence each pass makes after its
+        // increment, so a pass that may have reached the entry is counted
+        // here; Acquire pairs with the Release decrement of a pass that
+        // has ended, so its reads happen before the entry is relinked.
+        fence(Ordering::SeqCst);
+        self.cleaners.load(Ordering::Acquire) == 0
+    }
+
     /// Whether `close` has run.
     pub(crate) fn is_closed(&self) -> bool {
         tagged(self.head.load(Ordering::Acquire), CLOSED)
