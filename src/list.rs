@@ -502,7 +502,6 @@ impl<E: Entry> List<E> {
     /// only passes can, and a pass that starts later cannot reach it), so
     /// the entry's link may be pushed again — the timer wheel moves entries
     /// between lists this way.
-    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn is_quiescent(&self) -> bool {
         // Ordering: SeqCst fence, then Acquire — the fence orders the
         // unlink we (or the pass that unlinked the entry, whose CAS we

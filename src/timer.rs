@@ -122,7 +122,7 @@ use std::time::Instant;
 
 use crate::cancel::CancelNode;
 use crate::error::{Cause, Error};
-use crate::list::{Entry, Link};
+use crate::list::{Entry, Link, List};
 use crate::node::Node;
 use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -346,6 +346,124 @@ unsafe impl Entry for TimerView {
     }
 }
 
+/// An entry a sweep took off its list to link it again lower in the wheel
+/// (invariant 8), with the memory reference the sweep took on it; `from`
+/// is the index of the list it came from.
+pub(crate) struct Moving {
+    node: NonNull<CancelNode>,
+    from: usize,
+}
+
+/// Sweeps one wheel list (index `from`): takes the entries due by `now`
+/// into `due` and those that no longer belong in this slot (`stays` is
+/// false for their deadline) into `moving`, each with a memory reference,
+/// and lowers `earliest` to the deadlines of the entries that stay.
+fn sweep_list(
+    list: &List<TimerView>,
+    from: usize,
+    now: u64,
+    stays: impl Fn(u64) -> bool,
+    earliest: &AtomicU64,
+    due: &mut Vec<TimerRef>,
+    moving: &mut Vec<Moving>,
+) {
+    list.sweep(|view| {
+        // SAFETY: linked entries are valid while the sweep is pinned.
+        let node = unsafe { &*view.cast::<CancelNode>() };
+        // SAFETY: non-null (a linked entry).
+        let raw = unsafe { NonNull::new_unchecked(view.cast_mut().cast::<CancelNode>()) };
+        // Ordering: Relaxed — published with the entry by its push.
+        let when = node.timer.when.load(Ordering::Relaxed);
+        // Ordering: Acquire — pairs with the Release that set it.
+        match node.timer.state.load(Ordering::Acquire) {
+            ARMED if when <= now => {
+                node.acquire_memory();
+                due.push(TimerRef(raw));
+                true
+            }
+            ARMED if !stays(when) => {
+                // Ordering: AcqRel — invariant 1 against a disarm; failure
+                // (it was disarmed) needs nothing.
+                let claimed = node
+                    .timer
+                    .state
+                    .compare_exchange(ARMED, MOVING, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok();
+                if claimed {
+                    node.acquire_memory();
+                    moving.push(Moving { node: raw, from });
+                }
+                claimed
+            }
+            // Withdrawn: its disarm marks it; nothing to wait for.
+            DISARMED | FIRED => false,
+            // Linked a moment ago and not `ARMED` yet, or in its place: it
+            // stays, and so does its deadline in `earliest`.
+            _ => {
+                earliest.fetch_min(when, Ordering::SeqCst);
+                false
+            }
+        }
+    });
+}
+
+/// Links a moved entry again, into the list `place` names for its
+/// deadline (whose slot's earliest bound it lowers); the sweep's memory
+/// reference becomes that list's, or is dropped if the entry was disarmed
+/// meanwhile (invariant 8).
+///
+/// # Safety
+///
+/// `moving` came from `sweep_list` on one of `lists`, which has been
+/// quiescent since the sweep returned (no pass can read the entry's link:
+/// list invariant 6).
+unsafe fn relink<'a>(
+    lists: &[List<TimerView>],
+    moving: Moving,
+    place: impl FnOnce(u64) -> (usize, &'a AtomicU64),
+) {
+    // SAFETY: the sweep's memory reference keeps the node valid.
+    let node = unsafe { moving.node.as_ref() };
+    let view = moving.node.as_ptr().cast_const().cast::<TimerView>();
+    // Ordering: Acquire — pairs with a disarm's Release CAS.
+    if node.timer.state.load(Ordering::Acquire) == DISARMED {
+        // SAFETY: the sweep's reference, given up once.
+        unsafe { CancelNode::release_memory(moving.node.as_ptr()) };
+        return;
+    }
+    // Ordering: Relaxed — written once before the first push.
+    let when = node.timer.when.load(Ordering::Relaxed);
+    let (index, earliest) = place(when);
+    // Ordering: Relaxed — published by the Release CAS below, which a
+    // disarm's CAS reads before it withdraws the entry from `index`.
+    node.timer.list.store(index, Ordering::Relaxed);
+    // SAFETY: the node is valid and in no list (the caller's contract:
+    // unlinked, and no pass reads its link any more); the list now owns the
+    // sweep's memory reference.
+    if unsafe { lists[index].push(view) }.is_err() {
+        unreachable!("timer lists are never closed");
+    }
+    // Ordering: AcqRel — invariant 1 against a disarm (Release publishes
+    // `list`); failure needs nothing.
+    let armed = node
+        .timer
+        .state
+        .compare_exchange(MOVING, ARMED, Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok();
+    if armed {
+        // Read by the timer thread itself before it parks (invariant 5).
+        earliest.fetch_min(when, Ordering::SeqCst);
+    } else {
+        // Disarmed while moving: its disarm left the withdrawal to us.
+        node.acquire_memory();
+        // SAFETY: pushed onto exactly this list just now; kept valid by the
+        // reference taken above.
+        unsafe { lists[index].remove(view) };
+        // SAFETY: the reference taken above.
+        unsafe { CancelNode::release_memory(moving.node.as_ptr()) };
+    }
+}
+
 #[cfg(not(loom))]
 pub(crate) use imp::{start_thread, submit_job};
 
@@ -356,7 +474,7 @@ mod imp {
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
-    use super::{TimerRef, TimerView};
+    use super::{Moving, TimerRef, TimerView};
     use crate::after_func::{AfterHeader, run_job};
     use crate::cancel::CancelNode;
     use crate::list::List;
@@ -604,14 +722,6 @@ mod imp {
         timer.thread.unpark();
     }
 
-    /// An entry a sweep took off its list to place it again, lower in the
-    /// wheel, with the memory reference the sweep took on it; `from` is the
-    /// list it came from.
-    struct Moving {
-        node: NonNull<CancelNode>,
-        from: usize,
-    }
-
     /// Sweeps one slot (every stripe's list): takes the entries due by
     /// `now` into `due` and those that belong lower in the wheel by now
     /// into `moving` (each with a memory reference), and recomputes the
@@ -630,106 +740,8 @@ mod imp {
         fence(Ordering::SeqCst);
         for stripe in 0..STRIPES {
             let from = stripe * WHEEL + slot;
-            timer.lists[from].sweep(|view| {
-                // SAFETY: linked entries are valid while the sweep is pinned.
-                let node = unsafe { &*view.cast::<CancelNode>() };
-                // SAFETY: non-null (a linked entry).
-                let raw = unsafe { NonNull::new_unchecked(view.cast_mut().cast::<CancelNode>()) };
-                // Ordering: Relaxed — published with the entry by its push.
-                let when = node.timer.when.load(Ordering::Relaxed);
-                // Ordering: Acquire — pairs with the Release that set it.
-                match node.timer.state.load(Ordering::Acquire) {
-                    super::ARMED if when <= now => {
-                        node.acquire_memory();
-                        due.push(TimerRef(raw));
-                        true
-                    }
-                    super::ARMED if slot_of(when, now) != slot => {
-                        // Ordering: AcqRel — invariant 1 against a disarm;
-                        // failure (it was disarmed) needs nothing.
-                        let claimed = node
-                            .timer
-                            .state
-                            .compare_exchange(
-                                super::ARMED,
-                                super::MOVING,
-                                Ordering::AcqRel,
-                                Ordering::Relaxed,
-                            )
-                            .is_ok();
-                        if claimed {
-                            node.acquire_memory();
-                            moving.push(Moving { node: raw, from });
-                        }
-                        claimed
-                    }
-                    // Withdrawn: its disarm marks it; nothing to wait for.
-                    super::DISARMED | super::FIRED => false,
-                    // Linked a moment ago and not `ARMED` yet, or in its
-                    // place: it stays, and its deadline in `earliest`.
-                    _ => {
-                        earliest.fetch_min(when, Ordering::SeqCst);
-                        false
-                    }
-                }
-            });
-        }
-    }
-
-    /// Places a moved entry again, relative to `now`, in the same stripe;
-    /// the sweep's memory reference becomes the new list's (or is dropped
-    /// if the entry was disarmed meanwhile).
-    ///
-    /// # Safety
-    ///
-    /// `moving` came from `sweep`, and its old list has been quiescent
-    /// since it was unlinked (no pass can read its link: list invariant 6).
-    unsafe fn relink(timer: &Timer, moving: Moving, now: u64) {
-        // SAFETY: the sweep's memory reference keeps the node valid.
-        let node = unsafe { moving.node.as_ref() };
-        let view = moving.node.as_ptr().cast_const().cast::<TimerView>();
-        // Ordering: Relaxed — written once before the first push.
-        let when = node.timer.when.load(Ordering::Relaxed);
-        let slot = slot_of(when, now);
-        let index = moving.from - moving.from % WHEEL + slot;
-        // Ordering: Acquire — pairs with a disarm's Release CAS.
-        if node.timer.state.load(Ordering::Acquire) == super::DISARMED {
-            // SAFETY: the sweep's reference, given up once.
-            unsafe { CancelNode::release_memory(moving.node.as_ptr()) };
-            return;
-        }
-        // Ordering: Relaxed — published by the Release CAS below, which a
-        // disarm's CAS reads before it withdraws the entry from `index`.
-        node.timer.list.store(index, Ordering::Relaxed);
-        // SAFETY: the node is valid and in no list (the caller's contract:
-        // unlinked, and no pass reads its link any more); the list now owns
-        // the sweep's memory reference.
-        if unsafe { timer.lists[index].push(view) }.is_err() {
-            unreachable!("timer lists are never closed");
-        }
-        // Ordering: AcqRel — invariant 1 against a disarm (Release
-        // publishes `list`); failure needs nothing.
-        let armed = node
-            .timer
-            .state
-            .compare_exchange(
-                super::MOVING,
-                super::ARMED,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_ok();
-        if armed {
-            // The timer thread itself reads `earliest` before it parks.
-            timer.slots[slot].earliest.fetch_min(when, Ordering::SeqCst);
-        } else {
-            // Disarmed while moving: its disarm left the withdrawal to us.
-            node.acquire_memory();
-            // SAFETY: pushed onto exactly this list just now; kept valid by
-            // the reference taken above.
-            unsafe { timer.lists[index].remove(view) };
-            // SAFETY: the reference taken above.
-            unsafe { CancelNode::release_memory(moving.node.as_ptr()) };
+            let stays = |when| slot_of(when, now) == slot;
+            super::sweep_list(&timer.lists[from], from, now, stays, earliest, due, moving);
         }
     }
 
@@ -761,8 +773,13 @@ mod imp {
             moving.append(&mut waiting);
             for entry in moving.drain(..) {
                 if timer.lists[entry.from].is_quiescent() {
+                    let stripe = entry.from / WHEEL;
+                    let place = |when| {
+                        let slot = slot_of(when, now);
+                        (stripe * WHEEL + slot, &timer.slots[slot].earliest)
+                    };
                     // SAFETY: from `sweep`; its old list is quiescent.
-                    unsafe { relink(timer, entry, now) };
+                    unsafe { super::relink(&timer.lists, entry, place) };
                 } else {
                     waiting.push(entry);
                 }
@@ -809,19 +826,40 @@ mod imp {
 
 /// Loom models drive deadlines by hand: `arm` queues the entry on the
 /// model thread, and a test takes it with [`take_armed`] and fires it on
-/// any thread, which is exactly the race the real timer thread runs.
+/// any thread, which is exactly the race the real timer thread runs. A
+/// test may instead link it into a two-list model wheel and sweep that
+/// (`loom_hooks::ArmedTimer::link`, `loom_hooks::sweep`), which runs the
+/// std timer's own `sweep_list` and `relink`.
 #[cfg(loom)]
 mod imp {
     use core::ptr::NonNull;
     use std::cell::RefCell;
     use std::time::Instant;
 
-    use super::TimerRef;
+    use super::{TimerRef, TimerView};
     use crate::cancel::CancelNode;
-    use crate::primitive::atomic::Ordering;
+    use crate::list::List;
+    use crate::primitive::atomic::{AtomicU64, Ordering};
+
+    /// The `list` index of an entry the test holds (in no list).
+    pub(super) const HELD: usize = usize::MAX;
 
     crate::primitive::thread_local! {
         static ARMED: RefCell<Vec<TimerRef>> = RefCell::new(Vec::new());
+    }
+
+    /// The model wheel: two lists (two slots) and their earliest bounds.
+    pub(super) struct ModelWheel {
+        pub(super) lists: [List<TimerView>; 2],
+        pub(super) earliest: [AtomicU64; 2],
+    }
+
+    crate::primitive::lazy_static! {
+        /// One per model execution.
+        pub(super) static ref WHEEL: ModelWheel = ModelWheel {
+            lists: [List::new(), List::new()],
+            earliest: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
+        };
     }
 
     /// # Safety
@@ -830,13 +868,26 @@ mod imp {
     pub(super) unsafe fn submit(node: NonNull<CancelNode>, _deadline: Instant, _now: Instant) {
         // SAFETY: the caller's reference keeps the node valid.
         let entry = unsafe { node.as_ref() };
+        // Ordering: Relaxed — the test's hooks run on this thread or after
+        // the node was handed over with the `ArmedTimer`.
+        entry.timer.list.store(HELD, Ordering::Relaxed);
         // Ordering: Release — as in the std `submit`.
         entry.timer.state.store(super::ARMED, Ordering::Release);
         ARMED.with(|armed| armed.borrow_mut().push(TimerRef(node)));
     }
 
-    /// The test's `ArmedTimer` keeps its reference until it fires.
-    pub(super) fn withdraw(_node: &CancelNode) {}
+    /// The test's `ArmedTimer` keeps its reference until it fires; an
+    /// entry linked into the model wheel is withdrawn from its list.
+    pub(super) fn withdraw(node: &CancelNode) {
+        // Ordering: Relaxed — as in the std `withdraw`.
+        let index = node.timer.list.load(Ordering::Relaxed);
+        if index != HELD {
+            let view = (node as *const CancelNode).cast::<TimerView>();
+            // SAFETY: the node was pushed onto exactly this list and the
+            // caller keeps it alive.
+            unsafe { WHEEL.lists[index].remove(view) };
+        }
+    }
 
     pub(super) fn take_armed() -> Vec<TimerRef> {
         ARMED.with(|armed| std::mem::take(&mut *armed.borrow_mut()))
@@ -847,6 +898,9 @@ mod imp {
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod loom_hooks {
+    use super::imp::WHEEL;
+    use crate::primitive::atomic::{Ordering, fence};
+
     /// A deadline timer armed on this thread, as the timer thread holds it.
     #[derive(Debug)]
     pub struct ArmedTimer(super::TimerRef);
@@ -863,6 +917,66 @@ pub mod loom_hooks {
         pub fn fire(self) -> bool {
             self.0.fire()
         }
+
+        /// Links the timer into list 0 of the model wheel with deadline
+        /// `when` (model time), as the std `submit` links an entry: `ARMED`
+        /// only once it is linked (invariant 4). Its memory reference
+        /// becomes the list's.
+        pub fn link(self, when: u64) {
+            let node = self.0.node();
+            // Ordering: Relaxed — published by the push's Release CAS.
+            node.timer.state.store(super::UNARMED, Ordering::Relaxed);
+            node.timer.when.store(when, Ordering::Relaxed);
+            node.timer.list.store(0, Ordering::Relaxed);
+            let view = self.0.0.as_ptr().cast_const().cast::<super::TimerView>();
+            // SAFETY: valid (our memory reference, now the list's) and in
+            // no list.
+            if unsafe { WHEEL.lists[0].push(view) }.is_err() {
+                unreachable!("timer lists are never closed");
+            }
+            // Ordering: Release — as in the std `submit`.
+            node.timer.state.store(super::ARMED, Ordering::Release);
+            fence(Ordering::SeqCst);
+            WHEEL.earliest[0].fetch_min(when, Ordering::SeqCst);
+        }
+    }
+
+    /// Sweeps list `from` of the model wheel at model time `now`, as the
+    /// timer thread sweeps a slot: fires the due entries and moves the
+    /// others to the other list (in a two-slot wheel, nothing that is not
+    /// due stays), relinking them once `from` is quiescent.
+    pub fn sweep(from: usize, now: u64) {
+        let to = 1 - from;
+        let (mut due, mut moving) = (Vec::new(), Vec::new());
+        let earliest = &WHEEL.earliest[from];
+        earliest.store(u64::MAX, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let stays = |_| false;
+        super::sweep_list(
+            &WHEEL.lists[from],
+            from,
+            now,
+            stays,
+            earliest,
+            &mut due,
+            &mut moving,
+        );
+        for entry in moving {
+            while !WHEEL.lists[entry.from].is_quiescent() {
+                crate::primitive::thread::yield_now();
+            }
+            // SAFETY: from `sweep_list` on its list, which is quiescent.
+            unsafe { super::relink(&WHEEL.lists, entry, |_| (to, &WHEEL.earliest[to])) };
+        }
+        for entry in due {
+            let _ = entry.fire();
+        }
+    }
+
+    /// Entries still linked in list `index` of the model wheel, removed or
+    /// not.
+    pub fn linked(index: usize) -> usize {
+        WHEEL.lists[index].linked()
     }
 
     /// Takes the timers armed on this thread since the last call.
