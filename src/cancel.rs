@@ -110,6 +110,10 @@ impl<T> core::ops::Deref for Isolated<T> {
 /// Tag on a work-stack pointer: release its link reference through the epoch.
 const DEFER: usize = 1;
 
+/// A deadline further than this after a clock reading taken just before a
+/// derivation cannot pass during it (`CancelNode::derive_deadline`).
+const CLOCK_SLACK: core::time::Duration = core::time::Duration::from_millis(1);
+
 // SAFETY: `CancelNode` is pointer-aligned (≥ 2, for the tag bit); `link`
 // is a fixed field; the memory stays valid until `links` reaches zero, which
 // needs the list's reference to be released.
@@ -141,15 +145,23 @@ impl CancelNode {
 
     /// Derives a deadline node: `deadline` must be earlier than the
     /// parent's. Cancels it at once if the deadline has passed, otherwise
-    /// arms its timer. The clock is read after the node is built (Go's
-    /// `time.Until(d) <= 0` check): a deadline that has passed by the time
-    /// the derivation returns, however short the timeout, is done before it
-    /// returns (API rule 7).
+    /// arms its timer.
+    ///
+    /// The clock is read after the node is built, as Go's
+    /// `time.Until(d) <= 0` check: a deadline that has passed by then,
+    /// however short the timeout, is done before the derivation returns
+    /// (API rule 7). `read`, a reading the caller took just before
+    /// (`with_timeout`'s), stands in for that reading when the deadline lies
+    /// more than `CLOCK_SLACK` after it: building the node takes well under
+    /// that, and a thread preempted for longer between the two points is
+    /// indistinguishable from one preempted right after the check, which Go
+    /// has too. So long timeouts skip a clock read; short ones never do.
     pub(crate) fn derive_deadline(
         parent: &Context,
         handles: usize,
         deadline: Instant,
         cause: Option<Cause>,
+        read: Option<Instant>,
     ) -> NonNull<CancelNode> {
         // The memory starts with the wheel list's reference counted (invariant
         // 3 and timer invariant 2), saving the arming a read-modify-write.
@@ -162,7 +174,10 @@ impl CancelNode {
         );
         // SAFETY: we hold the handles just created.
         let node = unsafe { raw.as_ref() };
-        let now = Instant::now();
+        let now = match read {
+            Some(read) if deadline.saturating_duration_since(read) > CLOCK_SLACK => read,
+            _ => Instant::now(),
+        };
         if !node.is_done() && deadline > now {
             // SAFETY: the wheel's reference, counted at construction.
             unsafe { timer::arm(raw, deadline, now) };

@@ -186,7 +186,7 @@ impl Context {
     /// assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
     /// ```
     pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelFunc) {
-        self.deadline_node(deadline, None)
+        self.deadline_node(deadline, None, None)
     }
 
     /// Like [`with_deadline`](Context::with_deadline), recording `cause` when
@@ -209,7 +209,7 @@ impl Context {
         deadline: Instant,
         cause: impl Into<Cause>,
     ) -> (Context, CancelFunc) {
-        self.deadline_node(deadline, Some(cause.into()))
+        self.deadline_node(deadline, Some(cause.into()), None)
     }
 
     /// [`with_deadline`](Context::with_deadline)`(now + timeout)` (Go's
@@ -228,8 +228,9 @@ impl Context {
     /// assert_eq!(ctx.err(), Some(Error::Canceled));
     /// ```
     pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelFunc) {
-        match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.deadline_node(deadline, None),
+        let now = Instant::now();
+        match now.checked_add(timeout) {
+            Some(deadline) => self.deadline_node(deadline, None, Some(now)),
             None => self.with_cancel(),
         }
     }
@@ -253,17 +254,25 @@ impl Context {
         timeout: Duration,
         cause: impl Into<Cause>,
     ) -> (Context, CancelFunc) {
-        match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.deadline_node(deadline, Some(cause.into())),
+        let now = Instant::now();
+        match now.checked_add(timeout) {
+            Some(deadline) => self.deadline_node(deadline, Some(cause.into()), Some(now)),
             None => self.with_cancel(),
         }
     }
 
-    fn deadline_node(&self, deadline: Instant, cause: Option<Cause>) -> (Context, CancelFunc) {
+    /// `read`: a clock reading the caller took just before (see
+    /// `CancelNode::derive_deadline`).
+    fn deadline_node(
+        &self,
+        deadline: Instant,
+        cause: Option<Cause>,
+        read: Option<Instant>,
+    ) -> (Context, CancelFunc) {
         if self.deadline().is_some_and(|current| current <= deadline) {
             return self.with_cancel();
         }
-        let node = CancelNode::derive_deadline(self, 2, deadline, cause);
+        let node = CancelNode::derive_deadline(self, 2, deadline, cause, read);
         (Context(Repr::Node(node.cast())), CancelFunc::new(node))
     }
 

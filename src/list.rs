@@ -63,7 +63,12 @@
 //!    (wrapping below zero). Readers treat it as signed; it only drives the
 //!    cleanup heuristic (a pass starts once `marked` reaches `threshold`,
 //!    half the number of live entries the previous pass walked past, so
-//!    each pass's walk is paid for by removals in proportion).
+//!    each pass's walk is paid for by removals in proportion). A cleanup
+//!    pass stops once it has unlinked as many entries as `marked` counted
+//!    when it started, so churn near the head never walks the live entries
+//!    behind it; a low count only ends a pass early, and what it leaves is
+//!    still counted for the next one. (The timer's `sweep` walks the whole
+//!    list: it claims live entries too.)
 //!
 //! # Orderings
 //!
@@ -326,10 +331,15 @@ impl<E: Entry> List<E> {
         }
     }
 
-    /// Unlinks every removed entry it finds (Harris–Michael traversal).
+    /// Unlinks the removed entries it finds (Harris–Michael traversal),
+    /// stopping once it has unlinked as many as were counted removed when
+    /// it started: removed entries gather where the churn is, usually near
+    /// the head, so a pass need not walk every live entry behind them (a
+    /// long-lived list of many live entries — a parent's children, a timer
+    /// slot of far deadlines — under churn at its head).
     #[cold]
     fn cleanup(&self) {
-        self.sweep(|_| false);
+        self.pass(|_| false, true);
     }
 
     /// A cleanup pass that also removes every live entry for which
@@ -337,10 +347,25 @@ impl<E: Entry> List<E> {
     /// declined, after a restart). The timer's expiry uses it; `remove`
     /// must take whatever reference it needs on an entry it claims, since
     /// the list's own is released (after an epoch) once it is unlinked.
-    pub(crate) fn sweep(&self, mut remove: impl FnMut(*const E) -> bool) {
+    /// It walks the whole list.
+    pub(crate) fn sweep(&self, remove: impl FnMut(*const E) -> bool) {
+        self.pass(remove, false);
+    }
+
+    /// `sweep`, or with `early`, `cleanup`'s early stop.
+    fn pass(&self, mut remove: impl FnMut(*const E) -> bool, early: bool) {
         let pass = self.enter_pass();
         let guard = &pass.guard;
         let mut deferred = false;
+        // Stop after unlinking this many (invariant 7: the count is exact
+        // once removers settle; a low reading only ends this pass early,
+        // and the entries left are still counted for the next one).
+        let target = if early {
+            self.marked.load(Ordering::Relaxed) as isize
+        } else {
+            isize::MAX
+        };
+        let mut unlinked = 0isize;
         // Live entries this pass walked past (and keeps).
         let mut kept;
         'restart: loop {
@@ -425,6 +450,10 @@ impl<E: Entry> List<E> {
                             deferred = true;
                         }
                         gone = untagged(after);
+                    }
+                    unlinked += run as isize;
+                    if unlinked >= target {
+                        break 'restart;
                     }
                     cur = succ;
                 } else {

@@ -206,8 +206,8 @@ impl TimerEntry {
 }
 
 /// Arms `node`'s timer for `deadline`, which lies after `now` (a clock
-/// reading the caller took after building the node). Called once, by the
-/// deriving thread.
+/// reading taken during the derivation: at or before the present, which is
+/// all placement needs, invariant 7). Called once, by the deriving thread.
 ///
 /// # Safety
 ///
