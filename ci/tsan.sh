@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 need_nightly "TSan" rust-src || exit 0
 
 # The concurrency tests (and the soak), those of them that exist.
-read -r -a targets <<<"$(test_targets golang waiting async_done churn deadline after_func soak)"
+read -r -a targets <<<"$(test_targets golang waiting async_done churn deadline after_func soak user_code timer_wheel)"
 # Also skipped: tests that count process-wide resources, which TSan's slow,
 # reordered threads (and background work left by sibling tests) make flaky,
 # and which check nothing TSan looks at; they run natively in `cargo test`:
@@ -31,6 +31,7 @@ read -r -a targets <<<"$(test_targets golang waiting async_done churn deadline a
 # (threads in /proc/self/task: once 4 before, 5 during).
 skips=(
     --skip a_million_deadlines_all_expire
+    --skip parked_deadlines_do_not_delay_short_ones
     --skip stopping_leaves_nothing_behind
     --skip dropped_deadline_contexts_are_released
     --skip deadlines_start_no_thread_each

@@ -49,12 +49,12 @@ use crossbeam_epoch::Guard;
 use crate::context::Context;
 use crate::error::{Cause, Error};
 use crate::list::{Entry, Link, List, release_link_from};
-use crate::node::{Kind, Node};
+use crate::node::{self, Kind, Node};
 use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::state::{self, CauseBox, Pending, Word};
 use crate::timer::{self, TimerEntry};
-use crate::waiters::{self, WaiterList};
+use crate::waiters::{self, Panic, WaiterList};
 
 /// A cancellable context's node.
 #[repr(C)]
@@ -110,6 +110,10 @@ impl<T> core::ops::Deref for Isolated<T> {
 /// Tag on a work-stack pointer: release its link reference through the epoch.
 const DEFER: usize = 1;
 
+/// A deadline further than this after a clock reading taken just before a
+/// derivation cannot pass during it (`CancelNode::derive_deadline`).
+const CLOCK_SLACK: core::time::Duration = core::time::Duration::from_millis(1);
+
 // SAFETY: `CancelNode` is pointer-aligned (≥ 2, for the tag bit); `link`
 // is a fixed field; the memory stays valid until `links` reaches zero, which
 // needs the list's reference to be released.
@@ -141,16 +145,25 @@ impl CancelNode {
 
     /// Derives a deadline node: `deadline` must be earlier than the
     /// parent's. Cancels it at once if the deadline has passed, otherwise
-    /// arms its timer. `future`: the caller knows the deadline lies after a
-    /// clock reading it just took (one `clock_gettime` less per timeout).
+    /// arms its timer.
+    ///
+    /// The clock is read after the node is built, as Go's
+    /// `time.Until(d) <= 0` check: a deadline that has passed by then,
+    /// however short the timeout, is done before the derivation returns
+    /// (API rule 7). `read`, a reading the caller took just before
+    /// (`with_timeout`'s), stands in for that reading when the deadline lies
+    /// more than `CLOCK_SLACK` after it: building the node takes well under
+    /// that, and a thread preempted for longer between the two points is
+    /// indistinguishable from one preempted right after the check, which Go
+    /// has too. So long timeouts skip a clock read; short ones never do.
     pub(crate) fn derive_deadline(
         parent: &Context,
         handles: usize,
         deadline: Instant,
         cause: Option<Cause>,
-        future: bool,
+        read: Option<Instant>,
     ) -> NonNull<CancelNode> {
-        // The memory starts with the bucket's reference counted (invariant
+        // The memory starts with the wheel list's reference counted (invariant
         // 3 and timer invariant 2), saving the arming a read-modify-write.
         let raw = CancelNode::derive_with(
             parent,
@@ -161,14 +174,18 @@ impl CancelNode {
         );
         // SAFETY: we hold the handles just created.
         let node = unsafe { raw.as_ref() };
-        if !node.is_done() && (future || deadline > Instant::now()) {
-            // SAFETY: the bucket's reference, counted at construction.
-            unsafe { timer::arm(raw, deadline) };
+        let now = match read {
+            Some(read) if deadline.saturating_duration_since(read) > CLOCK_SLACK => read,
+            _ => Instant::now(),
+        };
+        if !node.is_done() && deadline > now {
+            // SAFETY: the wheel's reference, counted at construction.
+            unsafe { timer::arm(raw, deadline, now) };
         } else {
             if !node.is_done() {
                 node.cancel(Error::DeadlineExceeded, node.timer.cause());
             }
-            // Never armed: give the bucket's reference back (never the last
+            // Never armed: give the wheel's reference back (never the last
             // one: the handles hold theirs).
             // SAFETY: the reference counted at construction, unused.
             unsafe { CancelNode::release_memory(raw.as_ptr()) };
@@ -208,7 +225,7 @@ impl CancelNode {
     }
 
     /// `links`: the memory references the caller wants besides the list's
-    /// (1: the handles'; 2: also a timer bucket's).
+    /// (1: the handles'; 2: also a timer wheel list's).
     fn derive_with(
         parent: &Context,
         handles: usize,
@@ -425,13 +442,15 @@ impl CancelNode {
     }
 
     /// Tears the node down once its last handle is gone (node.rs release
-    /// loop; the parent has already been moved out and is alive).
+    /// loop; the parent has already been moved out and is alive). User data
+    /// is dropped here, after the bookkeeping, each drop contained: a panic
+    /// goes into `panic` and the teardown goes on (node invariant 5).
     ///
     /// # Safety
     ///
     /// `this` was just released (no handles left).
-    pub(crate) unsafe fn retire(this: NonNull<CancelNode>) {
-        // SAFETY: the memory is valid until `unlink_memory` below.
+    pub(crate) unsafe fn retire(this: NonNull<CancelNode>, panic: &mut Option<Panic>) {
+        // SAFETY: the memory is valid until `release_memory` below.
         let node = unsafe { this.as_ref() };
         // A node that is done has left its anchor's list already: its own
         // cancel removed it (that canceller held a handle, so it finished
@@ -453,19 +472,27 @@ impl CancelNode {
         if !node.children.is_empty() {
             drop(node.children.close());
         }
+        timer::disarm(node);
         // No thread or task can be waiting (a `Done` holds a handle); what
         // is left is withdrawn entries and callbacks whose `AfterFunc` was
         // dropped — the context can no longer be done, so they never run.
-        if !node.waiters.is_empty() {
-            waiters::drain(&node.waiters);
+        if !node.waiters.is_empty()
+            && let Some(payload) = waiters::drain(&node.waiters)
+        {
+            panic.get_or_insert(payload);
         }
         let word = node.word();
         if state::owns_cause(word) {
             // SAFETY: we own the box; nobody dereferences it any more: every
             // node borrowing it was a descendant, and they are all released.
-            drop(unsafe { Box::from_raw(state::cause_ptr(word)) });
+            let cause = unsafe { Box::from_raw(state::cause_ptr(word)) };
+            node::contain(panic, move || drop(cause));
         }
-        timer::disarm(node);
+        // SAFETY: released: nobody reads the timer's cause any more.
+        let cause = unsafe { node.timer.take_cause() };
+        if cause.is_some() {
+            node::contain(panic, move || drop(cause));
+        }
         // SAFETY: the handles' reference on the memory.
         unsafe { CancelNode::release_memory(this.as_ptr()) };
     }

@@ -191,7 +191,7 @@ impl Context {
     /// ```
     #[must_use = "the derived context is dropped at once"]
     pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelFunc) {
-        self.deadline_node(deadline, None, false)
+        self.deadline_node(deadline, None, None)
     }
 
     /// Like [`with_deadline`](Context::with_deadline), recording `cause` when
@@ -215,7 +215,7 @@ impl Context {
         deadline: Instant,
         cause: impl Into<Cause>,
     ) -> (Context, CancelFunc) {
-        self.deadline_node(deadline, Some(cause.into()), false)
+        self.deadline_node(deadline, Some(cause.into()), None)
     }
 
     /// [`with_deadline`](Context::with_deadline)`(now + timeout)` (Go's
@@ -235,8 +235,9 @@ impl Context {
     /// ```
     #[must_use = "the derived context is dropped at once"]
     pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelFunc) {
-        match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.deadline_node(deadline, None, !timeout.is_zero()),
+        let now = Instant::now();
+        match now.checked_add(timeout) {
+            Some(deadline) => self.deadline_node(deadline, None, Some(now)),
             None => self.with_cancel(),
         }
     }
@@ -261,25 +262,25 @@ impl Context {
         timeout: Duration,
         cause: impl Into<Cause>,
     ) -> (Context, CancelFunc) {
-        match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.deadline_node(deadline, Some(cause.into()), !timeout.is_zero()),
+        let now = Instant::now();
+        match now.checked_add(timeout) {
+            Some(deadline) => self.deadline_node(deadline, Some(cause.into()), Some(now)),
             None => self.with_cancel(),
         }
     }
 
-    /// `future`: the caller has just read the clock and knows `deadline`
-    /// lies after that reading (a non-zero timeout), so the derivation need
-    /// not read it again.
+    /// `read`: a clock reading the caller took just before (see
+    /// `CancelNode::derive_deadline`).
     fn deadline_node(
         &self,
         deadline: Instant,
         cause: Option<Cause>,
-        future: bool,
+        read: Option<Instant>,
     ) -> (Context, CancelFunc) {
         if self.deadline().is_some_and(|current| current <= deadline) {
             return self.with_cancel();
         }
-        let node = CancelNode::derive_deadline(self, 2, deadline, cause, future);
+        let node = CancelNode::derive_deadline(self, 2, deadline, cause, read);
         (Context(Repr::Node(node.cast())), CancelFunc::new(node))
     }
 

@@ -63,7 +63,12 @@
 //!    (wrapping below zero). Readers treat it as signed; it only drives the
 //!    cleanup heuristic (a pass starts once `marked` reaches `threshold`,
 //!    half the number of live entries the previous pass walked past, so
-//!    each pass's walk is paid for by removals in proportion).
+//!    each pass's walk is paid for by removals in proportion). A cleanup
+//!    pass stops once it has unlinked as many entries as `marked` counted
+//!    when it started, so churn near the head never walks the live entries
+//!    behind it; a low count only ends a pass early, and what it leaves is
+//!    still counted for the next one. (The timer's `sweep` walks the whole
+//!    list: it claims live entries too.)
 //!
 //! # Orderings
 //!
@@ -82,6 +87,7 @@
 //!   above.
 
 use core::marker::PhantomData;
+use core::mem::ManuallyDrop;
 use core::ptr;
 
 use crossbeam_epoch::{self as epoch, Guard};
@@ -325,10 +331,15 @@ impl<E: Entry> List<E> {
         }
     }
 
-    /// Unlinks every removed entry it finds (Harris–Michael traversal).
+    /// Unlinks the removed entries it finds (Harris–Michael traversal),
+    /// stopping once it has unlinked as many as were counted removed when
+    /// it started: removed entries gather where the churn is, usually near
+    /// the head, so a pass need not walk every live entry behind them (a
+    /// long-lived list of many live entries — a parent's children, a timer
+    /// slot of far deadlines — under churn at its head).
     #[cold]
     fn cleanup(&self) {
-        self.sweep(|_| false);
+        self.pass(|_| false, true);
     }
 
     /// A cleanup pass that also removes every live entry for which
@@ -336,9 +347,25 @@ impl<E: Entry> List<E> {
     /// declined, after a restart). The timer's expiry uses it; `remove`
     /// must take whatever reference it needs on an entry it claims, since
     /// the list's own is released (after an epoch) once it is unlinked.
-    pub(crate) fn sweep(&self, mut remove: impl FnMut(*const E) -> bool) {
-        let guard = self.enter_pass();
+    /// It walks the whole list.
+    pub(crate) fn sweep(&self, remove: impl FnMut(*const E) -> bool) {
+        self.pass(remove, false);
+    }
+
+    /// `sweep`, or with `early`, `cleanup`'s early stop.
+    fn pass(&self, mut remove: impl FnMut(*const E) -> bool, early: bool) {
+        let pass = self.enter_pass();
+        let guard = &pass.guard;
         let mut deferred = false;
+        // Stop after unlinking this many (invariant 7: the count is exact
+        // once removers settle; a low reading only ends this pass early,
+        // and the entries left are still counted for the next one).
+        let target = if early {
+            self.marked.load(Ordering::Relaxed) as isize
+        } else {
+            isize::MAX
+        };
+        let mut unlinked = 0isize;
         // Live entries this pass walked past (and keeps).
         let mut kept;
         'restart: loop {
@@ -419,10 +446,14 @@ impl<E: Entry> List<E> {
                             // SAFETY: we own its link reference (invariant
                             // 3); other pinned passes may still read it
                             // (invariant 4).
-                            unsafe { defer_release(&guard, entry) };
+                            unsafe { defer_release(guard, entry) };
                             deferred = true;
                         }
                         gone = untagged(after);
+                    }
+                    unlinked += run as isize;
+                    if unlinked >= target {
+                        break 'restart;
                     }
                     cur = succ;
                 } else {
@@ -446,27 +477,24 @@ impl<E: Entry> List<E> {
             // expired, rather than wait for the collector's own cadence.
             guard.flush();
         }
-        self.leave_pass(guard);
     }
 
     /// Starts a pass over the list (a cleanup pass or a diagnostic walk):
     /// counted in `cleaners` and pinned, so nothing it can reach is freed
-    /// under it (invariants 4–6).
-    fn enter_pass(&self) -> Guard {
+    /// under it (invariants 4–6). The pass ends when the returned guard is
+    /// dropped — also if the pass unwinds (a panic in code it calls: an
+    /// entry's release, the sweep's `remove`), so `cleaners` never stays
+    /// raised and the list is cleaned again by later passes.
+    fn enter_pass(&self) -> Pass<'_> {
         // Ordering: SeqCst increment + fence — the store-buffer pattern with
         // `close` and with head unlinks (invariants 5 and 6): either we see
         // their change of the head, or they see our increment.
         self.cleaners.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        epoch::pin()
-    }
-
-    /// Ends a pass started by `enter_pass`.
-    fn leave_pass(&self, guard: Guard) {
-        drop(guard);
-        // Ordering: Release — our reads of the chain happen before a closer
-        // that reads zero here (Acquire after its fence).
-        self.cleaners.fetch_sub(1, Ordering::Release);
+        Pass {
+            cleaners: &self.cleaners,
+            guard: ManuallyDrop::new(epoch::pin()),
+        }
     }
 
     /// Closes the list and returns the detached chain. Only the first call
@@ -498,6 +526,22 @@ impl<E: Entry> List<E> {
         head.is_null() || tagged(head, CLOSED)
     }
 
+    /// Whether no pass is running. Once this is true, no pass can hold a
+    /// pointer to an entry that was unlinked before the call (invariant 6:
+    /// only passes can, and a pass that starts later cannot reach it), so
+    /// the entry's link may be pushed again — the timer wheel moves entries
+    /// between lists this way.
+    pub(crate) fn is_quiescent(&self) -> bool {
+        // Ordering: SeqCst fence, then Acquire — the fence orders the
+        // unlink we (or the pass that unlinked the entry, whose CAS we
+        // read) made before it against the fence each pass makes after its
+        // increment, so a pass that may have reached the entry is counted
+        // here; Acquire pairs with the Release decrement of a pass that
+        // has ended, so its reads happen before the entry is relinked.
+        fence(Ordering::SeqCst);
+        self.cleaners.load(Ordering::Acquire) == 0
+    }
+
     /// Whether `close` has run.
     pub(crate) fn is_closed(&self) -> bool {
         tagged(self.head.load(Ordering::Acquire), CLOSED)
@@ -519,7 +563,7 @@ impl<E: Entry> List<E> {
     /// as a cleanup pass, so nothing it can reach is freed under it
     /// (invariant 6).
     fn count(&self, mut counts: impl FnMut(&E) -> bool) -> (usize, usize) {
-        let guard = self.enter_pass();
+        let pass = self.enter_pass();
         let (mut linked, mut live) = (0, 0);
         // Ordering: Acquire — as in `sweep`.
         let mut cur = self.head.load(Ordering::Acquire);
@@ -538,8 +582,27 @@ impl<E: Entry> List<E> {
             }
             cur = untagged(next);
         }
-        self.leave_pass(guard);
+        drop(pass);
         (linked, live)
+    }
+}
+
+/// A pass over a list in progress (`List::enter_pass`): counted in the
+/// list's `cleaners` and pinned until dropped.
+struct Pass<'a> {
+    cleaners: &'a AtomicUsize,
+    guard: ManuallyDrop<Guard>,
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        // Unpin first, as a pass that ends normally: nothing of the list is
+        // read after this point.
+        // SAFETY: dropped exactly once, here; not used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.guard) };
+        // Ordering: Release — our reads of the chain happen before a closer
+        // that reads zero here (Acquire after its fence).
+        self.cleaners.fetch_sub(1, Ordering::Release);
     }
 }
 

@@ -20,6 +20,13 @@
 //! 4. `anchor` is the nearest cancellable node on the path to the root
 //!    (itself for a cancellable node), or null when the context can never be
 //!    done. It never changes after construction.
+//! 5. User data — a value, a cause, a callback that can no longer run — is
+//!    dropped at release, on the thread that drops the last handle, never
+//!    where the last reference on the *memory* goes (a cleanup pass, a
+//!    closer, an epoch-deferred closure, the timer's bucket sweep): those
+//!    run inside goctx's own critical paths. The timer thread never drops a
+//!    last handle itself (timer invariant 6). A panicking `Drop` is
+//!    contained until the whole release is done (`release_slow`).
 
 use core::any::TypeId;
 use core::mem::ManuallyDrop;
@@ -28,6 +35,7 @@ use core::ptr::{self, NonNull};
 use crate::cancel::CancelNode;
 use crate::context::Context;
 use crate::primitive::atomic::{AtomicUsize, Ordering};
+use crate::waiters::Panic;
 
 /// What kind of context a node is.
 pub(crate) enum Kind {
@@ -131,6 +139,30 @@ impl Node {
         }
     }
 
+    /// Drops one handle unless it is the last one (then returns false and
+    /// the caller still owns it). For the timer thread, which must not run
+    /// the release's user drops (timer invariant 6).
+    pub(crate) fn release_unless_last(&self) -> bool {
+        // Ordering: Relaxed load; Release on success — as in `release`: our
+        // uses of the node happen before the final release, whose Acquire
+        // load in `release_slow` reads this decrement's release sequence.
+        let mut current = self.handles.load(Ordering::Relaxed);
+        loop {
+            if current == 1 {
+                return false;
+            }
+            match self.handles.compare_exchange_weak(
+                current,
+                current - 1,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
     /// Drops one handle; releases the node when it was the last.
     ///
     /// # Safety
@@ -155,11 +187,39 @@ impl Node {
 
 /// Tears down `this` and then its ancestors whose last handle it held.
 ///
+/// User data (values, causes, callbacks that can no longer run) is dropped
+/// here, where the last handle goes (invariant 5). A `Drop` that panics does
+/// not stop the teardown: the first panic is caught, every node whose last
+/// handle went is still torn down, and the panic then resumes on this
+/// thread, as a panicking waker's does in `cancel()`.
+///
 /// # Safety
 ///
 /// `this` is alive and its handle count just reached zero.
 #[cold]
-unsafe fn release_slow(mut this: NonNull<Node>) {
+unsafe fn release_slow(this: NonNull<Node>) {
+    let mut panic = None;
+    // SAFETY: forwarded.
+    unsafe { teardown_chain(this, &mut panic) };
+    if let Some(payload) = panic {
+        std::panic::resume_unwind(payload);
+    }
+}
+
+/// Runs `drop_user_data`, catching a panic into `panic` (the first one is
+/// kept): user code never cuts a release short.
+pub(crate) fn contain(panic: &mut Option<Panic>, drop_user_data: impl FnOnce()) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(drop_user_data)) {
+        panic.get_or_insert(payload);
+    }
+}
+
+/// The loop of `release_slow`.
+///
+/// # Safety
+///
+/// As `release_slow`.
+unsafe fn teardown_chain(mut this: NonNull<Node>, panic: &mut Option<Panic>) {
     loop {
         // Ordering: Acquire — reads the final count, the last value in the
         // release sequence of every other handle's Release decrement, so
@@ -174,9 +234,11 @@ unsafe fn release_slow(mut this: NonNull<Node>) {
         // SAFETY: as above; `kind` says which struct the header starts.
         unsafe {
             match this.as_ref().kind {
-                Kind::Cancel => CancelNode::retire(this.cast()),
+                Kind::Cancel => CancelNode::retire(this.cast(), panic),
                 Kind::WithoutCancel => drop(Box::from_raw(this.as_ptr())),
-                Kind::Value { vtable, .. } => (vtable.free)(this),
+                // A panicking `T::drop` still frees the box (drop glue
+                // deallocates while unwinding).
+                Kind::Value { vtable, .. } => contain(panic, || (vtable.free)(this)),
             }
         }
         // Drop the parent handle without recursing (invariant 3).

@@ -81,7 +81,7 @@ mod imp {
     }
 
     pub(crate) mod thread {
-        pub(crate) use loom::thread::{Thread, current, park};
+        pub(crate) use loom::thread::{Thread, current, park, yield_now};
 
         /// loom has no timed park; a timed wait in a model parks until
         /// unparked, which is exactly the schedule loom explores.
@@ -91,7 +91,7 @@ mod imp {
     }
 
     pub(crate) use loom::cell::UnsafeCell;
-    pub(crate) use loom::thread_local;
+    pub(crate) use loom::{lazy_static, thread_local};
 }
 
 pub(crate) use imp::*;

@@ -267,9 +267,20 @@ pub(crate) type Panic = Box<dyn core::any::Any + Send + 'static>;
 
 /// Closes the waiter set of a released node without notifying: what is
 /// left there is withdrawn waiters and callbacks of a context that can no
-/// longer be done; dropping the set's references frees them.
-pub(crate) fn drain(list: &WaiterList) {
-    drop(list.close());
+/// longer be done; dropping the set's references frees them (and the
+/// closures of those callbacks, on this thread: the node's release). A
+/// closure whose `Drop` panics does not stop the drain: the first panic is
+/// returned once every entry is released.
+pub(crate) fn drain(list: &WaiterList) -> Option<Panic> {
+    let mut panic = None;
+    let mut chain = list.close();
+    while let Some((waiter, _)) = chain.next_entry() {
+        crate::node::contain(&mut panic, || {
+            // SAFETY: yielded by this chain, released once.
+            unsafe { chain.release(waiter) }
+        });
+    }
+    panic
 }
 
 /// The calling thread's reusable entry.

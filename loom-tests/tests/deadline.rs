@@ -2,6 +2,10 @@
 //! context dropped while its timer fires. The timer is driven by hand
 //! (`goctx::loom_hooks`): under loom, arming queues the entry on the model
 //! thread, and `fire` runs exactly what the timer thread runs at expiry.
+//! The wheel models (`move_races_cancel`, `move_races_drop`,
+//! `link_races_sweep`) link the entry into a two-list model wheel instead
+//! and sweep it with the timer's own `sweep_list` and `relink`: arming vs
+//! sweeping vs disarming, and moving an entry down the wheel.
 #![cfg(loom)]
 
 mod support;
@@ -104,5 +108,73 @@ fn drop_races_expiry_under_parent() {
         t.join().unwrap();
         assert_eq!(parent.registered_children(), 0);
         assert!(!parent.is_done());
+    });
+}
+
+/// Sweeps both lists of the model wheel at a time after every deadline,
+/// then checks nothing is left linked: every list reference was given back.
+fn drain_model_wheel() {
+    loom_hooks::sweep(0, u64::MAX);
+    loom_hooks::sweep(1, u64::MAX);
+    assert_eq!(loom_hooks::linked(0) + loom_hooks::linked(1), 0);
+}
+
+/// Timer invariants 1 and 8: the sweep moving an entry down the wheel
+/// (`ARMED → MOVING → ARMED`, relinked once the old list is quiescent, then
+/// fired by a later sweep) races a manual cancel, whose disarm may find the
+/// entry armed in either list or moving. Exactly one of expiry and cancel
+/// wins, and the entry leaves the wheel either way.
+#[test]
+fn move_races_cancel() {
+    model("move_races_cancel", || {
+        let (ctx, cancel) = Context::background().with_deadline(far());
+        armed_timer().link(2);
+        let t = thread::spawn(|| {
+            loom_hooks::sweep(0, 1);
+            loom_hooks::sweep(1, 3);
+        });
+        cancel.cancel();
+        t.join().unwrap();
+        assert!(matches!(
+            ctx.err(),
+            Some(Error::Canceled | Error::DeadlineExceeded)
+        ));
+        drain_model_wheel();
+    });
+}
+
+/// Timer invariant 8 against a release: the last handles are dropped while
+/// the sweep moves the entry; the sweep's own memory reference keeps the
+/// node valid whoever unlinks it, and the entry leaves the wheel.
+#[test]
+fn move_races_drop() {
+    model("move_races_drop", || {
+        let (ctx, cancel) = Context::background().with_deadline(far());
+        armed_timer().link(2);
+        let t = thread::spawn(|| loom_hooks::sweep(0, 1));
+        drop(ctx);
+        drop(cancel);
+        t.join().unwrap();
+        drain_model_wheel();
+    });
+}
+
+/// Timer invariants 4 and 5 (sweep side): an entry linked while a sweep
+/// walks its list is kept (still `UNARMED`), moved (already `ARMED`) or not
+/// seen at all; whichever, a later sweep finds and fires it.
+#[test]
+fn link_races_sweep() {
+    model("link_races_sweep", || {
+        let armer = thread::spawn(|| {
+            let derived = Context::background().with_deadline(far());
+            armed_timer().link(2);
+            derived
+        });
+        loom_hooks::sweep(0, 1);
+        let (ctx, _cancel) = armer.join().unwrap();
+        loom_hooks::sweep(0, 3);
+        loom_hooks::sweep(1, 3);
+        assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+        drain_model_wheel();
     });
 }

@@ -276,11 +276,18 @@ impl AfterFunc {
         // We won (invariant 1): drop the closure now and withdraw the entry
         // from the waiter set — nothing is left behind but the entry's
         // memory until the set unlinks it.
-        // SAFETY: the closure and keep-alive cells are ours (invariant 1);
-        // our node handle keeps the node (and its waiter set, where the
-        // entry is linked) alive until we give it up, last.
+        // A closure whose `Drop` panics still leaves nothing behind: the
+        // keep-alive handle and the registration are given up before the
+        // panic resumes.
+        let mut panic = None;
+        crate::node::contain(&mut panic, || {
+            // SAFETY: the closure cell is ours (invariant 1).
+            unsafe { ((*header).discard)(header) }
+        });
+        // SAFETY: the keep-alive cell is ours (invariant 1); our node handle
+        // keeps the node (and its waiter set, where the entry is linked)
+        // alive until we give it up, last.
         unsafe {
-            ((*header).discard)(header);
             release_keep_alive(header);
             // Ordering: AcqRel — `drop` is the only other taker, and it has
             // `&mut self`; the swap makes the give-up exactly once.
@@ -289,6 +296,9 @@ impl AfterFunc {
                 node.as_ref().waiters.remove(header as *const Waiter);
                 Node::release(node.cast());
             }
+        }
+        if let Some(payload) = panic {
+            std::panic::resume_unwind(payload);
         }
         true
     }
@@ -324,6 +334,32 @@ impl fmt::Debug for AfterFunc {
             )
             .finish()
     }
+}
+
+/// Runs `f` on an after-func worker, as a callback of a context that is
+/// already done: for work that must not run on the calling thread (the
+/// timer thread hands over the release of a last handle this way: timer
+/// invariant 6).
+pub(crate) fn run_detached<F>(f: F)
+where
+    F: FnOnce() + Send + 'static,
+{
+    let entry = Box::into_raw(Box::new(AfterEntry {
+        header: AfterHeader {
+            waiter: Waiter::new(None, None, Some(&AfterEntry::<F>::VTABLE)),
+            job_next: AtomicPtr::new(ptr::null_mut()),
+            keep_alive: UnsafeCell::new(ptr::null()),
+            run: AfterEntry::<F>::run,
+            discard: AfterEntry::<F>::discard,
+        },
+        f: UnsafeCell::new(Some(f)),
+    }));
+    let header = entry as *const AfterHeader;
+    runner::start();
+    fire_now(header);
+    // SAFETY: the reference the entry was made with; the runner holds its
+    // own (taken by `fire_now`).
+    unsafe { Waiter::release_ref(header as *const Waiter) };
 }
 
 /// Claims and dispatches an entry that is in no list (its context was done
