@@ -218,9 +218,9 @@ impl TimerRef {
 #[cfg_attr(loom, allow(dead_code))]
 pub(crate) struct TimerView(CancelNode);
 
-// SAFETY: `CancelNode` is 128-aligned; `link` is a fixed field; the bucket's
-// reference (`acquire_memory` in `arm`) keeps the memory valid until
-// `release_link`.
+// SAFETY: `CancelNode` is pointer-aligned (≥ 2, for the tag bit); `link` is
+// a fixed field; the bucket's reference (`acquire_memory` in `arm`) keeps
+// the memory valid until `release_link`.
 unsafe impl Entry for TimerView {
     fn link(&self) -> &Link {
         &self.0.timer.link
@@ -343,7 +343,7 @@ mod imp {
             self.buckets
                 .iter()
                 // Ordering: Acquire — pairs with the SeqCst `fetch_min` of
-                // `submit` (after its fence: invariant 4).
+                // `submit` (after its fence: invariant 5).
                 .map(|bucket| bucket.earliest.load(Ordering::Acquire))
                 .min()
                 .unwrap_or(EMPTY)
