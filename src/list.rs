@@ -662,3 +662,9 @@ impl<E: Entry> core::fmt::Debug for Chain<E> {
             .finish()
     }
 }
+
+#[cfg(any(test, feature = "fuzzing-internals"))]
+pub(crate) mod tracked;
+
+#[cfg(test)]
+mod tests;

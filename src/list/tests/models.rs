@@ -1,0 +1,224 @@
+//! Loom models of the list: each races two operations on a list of two or
+//! three [`TrackedEntry`](crate::list::tracked::TrackedEntry)s, whose
+//! `link()` fails if the list reads an entry after its last reference is
+//! gone (at once, or as a loom causality violation when the read and the
+//! free are unordered). Under loom `CLEANUP_MIN` is 1, so every removal of
+//! an entry that is not the head runs a cleanup pass.
+//!
+//! `pass_races_close` and `pass_races_head_unlink` are the store-buffer
+//! cases of list invariants 5 and 6: they fail if either SeqCst fence of
+//! the pair (`enter_pass`'s, and `close`'s or `remove`'s) is removed.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use crossbeam_epoch as epoch;
+use loom::sync::Arc;
+use loom::thread;
+
+use crate::list::tracked::{Owner, TrackedList, Watch};
+
+/// Runs `f` under `loom::model` and prints how many schedules it explored
+/// and how long that took.
+fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let start = Instant::now();
+    let before = RUNS.load(Ordering::Relaxed);
+    loom::model(move || {
+        RUNS.fetch_add(1, Ordering::Relaxed);
+        f();
+    });
+    eprintln!(
+        "loom model list::{name}: {} iterations in {:.2?}",
+        RUNS.load(Ordering::Relaxed) - before,
+        start.elapsed()
+    );
+}
+
+/// A list holding entries `0..n` (head `n - 1`), and their owners.
+fn filled(n: u64) -> (Arc<TrackedList>, Vec<Owner>) {
+    let list = Arc::new(TrackedList::new());
+    let owners = (0..n).map(|id| list.push(id).expect("open")).collect();
+    (list, owners)
+}
+
+/// Lets the epoch collector run what the list deferred (every other thread
+/// has been joined), then checks every watched entry is freed: each link
+/// reference was released exactly once (`release_link` asserts "not twice").
+fn assert_all_freed(watches: &[Watch]) {
+    for _ in 0..4 {
+        epoch::pin().flush();
+    }
+    for (id, watch) in watches.iter().enumerate() {
+        assert!(watch.is_freed(), "entry {id} was never released");
+    }
+}
+
+/// The ids `close` found live (not removed), head first.
+fn live(closed: &[(u64, bool)]) -> Vec<u64> {
+    closed
+        .iter()
+        .filter(|&&(_, removed)| !removed)
+        .map(|&(id, _)| id)
+        .collect()
+}
+
+/// A push racing the close: the entry is either refused or handed to the
+/// closer, never lost.
+#[test]
+fn push_races_close() {
+    model("push_races_close", || {
+        let (list, owners) = filled(1);
+        let pusher = thread::spawn({
+            let list = Arc::clone(&list);
+            move || list.push(1)
+        });
+        let closed = list.close();
+        let pushed = pusher.join().unwrap();
+        match &pushed {
+            Some(_) => assert_eq!(closed, [(1, false), (0, false)]),
+            None => assert_eq!(closed, [(0, false)]),
+        }
+        assert!(list.push(2).is_none());
+        let watches: Vec<_> = owners.iter().chain(&pushed).map(Owner::watch).collect();
+        drop((owners, pushed));
+        assert_all_freed(&watches);
+    });
+}
+
+/// A push moves the head while its old head is removed: the remover's head
+/// CAS fails and it falls back to marking and a cleanup pass.
+#[test]
+fn push_races_head_removal() {
+    model("push_races_head_removal", || {
+        let (list, mut owners) = filled(2);
+        let pusher = thread::spawn({
+            let list = Arc::clone(&list);
+            move || list.push(2).expect("open")
+        });
+        let head = owners.pop().expect("two entries");
+        assert!(list.remove(&head));
+        let pushed = pusher.join().unwrap();
+        assert_eq!(list.live_ids(), [2, 0]);
+        let watches: Vec<_> = [&owners[0], &head, &pushed].map(Owner::watch).into();
+        drop(head);
+        assert_eq!(live(&list.close()), [2, 0]);
+        drop((owners, pushed));
+        assert_all_freed(&watches);
+    });
+}
+
+/// A removal (and its cleanup pass) racing the close: exactly one of the
+/// remover and the closer decides the entry's fate, and each entry's link
+/// reference is released once.
+#[test]
+fn remove_races_close() {
+    model("remove_races_close", || {
+        let (list, mut owners) = filled(2);
+        let inner = owners.remove(0);
+        let watches: Vec<_> = [&inner, &owners[0]].map(Owner::watch).into();
+        let remover = thread::spawn({
+            let list = Arc::clone(&list);
+            move || list.remove(&inner)
+        });
+        let closed = list.close();
+        let removed = remover.join().unwrap();
+        assert_eq!(closed[0], (1, false));
+        if removed {
+            // Removed first: the closer saw it marked, or a pass unlinked it
+            // before the swap.
+            assert!(closed.len() == 1 || closed[1] == (0, true), "{closed:?}");
+        } else {
+            assert_eq!(closed[1], (0, false), "frozen by the closer");
+        }
+        drop(owners);
+        assert_all_freed(&watches);
+    });
+}
+
+/// A timer-style sweep claiming an entry races its owner's removal (and the
+/// owner's cleanup pass: two passes overlap, so unlinked entries go through
+/// the epoch). Exactly one of them wins the entry.
+#[test]
+fn sweep_races_remove() {
+    model("sweep_races_remove", || {
+        let (list, mut owners) = filled(2);
+        let inner = owners.remove(0);
+        let watches: Vec<_> = [&inner, &owners[0]].map(Owner::watch).into();
+        let sweeper = thread::spawn({
+            let list = Arc::clone(&list);
+            move || list.sweep(|id| id == 0)
+        });
+        let removed = list.remove(&inner);
+        drop(inner);
+        let claimed = sweeper.join().unwrap();
+        assert_eq!(
+            removed,
+            claimed.is_empty(),
+            "exactly one of the remover and the sweep wins"
+        );
+        assert_eq!(list.live_ids(), [1]);
+        assert_eq!(live(&list.close()), [1]);
+        drop((owners, claimed));
+        assert_all_freed(&watches);
+    });
+}
+
+/// List invariant 5, the store-buffer case: a cleanup pass starts while the
+/// list is closed. The closer reads `cleaners` after its swap; the pass
+/// reads the head after counting itself. With the fences, either the pass
+/// finds the list closed or the closer sees it counted and defers; without
+/// them both can read the old value, and the closer frees the head entry
+/// (whose owner is gone) while the pass reads it.
+#[test]
+fn pass_races_close() {
+    model("pass_races_close", || {
+        let (list, mut owners) = filled(2);
+        let inner = owners.remove(0);
+        // The head entry is held by its link alone from now on.
+        let watches: Vec<_> = [&inner, &owners[0]].map(Owner::watch).into();
+        drop(owners);
+        let remover = thread::spawn({
+            let list = Arc::clone(&list);
+            // Not the head: marks it and runs a cleanup pass.
+            move || list.remove(&inner)
+        });
+        let closed = list.close();
+        assert_eq!(closed[0], (1, false));
+        remover.join().unwrap();
+        assert_all_freed(&watches);
+    });
+}
+
+/// List invariant 6, the store-buffer case: the remover of the head unlinks
+/// it and reads `cleaners` after its CAS; a pass started by the removal of
+/// an inner entry reads the head after counting itself. With the fences,
+/// either the pass no longer finds the entry or the remover sees the pass
+/// and defers; without them the remover frees the entry under the pass.
+/// (The head unlink may also race the pass's own CAS on the head.)
+#[test]
+fn pass_races_head_unlink() {
+    model("pass_races_head_unlink", || {
+        let (list, owners) = filled(3);
+        let watches: Vec<_> = owners.iter().map(Owner::watch).collect();
+        let mut owners = owners.into_iter();
+        let (inner, middle, head) = (
+            owners.next().unwrap(),
+            owners.next().unwrap(),
+            owners.next().unwrap(),
+        );
+        let remover = thread::spawn({
+            let list = Arc::clone(&list);
+            // The head's owner removes it and lets go at once.
+            move || list.remove(&head)
+        });
+        // Not the head: marks it and runs a cleanup pass.
+        assert!(list.remove(&inner));
+        drop(inner);
+        assert!(remover.join().unwrap());
+        assert_eq!(list.live_ids(), [1]);
+        assert_eq!(live(&list.close()), [1]);
+        drop(middle);
+        assert_all_freed(&watches);
+    });
+}
