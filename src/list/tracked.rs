@@ -17,6 +17,8 @@
 
 // Public for `goctx::__fuzz`; crate-private otherwise.
 #![cfg_attr(not(feature = "fuzzing-internals"), allow(unreachable_pub))]
+// The loom models use a part of it.
+#![cfg_attr(loom, allow(dead_code))]
 
 use std::sync::Arc;
 

@@ -5,6 +5,11 @@
 //! free are unordered). Under loom `CLEANUP_MIN` is 1, so every removal of
 //! an entry that is not the head runs a cleanup pass.
 //!
+//! `release_link` asserts that no link reference is released twice. That
+//! none is lost is checked by the unit tests and the fuzz target, where
+//! nothing is deferred: here a release deferred through the epoch may run
+//! only when the model's collector is torn down, after the model's checks.
+//!
 //! `pass_races_close` and `pass_races_head_unlink` are the store-buffer
 //! cases of list invariants 5 and 6: they fail if either SeqCst fence of
 //! the pair (`enter_pass`'s, and `close`'s or `remove`'s) is removed.
@@ -12,11 +17,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use crossbeam_epoch as epoch;
 use loom::sync::Arc;
 use loom::thread;
 
-use crate::list::tracked::{Owner, TrackedList, Watch};
+use crate::list::tracked::{Owner, TrackedList};
 
 /// Runs `f` under `loom::model` and prints how many schedules it explored
 /// and how long that took.
@@ -40,18 +44,6 @@ fn filled(n: u64) -> (Arc<TrackedList>, Vec<Owner>) {
     let list = Arc::new(TrackedList::new());
     let owners = (0..n).map(|id| list.push(id).expect("open")).collect();
     (list, owners)
-}
-
-/// Lets the epoch collector run what the list deferred (every other thread
-/// has been joined), then checks every watched entry is freed: each link
-/// reference was released exactly once (`release_link` asserts "not twice").
-fn assert_all_freed(watches: &[Watch]) {
-    for _ in 0..4 {
-        epoch::pin().flush();
-    }
-    for (id, watch) in watches.iter().enumerate() {
-        assert!(watch.is_freed(), "entry {id} was never released");
-    }
 }
 
 /// The ids `close` found live (not removed), head first.
@@ -80,9 +72,7 @@ fn push_races_close() {
             None => assert_eq!(closed, [(0, false)]),
         }
         assert!(list.push(2).is_none());
-        let watches: Vec<_> = owners.iter().chain(&pushed).map(Owner::watch).collect();
         drop((owners, pushed));
-        assert_all_freed(&watches);
     });
 }
 
@@ -100,11 +90,9 @@ fn push_races_head_removal() {
         assert!(list.remove(&head));
         let pushed = pusher.join().unwrap();
         assert_eq!(list.live_ids(), [2, 0]);
-        let watches: Vec<_> = [&owners[0], &head, &pushed].map(Owner::watch).into();
         drop(head);
         assert_eq!(live(&list.close()), [2, 0]);
         drop((owners, pushed));
-        assert_all_freed(&watches);
     });
 }
 
@@ -116,7 +104,6 @@ fn remove_races_close() {
     model("remove_races_close", || {
         let (list, mut owners) = filled(2);
         let inner = owners.remove(0);
-        let watches: Vec<_> = [&inner, &owners[0]].map(Owner::watch).into();
         let remover = thread::spawn({
             let list = Arc::clone(&list);
             move || list.remove(&inner)
@@ -132,19 +119,21 @@ fn remove_races_close() {
             assert_eq!(closed[1], (0, false), "frozen by the closer");
         }
         drop(owners);
-        assert_all_freed(&watches);
     });
 }
 
 /// A timer-style sweep claiming an entry races its owner's removal (and the
 /// owner's cleanup pass: two passes overlap, so unlinked entries go through
-/// the epoch). Exactly one of them wins the entry.
+/// the epoch). A claim is not exclusive (the timer arbitrates with its entry
+/// state CAS, timer invariant 1): the claim closure may run for an entry
+/// whose remover marks it first. The list's part is that at least one of
+/// them sees the entry, that it is unlinked once, and that the rest of the
+/// list is untouched.
 #[test]
 fn sweep_races_remove() {
     model("sweep_races_remove", || {
         let (list, mut owners) = filled(2);
         let inner = owners.remove(0);
-        let watches: Vec<_> = [&inner, &owners[0]].map(Owner::watch).into();
         let sweeper = thread::spawn({
             let list = Arc::clone(&list);
             move || list.sweep(|id| id == 0)
@@ -152,15 +141,10 @@ fn sweep_races_remove() {
         let removed = list.remove(&inner);
         drop(inner);
         let claimed = sweeper.join().unwrap();
-        assert_eq!(
-            removed,
-            claimed.is_empty(),
-            "exactly one of the remover and the sweep wins"
-        );
+        assert!(removed || !claimed.is_empty(), "the entry was lost");
         assert_eq!(list.live_ids(), [1]);
         assert_eq!(live(&list.close()), [1]);
         drop((owners, claimed));
-        assert_all_freed(&watches);
     });
 }
 
@@ -176,7 +160,6 @@ fn pass_races_close() {
         let (list, mut owners) = filled(2);
         let inner = owners.remove(0);
         // The head entry is held by its link alone from now on.
-        let watches: Vec<_> = [&inner, &owners[0]].map(Owner::watch).into();
         drop(owners);
         let remover = thread::spawn({
             let list = Arc::clone(&list);
@@ -186,7 +169,6 @@ fn pass_races_close() {
         let closed = list.close();
         assert_eq!(closed[0], (1, false));
         remover.join().unwrap();
-        assert_all_freed(&watches);
     });
 }
 
@@ -200,7 +182,6 @@ fn pass_races_close() {
 fn pass_races_head_unlink() {
     model("pass_races_head_unlink", || {
         let (list, owners) = filled(3);
-        let watches: Vec<_> = owners.iter().map(Owner::watch).collect();
         let mut owners = owners.into_iter();
         let (inner, middle, head) = (
             owners.next().unwrap(),
@@ -219,6 +200,5 @@ fn pass_races_head_unlink() {
         assert_eq!(list.live_ids(), [1]);
         assert_eq!(live(&list.close()), [1]);
         drop(middle);
-        assert_all_freed(&watches);
     });
 }
