@@ -11,8 +11,17 @@
 //! only when the model's collector is torn down, after the model's checks.
 //!
 //! `pass_races_close` and `pass_races_head_unlink` are the store-buffer
-//! cases of list invariants 5 and 6: they fail if either SeqCst fence of
-//! the pair (`enter_pass`'s, and `close`'s or `remove`'s) is removed.
+//! cases of list invariants 5 and 6, and `sweep_races_remove` covers the
+//! same pattern between two passes. Each fails (a loom causality violation
+//! on the entry's `freed` flag: the pass reads the entry while the closer
+//! or the remover frees it) when the releasing side's fence is deleted:
+//! `close`'s, `remove`'s after the head unlink, or the sweep's before its
+//! `cleaners == 1` check. The pass's own side is fenced twice — the fence
+//! in `enter_pass` and the SeqCst fence inside crossbeam-epoch's `pin()`
+//! that follows it — so deleting `enter_pass`'s alone stays invisible here
+//! (it is kept: off loom, crossbeam's x86 `pin()` uses a SeqCst CAS in
+//! place of the fence, which the language's memory model does not count
+//! as one).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
