@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 mod concurrent;
 #[path = "../fuzz/src/input.rs"]
 mod input;
+#[allow(unreachable_pub)]
+#[path = "../fuzz/src/list.rs"]
+mod list;
 #[path = "../fuzz/src/model.rs"]
 mod model;
 #[allow(unreachable_pub)]
@@ -57,6 +60,11 @@ fn ops_corpus() {
 #[test]
 fn concurrent_corpus() {
     replay("concurrent", concurrent::run);
+}
+
+#[test]
+fn list_corpus() {
+    replay("list", list::run);
 }
 
 /// Found by the `ops` target (LeakSanitizer, "indirect leak" of a

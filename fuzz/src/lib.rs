@@ -9,12 +9,15 @@
 //! * [`concurrent`]: bytes decode into operations split between two
 //!   threads that rendezvous at chosen points; checks are the invariants
 //!   that hold under any interleaving.
+//! * [`list`]: bytes decode into operations on goctx's intrusive list
+//!   alone (through `goctx::__fuzz`), checked against a `Vec` model.
 //!
 //! The modules name each other through `crate::`, so the regression test
 //! declares them at its crate root under the same names.
 
 pub mod concurrent;
 mod input;
+pub mod list;
 mod model;
 pub mod ops;
 mod probe;
