@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 #[allow(unreachable_pub)]
 #[path = "../fuzz/src/concurrent.rs"]
 mod concurrent;
+#[path = "support/identity.rs"]
+mod identity;
 #[path = "../fuzz/src/input.rs"]
 mod input;
 #[allow(unreachable_pub)]

@@ -16,6 +16,10 @@
 //! declares them at its crate root under the same names.
 
 pub mod concurrent;
+// Shared with the integration tests; it lives under tests/ because
+// `cargo package` leaves fuzz/ out.
+#[path = "../../tests/support/identity.rs"]
+mod identity;
 mod input;
 pub mod list;
 mod model;

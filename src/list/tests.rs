@@ -40,7 +40,10 @@ mod unit {
         );
         assert!(list.is_closed() && list.is_empty());
         assert!(owners.iter().all(|owner| !owner.is_linked()));
-        assert!(!watches.iter().any(|w| w.is_freed()), "owners still hold them");
+        assert!(
+            !watches.iter().any(|w| w.is_freed()),
+            "owners still hold them"
+        );
         drop(owners);
         assert!(watches.iter().all(|w| w.is_freed()));
         // Only the first close gets the entries.
