@@ -25,6 +25,11 @@
 //! | 5 | cleanup pass | — |
 //! | 6 | sweep, claiming live ids `id % 3 == k` | `k` |
 //! | 7 | close (each entry back with whether it was removed) | — |
+//!
+//! A first byte of 128 or more selects the two-thread variant instead
+//! (see [`run_two_threads`]).
+
+use std::sync::Barrier;
 
 use goctx::__fuzz::{Owner, TrackedList, Watch};
 
@@ -239,8 +244,12 @@ impl Harness {
     }
 }
 
-/// Runs one input.
+/// Runs one input: a first byte of 128 or more selects the two-thread
+/// variant ([`run_two_threads`]).
 pub fn run(data: &[u8]) {
+    if data.first().is_some_and(|&b| b >= 128) {
+        return run_two_threads(data);
+    }
     let mut input = Input::new(data);
     let min = 1 + input.choose(8);
     let mut harness = Harness {
@@ -260,4 +269,76 @@ pub fn run(data: &[u8]) {
     harness.owners.clear();
     harness.check();
     assert!(harness.watches.iter().all(Watch::is_freed));
+}
+
+/// The two-thread variant: the bytes after the first are dealt alternately
+/// to two threads, each running its own operations on the shared list (ops
+/// `% 4`: 0, 1 push; 2 remove one of its own entries, chosen by the next
+/// byte; 3 a cleanup pass, or a sweep that claims nothing), starting
+/// together. No step-by-step model (the interleaving is the scheduler's);
+/// checked are set semantics: every remove of a live entry of one's own
+/// succeeds, and at the end the closer finds exactly the entries nobody
+/// removed, once each, while no entry is read after its last reference is
+/// gone and no link is released twice (`TrackedEntry` asserts both).
+pub fn run_two_threads(data: &[u8]) {
+    let min = 1 + usize::from(data[0] % 8);
+    let list = TrackedList::with_cleanup_min(min);
+    let streams: [Vec<u8>; 2] =
+        [0, 1].map(|t| data[1..].iter().skip(t).step_by(2).copied().collect());
+    let barrier = Barrier::new(2);
+    let kept: Vec<Vec<Owner>> = std::thread::scope(|s| {
+        let workers: Vec<_> = streams
+            .iter()
+            .enumerate()
+            .map(|(t, bytes)| {
+                let (list, barrier) = (&list, &barrier);
+                s.spawn(move || {
+                    let mut input = Input::new(bytes);
+                    let mut mine: Vec<Owner> = Vec::new();
+                    let mut next = 0u64;
+                    barrier.wait();
+                    while let Some(op) = input.byte() {
+                        match op % 4 {
+                            0 | 1 => {
+                                // Ids are unique across the two threads.
+                                let id = next * 2 + t as u64;
+                                next += 1;
+                                mine.push(list.push(id).expect("nobody closes yet"));
+                            }
+                            2 => {
+                                let indices: Vec<usize> = (0..mine.len()).collect();
+                                if let Some(i) = input.pick(&indices) {
+                                    let owner = mine.swap_remove(i);
+                                    assert!(list.remove(&owner), "remove({})", owner.id());
+                                }
+                            }
+                            _ if t == 0 => list.cleanup(),
+                            _ => assert!(list.sweep(|_| false).is_empty()),
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let mut want: Vec<u64> = kept.iter().flatten().map(Owner::id).collect();
+    want.sort_unstable();
+    let closed = list.close();
+    let mut live: Vec<u64> = closed
+        .iter()
+        .filter(|&&(_, removed)| !removed)
+        .map(|&(id, _)| id)
+        .collect();
+    live.sort_unstable();
+    assert_eq!(live, want, "the closer found other live entries");
+    let mut all: Vec<u64> = closed.iter().map(|&(id, _)| id).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), closed.len(), "an entry came back twice");
+    // What the closer released is freed once its owner lets go (entries
+    // unlinked by overlapping passes may still wait for the epoch).
+    let watches: Vec<Watch> = kept.iter().flatten().map(Owner::watch).collect();
+    drop(kept);
+    assert!(watches.iter().all(Watch::is_freed));
 }
