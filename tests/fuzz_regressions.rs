@@ -69,6 +69,11 @@ fn list_corpus() {
     replay("list", list::run);
 }
 
+#[test]
+fn list_threads_corpus() {
+    replay("list_threads", list::run_two_threads);
+}
+
 /// Found by the `ops` target (LeakSanitizer, "indirect leak" of a
 /// `CancelNode` and an after-func entry); input
 /// `fuzz/regressions/ops/leak-after-func-on-context-nobody-can-cancel`:

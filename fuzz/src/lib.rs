@@ -10,7 +10,9 @@
 //!   threads that rendezvous at chosen points; checks are the invariants
 //!   that hold under any interleaving.
 //! * [`list`]: bytes decode into operations on goctx's intrusive list
-//!   alone (through `goctx::__fuzz`), checked against a `Vec` model.
+//!   alone (through `goctx::__fuzz`), checked against a `Vec` model
+//!   (target `list`), or split between two threads and checked for set
+//!   semantics (target `list_threads`).
 //!
 //! The modules name each other through `crate::`, so the regression test
 //! declares them at its crate root under the same names.

@@ -26,8 +26,7 @@
 //! | 6 | sweep, claiming live ids `id % 3 == k` | `k` |
 //! | 7 | close (each entry back with whether it was removed) | — |
 //!
-//! A first byte of 128 or more selects the two-thread variant instead
-//! (see [`run_two_threads`]).
+//! Target `list_threads` runs the two-thread variant, [`run_two_threads`].
 
 use std::sync::Barrier;
 
@@ -244,12 +243,8 @@ impl Harness {
     }
 }
 
-/// Runs one input: a first byte of 128 or more selects the two-thread
-/// variant ([`run_two_threads`]).
+/// Runs one input (target `list`).
 pub fn run(data: &[u8]) {
-    if data.first().is_some_and(|&b| b >= 128) {
-        return run_two_threads(data);
-    }
     let mut input = Input::new(data);
     let min = 1 + input.choose(8);
     let mut harness = Harness {
@@ -271,7 +266,8 @@ pub fn run(data: &[u8]) {
     assert!(harness.watches.iter().all(Watch::is_freed));
 }
 
-/// The two-thread variant: the bytes after the first are dealt alternately
+/// Target `list_threads`: the first byte picks the cleanup minimum; the
+/// bytes after it are dealt alternately
 /// to two threads, each running its own operations on the shared list (ops
 /// `% 4`: 0, 1 push; 2 remove one of its own entries, chosen by the next
 /// byte; 3 a cleanup pass, or a sweep that claims nothing), starting
@@ -281,7 +277,8 @@ pub fn run(data: &[u8]) {
 /// removed, once each, while no entry is read after its last reference is
 /// gone and no link is released twice (`TrackedEntry` asserts both).
 pub fn run_two_threads(data: &[u8]) {
-    let min = 1 + usize::from(data[0] % 8);
+    let Some(&first) = data.first() else { return };
+    let min = 1 + usize::from(first % 8);
     let list = TrackedList::with_cleanup_min(min);
     let streams: [Vec<u8>; 2] =
         [0, 1].map(|t| data[1..].iter().skip(t).step_by(2).copied().collect());
