@@ -34,16 +34,19 @@ use crate::list::tracked::{Owner, TrackedList};
 /// Runs `f` under `loom::model` and prints how many schedules it explored
 /// and how long that took.
 fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    // Counted per model (the test harness runs models in parallel).
+    let runs = std::sync::Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let before = RUNS.load(Ordering::Relaxed);
-    loom::model(move || {
-        RUNS.fetch_add(1, Ordering::Relaxed);
-        f();
+    loom::model({
+        let runs = std::sync::Arc::clone(&runs);
+        move || {
+            runs.fetch_add(1, Ordering::Relaxed);
+            f();
+        }
     });
     eprintln!(
         "loom model list::{name}: {} iterations in {:.2?}",
-        RUNS.load(Ordering::Relaxed) - before,
+        runs.load(Ordering::Relaxed),
         start.elapsed()
     );
 }
@@ -105,32 +108,6 @@ fn push_races_head_removal() {
     });
 }
 
-/// A removal (and its cleanup pass) racing the close: exactly one of the
-/// remover and the closer decides the entry's fate, and each entry's link
-/// reference is released once.
-#[test]
-fn remove_races_close() {
-    model("remove_races_close", || {
-        let (list, mut owners) = filled(2);
-        let inner = owners.remove(0);
-        let remover = thread::spawn({
-            let list = Arc::clone(&list);
-            move || list.remove(&inner)
-        });
-        let closed = list.close();
-        let removed = remover.join().unwrap();
-        assert_eq!(closed[0], (1, false));
-        if removed {
-            // Removed first: the closer saw it marked, or a pass unlinked it
-            // before the swap.
-            assert!(closed.len() == 1 || closed[1] == (0, true), "{closed:?}");
-        } else {
-            assert_eq!(closed[1], (0, false), "frozen by the closer");
-        }
-        drop(owners);
-    });
-}
-
 /// A timer-style sweep claiming an entry races its owner's removal (and the
 /// owner's cleanup pass: two passes overlap, so unlinked entries go through
 /// the epoch). A claim is not exclusive (the timer arbitrates with its entry
@@ -157,12 +134,13 @@ fn sweep_races_remove() {
     });
 }
 
-/// List invariant 5, the store-buffer case: a cleanup pass starts while the
-/// list is closed. The closer reads `cleaners` after its swap; the pass
-/// reads the head after counting itself. With the fences, either the pass
-/// finds the list closed or the closer sees it counted and defers; without
-/// them both can read the old value, and the closer frees the head entry
-/// (whose owner is gone) while the pass reads it.
+/// A removal (and its cleanup pass) racing the close; list invariant 5, the
+/// store-buffer case. Exactly one of the remover and the closer decides the
+/// removed entry's fate. And the closer reads `cleaners` after its swap
+/// while the pass reads the head after counting itself: with the fences,
+/// either the pass finds the list closed or the closer sees it counted and
+/// defers; without them both can read the old value, and the closer frees
+/// the head entry (whose owner is gone) while the pass reads it.
 #[test]
 fn pass_races_close() {
     model("pass_races_close", || {
@@ -176,8 +154,15 @@ fn pass_races_close() {
             move || list.remove(&inner)
         });
         let closed = list.close();
+        let removed = remover.join().unwrap();
         assert_eq!(closed[0], (1, false));
-        remover.join().unwrap();
+        if removed {
+            // Removed first: the closer saw it marked, or the pass unlinked
+            // it before the swap.
+            assert!(closed.len() == 1 || closed[1] == (0, true), "{closed:?}");
+        } else {
+            assert_eq!(closed[1], (0, false), "frozen by the closer");
+        }
     });
 }
 
