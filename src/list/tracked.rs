@@ -236,10 +236,10 @@ impl TrackedList {
     /// (as the timer takes a handle on an entry it fires).
     pub fn sweep(&self, mut claim: impl FnMut(u64) -> bool) -> Vec<Owner> {
         let mut claimed = Vec::new();
-        self.list.sweep(|entry| {
+        self.list.sweep(|raw| {
             // SAFETY: the sweep hands out entries it may read (pinned and
             // counted as a pass); `checked_id` checks that.
-            let entry = unsafe { &*entry };
+            let entry = unsafe { &*raw };
             if !claim(entry.checked_id()) {
                 return false;
             }
@@ -247,10 +247,11 @@ impl TrackedList {
             // link reference keeps it alive.
             // Ordering: Relaxed — as `Owner::clone`.
             entry.refs.fetch_add(1, Ordering::Relaxed);
-            let raw: *const TrackedEntry = entry;
-            // SAFETY: `raw` came from `Arc::into_raw` (the link reference's
-            // strong count keeps it alive); one more strong count for the
-            // new owner, whom `from_raw` hands it to.
+            // SAFETY: `raw` is the pointer the list stored, from
+            // `Arc::into_raw` in `push` (full provenance: the new owner may
+            // be the one that frees, which a pointer made from `entry`, a
+            // shared reference, must not do); the link reference's strong
+            // count keeps it alive while we add one for the new owner.
             claimed.push(Owner(unsafe {
                 Arc::increment_strong_count(raw);
                 Arc::from_raw(raw)
