@@ -49,6 +49,13 @@ use std::time::{Duration, Instant};
 
 use goctx::{AfterFunc, CancelFunc, Context, Error};
 
+/// splitmix64, shared with the tests: deterministic spread without a `rand`
+/// dependency.
+#[path = "../tests/support/rng.rs"]
+mod rng;
+
+use rng::Rng;
+
 /// Observers give up this long after the last deadline (a missed expiry).
 const GRACE: Duration = Duration::from_secs(1);
 /// The churn threads' contexts: never expire during a run.
@@ -177,19 +184,6 @@ fn ns(at: Instant) -> u64 {
 
 fn now_ns() -> u64 {
     ns(Instant::now())
-}
-
-/// splitmix64: deterministic spread without a `rand` dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
 
 fn proc_status(field: &str) -> Option<u64> {
@@ -433,7 +427,7 @@ fn run(sc: &Scenario) -> bool {
     let mut afters: Vec<AfterFunc> = Vec::with_capacity(if sc.after_funcs { sc.live } else { 0 });
     let mut born_done = 0;
     for i in 0..sc.live {
-        let timeout = sc.from + Duration::from_nanos(rng.next() % span);
+        let timeout = sc.from + Duration::from_nanos(rng.next_u64() % span);
         let (ctx, cancel) = root.with_timeout(timeout);
         if ctx.is_done() {
             born_done += 1;

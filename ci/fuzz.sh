@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 . ci/lib.sh
 
 seconds="${FUZZ_SECONDS:-60}"
-targets=(ops concurrent)
+targets=(ops concurrent list list_threads)
 
 if ! need_nightly "fuzzing"; then
     step "fuzz targets: type-check on stable"

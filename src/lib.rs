@@ -153,6 +153,15 @@ pub use error::{Cause, ContextError, Error};
 #[doc(hidden)]
 pub use timer::loom_hooks;
 
+/// Crate internals for the fuzz targets in `fuzz/` (cargo feature
+/// `fuzzing-internals`); not part of the API.
+#[cfg(feature = "fuzzing-internals")]
+#[doc(hidden)]
+#[allow(missing_docs, unreachable_pub)]
+pub mod __fuzz {
+    pub use crate::list::tracked::{Owner, TrackedList, Watch};
+}
+
 /// The README's examples run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

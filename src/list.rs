@@ -21,6 +21,11 @@
 //! physically (a cleanup pass by CAS, or the closer) owns that reference and
 //! drops it.
 //!
+//! The list is tested alone, over entries that fail on any read after their
+//! last reference is gone (`list/tracked.rs`): unit tests and loom models
+//! in `list/tests.rs` and `list/tests/models.rs`, and the `list` fuzz target
+//! (`fuzz/src/list.rs`) against a `Vec` model.
+//!
 //! # Invariants
 //!
 //! 1. `head` holds `CLOSED` from the moment [`List::close`] swaps it in, and
@@ -725,3 +730,9 @@ impl<E: Entry> core::fmt::Debug for Chain<E> {
             .finish()
     }
 }
+
+#[cfg(any(test, feature = "fuzzing-internals"))]
+pub(crate) mod tracked;
+
+#[cfg(test)]
+mod tests;

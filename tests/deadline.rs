@@ -16,7 +16,6 @@
 //! takes `EXCLUSIVE` for writing, every other test for reading, so nothing
 //! else allocates while it measures.
 
-use std::any::type_name;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, OnceLock, mpsc};
 use std::thread;
@@ -38,6 +37,7 @@ const VERY_LONG: Duration = Duration::from_secs(1000 * 3600);
 
 mod support;
 
+use support::rng::Rng;
 use support::{Named, WantCause, cause_of, exclusive, live_bytes, shared};
 
 #[global_allocator]
@@ -73,27 +73,6 @@ fn mask_deadlines(s: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// A small deterministic generator (xorshift64*), seeded from the clock;
-/// the seed goes into every failure message.
-struct Rng(u64);
-
-impl Rng {
-    fn from_clock() -> Rng {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos() as u64;
-        Rng(nanos | 1)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
-    }
 }
 
 /// Ports of Go's deadline tests.
@@ -199,30 +178,7 @@ mod go {
         assert!(!c.is_done(), "cancelling {leaf} reached {c}");
     }
 
-    /// A distinct value type per `N`, so a chain can hold several
-    /// independent keys; the payload identifies the layer that set it.
-    #[derive(Debug)]
-    struct Slot<const N: usize>(usize);
-
-    const SLOTS: usize = 3;
-
-    fn with_slot(ctx: &Context, slot: usize, layer: usize) -> (Context, &'static str) {
-        match slot {
-            0 => (ctx.with_value(Slot::<0>(layer)), type_name::<Slot<0>>()),
-            1 => (ctx.with_value(Slot::<1>(layer)), type_name::<Slot<1>>()),
-            2 => (ctx.with_value(Slot::<2>(layer)), type_name::<Slot<2>>()),
-            _ => unreachable!("{SLOTS} slots"),
-        }
-    }
-
-    fn slot_value(ctx: &Context, slot: usize) -> Option<usize> {
-        match slot {
-            0 => ctx.value::<Slot<0>>().map(|s| s.0),
-            1 => ctx.value::<Slot<1>>().map(|s| s.0),
-            2 => ctx.value::<Slot<2>>().map(|s| s.0),
-            _ => unreachable!("{SLOTS} slots"),
-        }
-    }
+    use crate::support::slot::{SLOTS, slot_value, with_slot};
 
     /// Go's layer helper: a random chain of value, cancel and timeout
     /// layers, at least 30 long and with at least one of each. Returns the

@@ -12,8 +12,18 @@ use std::path::{Path, PathBuf};
 #[allow(unreachable_pub)]
 #[path = "fuzz/concurrent.rs"]
 mod concurrent;
+#[path = "support/identity.rs"]
+mod identity;
 #[path = "fuzz/input.rs"]
 mod input;
+// The list target reaches the crate's internals through `goctx::__fuzz`
+// (feature `fuzzing-internals`, turned on by the self dev-dependency in
+// Cargo.toml, which `cargo package` drops: the published crate's tests
+// replay the other corpora only).
+#[cfg(feature = "fuzzing-internals")]
+#[allow(unreachable_pub)]
+#[path = "fuzz/list.rs"]
+mod list;
 #[path = "fuzz/model.rs"]
 mod model;
 #[allow(unreachable_pub)]
@@ -57,6 +67,18 @@ fn ops_corpus() {
 #[test]
 fn concurrent_corpus() {
     replay("concurrent", concurrent::run);
+}
+
+#[cfg(feature = "fuzzing-internals")]
+#[test]
+fn list_corpus() {
+    replay("list", list::run);
+}
+
+#[cfg(feature = "fuzzing-internals")]
+#[test]
+fn list_threads_corpus() {
+    replay("list_threads", list::run_two_threads);
 }
 
 /// Found by the `ops` target (LeakSanitizer, "indirect leak" of a

@@ -22,6 +22,8 @@ use goctx::{CancelCauseFunc, CancelFunc, Context, Error};
 
 mod support;
 
+use support::rng::Rng;
+
 /// The longest any test is willing to block before calling it a deadlock.
 /// A guard against hangs, not a speed bound (miri runs ~1000× slower).
 // A hang guard only: generous, because valgrind and sanitizers run 20-100x
@@ -47,33 +49,6 @@ fn err_and_because(ctx: &Context) -> (Option<Error>, Option<usize>) {
         .cause()
         .and_then(|cause| cause.downcast_ref::<Because>().map(|b| b.0));
     (ctx.err(), because)
-}
-
-/// A small deterministic generator (xorshift64*), seeded like Go's layer
-/// tests from the clock; the seed goes into every failure message.
-struct Rng(u64);
-
-impl Rng {
-    fn from_clock() -> Rng {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos() as u64;
-        Rng(nanos | 1)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
-    }
-
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            items.swap(i, self.below(i + 1));
-        }
-    }
 }
 
 /// Go's `context_test.go`: the tests that look inside the tree. The
@@ -378,32 +353,7 @@ mod x_test {
             .expect("the child's cancel() never returned");
     }
 
-    /// A distinct value type per `N`, so a chain can hold several
-    /// independent keys; the payload identifies the layer that set it.
-    #[derive(Debug)]
-    struct Slot<const N: usize>(usize);
-
-    const SLOTS: usize = 4;
-
-    fn with_slot(ctx: &Context, slot: usize, layer: usize) -> (Context, &'static str) {
-        match slot {
-            0 => (ctx.with_value(Slot::<0>(layer)), type_name::<Slot<0>>()),
-            1 => (ctx.with_value(Slot::<1>(layer)), type_name::<Slot<1>>()),
-            2 => (ctx.with_value(Slot::<2>(layer)), type_name::<Slot<2>>()),
-            3 => (ctx.with_value(Slot::<3>(layer)), type_name::<Slot<3>>()),
-            _ => unreachable!("{SLOTS} slots"),
-        }
-    }
-
-    fn slot_value(ctx: &Context, slot: usize) -> Option<usize> {
-        match slot {
-            0 => ctx.value::<Slot<0>>().map(|s| s.0),
-            1 => ctx.value::<Slot<1>>().map(|s| s.0),
-            2 => ctx.value::<Slot<2>>().map(|s| s.0),
-            3 => ctx.value::<Slot<3>>().map(|s| s.0),
-            _ => unreachable!("{SLOTS} slots"),
-        }
-    }
+    use crate::support::slot::{SLOTS, slot_value, with_slot};
 
     enum Canceller {
         Plain(CancelFunc),

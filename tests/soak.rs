@@ -35,16 +35,20 @@
 //! scheduler's, so a seed does not replay a run). For hours:
 //! `GOCTX_SOAK_SECS=3600 cargo test --release --test soak -- --nocapture`.
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use goctx::{AfterFunc, CancelCauseFunc, CancelFunc, Cause, Context, Done, Error};
+use goctx::{AfterFunc, CancelCauseFunc, CancelFunc, Context, Done, Error};
+
+mod support;
+
+use support::identity::{CauseId, Tag, Tracked};
+use support::rng::Rng;
 
 const DEFAULT_SECS: f64 = if cfg!(miri) { 0.2 } else { 3.0 };
 const DEFAULT_THREADS: usize = if cfg!(miri) { 3 } else { 6 };
@@ -71,7 +75,7 @@ const FAR_ENOUGH: Duration = Duration::from_secs(24 * 3600);
 // Global bookkeeping.
 
 /// Live `Tracked` values, per `What`.
-static LIVE: [AtomicIsize; 3] = [const { AtomicIsize::new(0) }; 3];
+static LIVE: LazyLock<[Arc<AtomicUsize>; 3]> = LazyLock::new(Default::default);
 /// Explicit cancellations in progress (`cancel()` calls and guard drops).
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Set when the time budget is over.
@@ -103,24 +107,12 @@ enum What {
     Cause = 2,
 }
 
-/// Counted in `LIVE` while it exists.
-#[derive(Debug)]
-struct Tracked(What);
-
-impl Tracked {
-    fn new(what: What) -> Tracked {
-        LIVE[what as usize].fetch_add(1, SeqCst);
-        Tracked(what)
-    }
+/// A value counted in `LIVE` as part of `what`.
+fn tracked(what: What) -> Tracked {
+    Tracked::new(0, &LIVE[what as usize])
 }
 
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        LIVE[self.0 as usize].fetch_sub(1, SeqCst);
-    }
-}
-
-fn live() -> [isize; 3] {
+fn live() -> [usize; 3] {
     [0, 1, 2].map(|i| LIVE[i].load(SeqCst))
 }
 
@@ -131,74 +123,17 @@ struct Val {
     _tracked: Tracked,
 }
 
-/// A custom cause: `deadline` says whether it was given to a deadline.
-#[derive(Debug)]
-struct SoakCause {
-    id: u64,
-    deadline: bool,
-    _tracked: Option<Tracked>,
+/// A custom cause's id: odd if it was given to a deadline.
+fn tag_id(deadline: bool) -> u64 {
+    next_id() * 2 + u64::from(deadline)
 }
 
-impl fmt::Display for SoakCause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "soak cause {}", self.id)
-    }
-}
-
-impl std::error::Error for SoakCause {}
-
-/// What a cause is, comparable across reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum CauseId {
-    Plain(Error),
-    Soak { id: u64, deadline: bool },
-}
-
-impl CauseId {
-    fn of(cause: &Cause) -> CauseId {
-        if let Some(e) = cause.downcast_ref::<Error>() {
-            CauseId::Plain(*e)
-        } else if let Some(s) = cause.downcast_ref::<SoakCause>() {
-            CauseId::Soak {
-                id: s.id,
-                deadline: s.deadline,
-            }
-        } else {
-            panic!("unknown cause {cause:?}")
-        }
-    }
-
-    /// Whether it can only come from a deadline expiry.
-    fn is_deadline(self) -> bool {
-        match self {
-            CauseId::Plain(e) => e == Error::DeadlineExceeded,
-            CauseId::Soak { deadline, .. } => deadline,
-        }
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-
-    fn micros(&mut self, max: u64) -> Duration {
-        Duration::from_micros(1 + self.next() % max)
+/// Whether a cause can only come from a deadline expiry.
+fn is_deadline(cause: CauseId) -> bool {
+    match cause {
+        CauseId::Canceled => false,
+        CauseId::DeadlineExceeded => true,
+        CauseId::Tag(id) => id % 2 == 1,
     }
 }
 
@@ -358,7 +293,7 @@ fn check(shared: &Shared, ctx: &Context, meta: &Meta, pending: Option<&PendingPo
         let cause = cause.unwrap_or_else(|| CauseId::of(&ctx.cause().expect("done has a cause")));
         assert_eq!(
             err == Error::DeadlineExceeded,
-            cause.is_deadline(),
+            is_deadline(cause),
             "#{id}: err {err:?} and cause {cause:?} from different cancellations"
         );
         let first = *meta.seen.get_or_init(|| (err, cause));
@@ -487,7 +422,7 @@ fn derive(shared: &Shared, rng: &mut Rng) {
             let id = next_id();
             let ctx = parent.with_value(Val {
                 id,
-                _tracked: Tracked::new(What::Value),
+                _tracked: tracked(What::Value),
             });
             value = Some(id);
             own_cancel = false;
@@ -609,14 +544,10 @@ fn derive(shared: &Shared, rng: &mut Rng) {
     drop(old);
 }
 
-fn soak_deadline_cause() -> SoakCause {
-    SoakCause {
-        id: next_id(),
-        deadline: true,
-        // A deadline's cause lives in the node until the timer lets go of
-        // it (possibly far later): not tracked.
-        _tracked: None,
-    }
+fn soak_deadline_cause() -> Tag {
+    // A deadline's cause lives in the node until the timer lets go of it
+    // (possibly far later): not tracked.
+    Tag::new(tag_id(true))
 }
 
 fn deadline_with_cause(parent: &Context, at: Instant, rng: &mut Rng) -> (Context, CancelFunc) {
@@ -651,10 +582,9 @@ fn cancel(shared: &Shared, rng: &mut Rng) {
             if rng.chance(20) {
                 c.cancel(Error::Canceled);
             } else {
-                c.cancel(SoakCause {
-                    id: next_id(),
-                    deadline: false,
-                    _tracked: Some(Tracked::new(What::Cause)),
+                c.cancel(Tag {
+                    id: tag_id(false),
+                    tracked: Some(tracked(What::Cause)),
                 });
             }
         }
@@ -824,7 +754,7 @@ fn register_after(shared: &Shared, rng: &mut Rng) {
     let f = {
         let probe = Arc::clone(&probe);
         let done = ctx.done();
-        let tracked = Tracked::new(What::AfterFunc);
+        let tracked = tracked(What::AfterFunc);
         move || {
             let _tracked = tracked;
             let id = probe.id;
@@ -992,7 +922,7 @@ fn randomized_soak() {
     let r_cause_val = next_id();
     let r_cause = r_cause.with_value(Val {
         id: r_cause_val,
-        _tracked: Tracked::new(What::Value),
+        _tracked: tracked(What::Value),
     });
     let far = Instant::now() + FAR;
     let (r_far, r_far_fn) = Context::background().with_deadline(far);
@@ -1000,7 +930,7 @@ fn randomized_soak() {
     let todo_val = next_id();
     let r_todo = Context::todo().with_value(Val {
         id: todo_val,
-        _tracked: Tracked::new(What::Value),
+        _tracked: tracked(What::Value),
     });
     let roots = vec![
         (Context::background(), Meta::root(true, None, None)),

@@ -11,14 +11,24 @@
 //! * [`concurrent`]: bytes decode into operations split between two
 //!   threads that rendezvous at chosen points; checks are the invariants
 //!   that hold under any interleaving.
+//! * [`list`]: bytes decode into operations on goctx's intrusive list
+//!   alone (through `goctx::__fuzz`), checked against a `Vec` model
+//!   (target `list`), or split between two threads and checked for set
+//!   semantics (target `list_threads`).
 //!
 //! The modules name each other through `crate::`, so the regression test
 //! declares them at its crate root under the same names.
 
 #[path = "../../tests/fuzz/concurrent.rs"]
 pub mod concurrent;
+// Shared with the integration tests; it lives under tests/ because
+// `cargo package` leaves fuzz/ out.
+#[path = "../../tests/support/identity.rs"]
+mod identity;
 #[path = "../../tests/fuzz/input.rs"]
 mod input;
+#[path = "../../tests/fuzz/list.rs"]
+pub mod list;
 #[path = "../../tests/fuzz/model.rs"]
 mod model;
 #[path = "../../tests/fuzz/ops.rs"]

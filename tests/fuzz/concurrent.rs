@@ -298,7 +298,7 @@ impl Forest {
     }
 
     fn fresh_cause(&self) -> CauseId {
-        CauseId::Tag(self.next_tag.fetch_add(1, Ordering::Relaxed) + 1)
+        CauseId::Tag(u64::from(self.next_tag.fetch_add(1, Ordering::Relaxed)) + 1)
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -342,7 +342,7 @@ impl Forest {
                 };
                 match &canceller {
                     Canceller::Plain(cancel) => cancel.cancel(),
-                    Canceller::Cause(cancel) => cancel.cancel(probe::cause_of(cause)),
+                    Canceller::Cause(cancel) => cancel.cancel(cause.cause()),
                 }
                 self.table().nodes[node].settled = true;
             }
@@ -475,7 +475,7 @@ impl Forest {
             _ => {
                 let (ctx, cancel) = match cause {
                     None => p.with_deadline(at),
-                    Some(cause) => p.with_deadline_cause(at, probe::cause_of(cause)),
+                    Some(cause) => p.with_deadline_cause(at, cause.cause()),
                 };
                 (ctx, Some(Canceller::Plain(cancel)))
             }

@@ -47,16 +47,7 @@ pub(crate) const TODO: usize = 1;
 /// (then waited for, boundedly, rather than failed at once).
 const EXPIRY_SLACK: Duration = Duration::from_millis(50);
 
-/// The identity of a cause.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum CauseId {
-    /// `Error::Canceled` itself.
-    Canceled,
-    /// `Error::DeadlineExceeded` itself.
-    DeadlineExceeded,
-    /// `probe::Tag(n)`.
-    Tag(u32),
-}
+pub(crate) use crate::identity::CauseId;
 
 /// Why a context is done: its `err()` and the identity of its `cause()`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

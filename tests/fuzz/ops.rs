@@ -82,7 +82,7 @@ impl Canceller {
                 State::canceled(None)
             }
             Canceller::Cause(cancel) => {
-                cancel.cancel(probe::cause_of(cause));
+                cancel.cancel(cause.cause());
                 State::canceled(Some(cause))
             }
         }
@@ -150,7 +150,7 @@ impl Forest {
 
     fn cause(&mut self, input: &mut Input<'_>) -> CauseId {
         match input.choose(3) {
-            0 => CauseId::Tag(self.fresh_id()),
+            0 => CauseId::Tag(self.fresh_id().into()),
             1 => CauseId::Canceled,
             _ => CauseId::DeadlineExceeded,
         }
@@ -323,7 +323,7 @@ impl Forest {
             4..=9 => {
                 let (ctx, cancel) = match cause {
                     None => p.with_deadline(at),
-                    Some(cause) => p.with_deadline_cause(at, probe::cause_of(cause)),
+                    Some(cause) => p.with_deadline_cause(at, cause.cause()),
                 };
                 let how = Derive::Deadline { at, expiry, cause };
                 (ctx, Some(Canceller::Plain(cancel)), how)
@@ -331,7 +331,7 @@ impl Forest {
             _ => {
                 let (ctx, cancel) = match cause {
                     None => p.with_timeout(Duration::MAX),
-                    Some(cause) => p.with_timeout_cause(Duration::MAX, probe::cause_of(cause)),
+                    Some(cause) => p.with_timeout_cause(Duration::MAX, cause.cause()),
                 };
                 (ctx, Some(Canceller::Plain(cancel)), Derive::Cancel)
             }
@@ -490,7 +490,7 @@ impl Forest {
     fn finish(&mut self) {
         for node in self.with_cancels() {
             if node != BASE {
-                let cause = CauseId::Tag(self.fresh_id());
+                let cause = CauseId::Tag(self.fresh_id().into());
                 let state = self.cancels[node][0].cancel(cause);
                 self.model.cancel(node, state);
             }

@@ -1,73 +1,14 @@
-//! What the targets plug into a real context tree to observe it: causes
-//! with an identity, values that count their live instances, and a reading
-//! of a context's state that checks `err()`/`cause()`/`is_done()` agree.
+//! What the targets plug into a real context tree to observe it: values
+//! that count their live instances (`Tracked`, with the causes with an
+//! identity, shared with the integration tests in
+//! `tests/support/identity.rs`), and a reading of a context's state that
+//! checks `err()`/`cause()`/`is_done()` agree.
 
-use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use goctx::Context;
 
-use goctx::{Cause, Context, Error};
-
-use crate::model::{CauseId, State};
-
-/// A cause with an identity: `Tag(n)` is the `n`th cause a run handed out.
-#[derive(Debug)]
-pub(crate) struct Tag(pub(crate) u32);
-
-impl fmt::Display for Tag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cause #{}", self.0)
-    }
-}
-
-impl std::error::Error for Tag {}
-
-/// The real cause for a model cause.
-pub(crate) fn cause_of(id: CauseId) -> Cause {
-    match id {
-        CauseId::Canceled => Error::Canceled.into(),
-        CauseId::DeadlineExceeded => Error::DeadlineExceeded.into(),
-        CauseId::Tag(n) => Cause::new(Tag(n)),
-    }
-}
-
-/// The identity of a real cause; panics on a cause no target ever gives.
-pub(crate) fn cause_id(cause: &Cause) -> CauseId {
-    if let Some(tag) = cause.downcast_ref::<Tag>() {
-        CauseId::Tag(tag.0)
-    } else {
-        match cause.downcast_ref::<Error>() {
-            Some(Error::Canceled) => CauseId::Canceled,
-            Some(Error::DeadlineExceeded) => CauseId::DeadlineExceeded,
-            None => panic!("a cause no operation gave: {cause:?}"),
-        }
-    }
-}
-
-/// A value that counts its live instances in a per-run counter, so a leaked
-/// context or after-func closure shows as a count that never returns to
-/// zero (per run, not global: regression tests run in parallel).
-#[derive(Debug)]
-pub(crate) struct Tracked {
-    pub(crate) id: u32,
-    live: Arc<AtomicUsize>,
-}
-
-impl Tracked {
-    pub(crate) fn new(id: u32, live: &Arc<AtomicUsize>) -> Tracked {
-        live.fetch_add(1, Ordering::SeqCst);
-        Tracked {
-            id,
-            live: Arc::clone(live),
-        }
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::SeqCst);
-    }
-}
+use crate::identity::CauseId;
+pub(crate) use crate::identity::Tracked;
+use crate::model::State;
 
 /// The value types of the forest: `Val<K>` is the key `K` of the model.
 #[derive(Debug)]
@@ -138,6 +79,6 @@ pub(crate) fn observe(ctx: &Context) -> Option<State> {
     assert_eq!(ctx.err(), Some(err), "err() changed");
     Some(State {
         err,
-        cause: cause_id(&cause),
+        cause: CauseId::of(&cause),
     })
 }

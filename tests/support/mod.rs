@@ -1,9 +1,16 @@
 //! Helpers shared by integration tests: the causes of Go's TestCause table,
-//! and a live-bytes allocator for tests that measure memory. A test file
+//! and a live-bytes allocator for tests that measure memory; in submodules
+//! the random generator (`rng`), value types for chains of value contexts
+//! (`slot`), and counted values and causes with an identity (`identity`,
+//! which the fuzz targets include by path too). A test file
 //! declares `mod support;`; one that measures memory also installs the
 //! allocator: `#[global_allocator] static GLOBAL: support::LiveBytes =
 //! support::LiveBytes;`.
 #![allow(dead_code, unreachable_pub)]
+
+pub mod identity;
+pub mod rng;
+pub mod slot;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};

@@ -1,0 +1,198 @@
+//! Loom models of the list: each races two operations on a list of two or
+//! three [`TrackedEntry`](crate::list::tracked::TrackedEntry)s, whose
+//! `link()` fails if the list reads an entry after its last reference is
+//! gone (at once, or as a loom causality violation when the read and the
+//! free are unordered). Under loom `CLEANUP_MIN` is 1, so every removal of
+//! an entry that is not the head runs a cleanup pass.
+//!
+//! `release_link` asserts that no link reference is released twice. That
+//! none is lost is checked by the unit tests and the fuzz target, where
+//! nothing is deferred: here a release deferred through the epoch may run
+//! only when the model's collector is torn down, after the model's checks.
+//!
+//! `pass_races_close` and `pass_races_head_unlink` are the store-buffer
+//! cases of list invariants 5 and 6, and `sweep_races_remove` covers the
+//! same pattern between two passes. Each fails (a loom causality violation
+//! on the entry's `freed` flag: the pass reads the entry while the closer
+//! or the remover frees it) when the releasing side's fence is deleted:
+//! `close`'s, `remove`'s after the head unlink, or the sweep's before its
+//! `cleaners == 1` check. The pass's own side is fenced twice — the fence
+//! in `enter_pass` and the SeqCst fence inside crossbeam-epoch's `pin()`
+//! that follows it — so deleting `enter_pass`'s alone stays invisible here
+//! (it is kept: off loom, crossbeam's x86 `pin()` uses a SeqCst CAS in
+//! place of the fence, which the language's memory model does not count
+//! as one).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use loom::sync::Arc;
+use loom::thread;
+
+use crate::list::tracked::{Owner, TrackedList};
+
+/// Runs `f` under `loom::model` and prints how many schedules it explored
+/// and how long that took.
+fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
+    // Counted per model (the test harness runs models in parallel).
+    let runs = std::sync::Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    loom::model({
+        let runs = std::sync::Arc::clone(&runs);
+        move || {
+            runs.fetch_add(1, Ordering::Relaxed);
+            f();
+        }
+    });
+    eprintln!(
+        "loom model list::{name}: {} iterations in {:.2?}",
+        runs.load(Ordering::Relaxed),
+        start.elapsed()
+    );
+}
+
+/// A list holding entries `0..n` (head `n - 1`), and their owners.
+fn filled(n: u64) -> (Arc<TrackedList>, Vec<Owner>) {
+    let list = Arc::new(TrackedList::new());
+    let owners = (0..n).map(|id| list.push(id).expect("open")).collect();
+    (list, owners)
+}
+
+/// The ids `close` found live (not removed), head first.
+fn live(closed: &[(u64, bool)]) -> Vec<u64> {
+    closed
+        .iter()
+        .filter(|&&(_, removed)| !removed)
+        .map(|&(id, _)| id)
+        .collect()
+}
+
+/// A push racing the close: the entry is either refused or handed to the
+/// closer, never lost.
+#[test]
+fn push_races_close() {
+    model("push_races_close", || {
+        let (list, owners) = filled(1);
+        let pusher = thread::spawn({
+            let list = Arc::clone(&list);
+            move || list.push(1)
+        });
+        let closed = list.close();
+        let pushed = pusher.join().unwrap();
+        match &pushed {
+            Some(_) => assert_eq!(closed, [(1, false), (0, false)]),
+            None => assert_eq!(closed, [(0, false)]),
+        }
+        assert!(list.push(2).is_none());
+        drop((owners, pushed));
+    });
+}
+
+/// A push moves the head while its old head is removed: the remover's head
+/// CAS fails and it falls back to marking and a cleanup pass.
+#[test]
+fn push_races_head_removal() {
+    model("push_races_head_removal", || {
+        let (list, mut owners) = filled(2);
+        let pusher = thread::spawn({
+            let list = Arc::clone(&list);
+            move || list.push(2).expect("open")
+        });
+        let head = owners.pop().expect("two entries");
+        assert!(list.remove(&head));
+        let pushed = pusher.join().unwrap();
+        assert_eq!(list.live_ids(), [2, 0]);
+        drop(head);
+        assert_eq!(live(&list.close()), [2, 0]);
+        drop((owners, pushed));
+    });
+}
+
+/// A timer-style sweep claiming an entry races its owner's removal (and the
+/// owner's cleanup pass: two passes overlap, so unlinked entries go through
+/// the epoch). A claim is not exclusive (the timer arbitrates with its entry
+/// state CAS, timer invariant 1): the claim closure may run for an entry
+/// whose remover marks it first. The list's part is that at least one of
+/// them sees the entry, that it is unlinked once, and that the rest of the
+/// list is untouched.
+#[test]
+fn sweep_races_remove() {
+    model("sweep_races_remove", || {
+        let (list, mut owners) = filled(2);
+        let inner = owners.remove(0);
+        let sweeper = thread::spawn({
+            let list = Arc::clone(&list);
+            move || list.sweep(|id| id == 0)
+        });
+        let removed = list.remove(&inner);
+        drop(inner);
+        let claimed = sweeper.join().unwrap();
+        assert!(removed || !claimed.is_empty(), "the entry was lost");
+        assert_eq!(list.live_ids(), [1]);
+        assert_eq!(live(&list.close()), [1]);
+        drop((owners, claimed));
+    });
+}
+
+/// A removal (and its cleanup pass) racing the close; list invariant 5, the
+/// store-buffer case. Exactly one of the remover and the closer decides the
+/// removed entry's fate. And the closer reads `cleaners` after its swap
+/// while the pass reads the head after counting itself: with the fences,
+/// either the pass finds the list closed or the closer sees it counted and
+/// defers; without them both can read the old value, and the closer frees
+/// the head entry (whose owner is gone) while the pass reads it.
+#[test]
+fn pass_races_close() {
+    model("pass_races_close", || {
+        let (list, mut owners) = filled(2);
+        let inner = owners.remove(0);
+        // The head entry is held by its link alone from now on.
+        drop(owners);
+        let remover = thread::spawn({
+            let list = Arc::clone(&list);
+            // Not the head: marks it and runs a cleanup pass.
+            move || list.remove(&inner)
+        });
+        let closed = list.close();
+        let removed = remover.join().unwrap();
+        assert_eq!(closed[0], (1, false));
+        if removed {
+            // Removed first: the closer saw it marked, or the pass unlinked
+            // it before the swap.
+            assert!(closed.len() == 1 || closed[1] == (0, true), "{closed:?}");
+        } else {
+            assert_eq!(closed[1], (0, false), "frozen by the closer");
+        }
+    });
+}
+
+/// List invariant 6, the store-buffer case: the remover of the head unlinks
+/// it and reads `cleaners` after its CAS; a pass started by the removal of
+/// an inner entry reads the head after counting itself. With the fences,
+/// either the pass no longer finds the entry or the remover sees the pass
+/// and defers; without them the remover frees the entry under the pass.
+/// (The head unlink may also race the pass's own CAS on the head.)
+#[test]
+fn pass_races_head_unlink() {
+    model("pass_races_head_unlink", || {
+        let (list, owners) = filled(3);
+        let mut owners = owners.into_iter();
+        let (inner, middle, head) = (
+            owners.next().unwrap(),
+            owners.next().unwrap(),
+            owners.next().unwrap(),
+        );
+        let remover = thread::spawn({
+            let list = Arc::clone(&list);
+            // The head's owner removes it and lets go at once.
+            move || list.remove(&head)
+        });
+        // Not the head: marks it and runs a cleanup pass.
+        assert!(list.remove(&inner));
+        drop(inner);
+        assert!(remover.join().unwrap());
+        assert_eq!(list.live_ids(), [1]);
+        assert_eq!(live(&list.close()), [1]);
+        drop(middle);
+    });
+}
