@@ -1,22 +1,22 @@
-//! A thread pool whose workers stop on cancellation: the pattern to copy for
-//! plain-thread services.
+//! A crossbeam-channel worker pool whose workers stop on cancellation: the
+//! pattern to copy for plain-thread services.
 //!
-//! * One root context is the pool's shutdown switch. An `after_func` on it
-//!   closes the job channel, so idle workers blocked in `recv()` wake up and
-//!   exit; busy workers see their job's context cancelled.
+//! * One root context is the pool's shutdown switch. Each worker waits in
+//!   `crossbeam_channel::select!` on the job channel *and* on a shutdown
+//!   channel that an `after_func` on the root closes, so an idle worker
+//!   leaves at once, and a busy one sees its job's context cancelled.
 //! * Every job runs under its own child context with a per-job timeout; the
-//!   job checks it between steps with `ctx.check()?`, and waits with
+//!   job checks it between steps with `ctx.check()?` and waits with
 //!   `ctx.done().wait_timeout(..)` instead of sleeping.
 //!
 //! ```text
 //! cargo run --release --example worker_pool
 //! ```
 
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, select, unbounded};
 use goctx::{Cause, Context, ContextError};
 
 /// A job: `steps` units of `step` work each.
@@ -43,49 +43,64 @@ fn run_job(ctx: &Context, job: &Job) -> Result<u32, ContextError> {
     Ok(job.steps)
 }
 
+/// A receiver that disconnects when `ctx` is done, for `select!`: the
+/// sending half lives in an `after_func` callback, which drops it.
+fn closed_when_done(ctx: &Context) -> (Receiver<()>, goctx::AfterFunc) {
+    let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+    let bridge = ctx.after_func(move || drop(tx));
+    (rx, bridge)
+}
+
 fn main() {
     const WORKERS: usize = 4;
     const JOB_TIMEOUT: Duration = Duration::from_millis(40);
 
     let (pool, shutdown) = Context::background().with_cancel_cause();
-    let (jobs, queue) = mpsc::channel::<Job>();
-    // Workers share the receiving end; the sender sits in a slot that the
-    // shutdown callback empties, which closes the channel.
-    let queue = Arc::new(Mutex::new(queue));
-    let sender = Arc::new(Mutex::new(Some(jobs)));
-    let _close_on_shutdown = pool.after_func({
-        let sender = Arc::clone(&sender);
-        move || drop(sender.lock().unwrap().take())
-    });
+    let (shutting_down, _bridge) = closed_when_done(&pool);
+    let (jobs, queue) = unbounded::<Job>();
+    let (report, reports) = unbounded::<(u32, Result<u32, ContextError>)>();
 
-    let (report, reports) = mpsc::channel::<(u32, Result<u32, ContextError>)>();
     let workers: Vec<_> = (0..WORKERS)
         .map(|_| {
-            let pool = pool.clone();
-            let queue = Arc::clone(&queue);
-            let report = report.clone();
+            let (pool, queue, shutting_down, report) = (
+                pool.clone(),
+                queue.clone(),
+                shutting_down.clone(),
+                report.clone(),
+            );
             thread::spawn(move || {
                 loop {
-                    let next = queue.lock().unwrap().recv();
-                    let Ok(job) = next else { return }; // closed: shutting down
-                    let (ctx, _cancel) = pool.with_timeout(JOB_TIMEOUT);
-                    let _ = report.send((job.id, run_job(&ctx, &job)));
+                    select! {
+                        recv(queue) -> job => {
+                            let Ok(job) = job else { return };
+                            // `select!` picks at random among ready
+                            // channels: do not start a job once shut down.
+                            if pool.is_done() {
+                                return;
+                            }
+                            let (ctx, _cancel) = pool.with_timeout(JOB_TIMEOUT);
+                            let _ = report.send((job.id, run_job(&ctx, &job)));
+                        }
+                        // Disconnected: the pool is shutting down.
+                        recv(shutting_down) -> _ => return,
+                    }
                 }
             })
         })
         .collect();
     drop(report);
 
-    // Jobs of 1 to 8 steps of 8 ms: the long ones hit the 40 ms timeout.
-    for id in 0..24 {
-        let job = Job {
+    // Jobs of 1 to 8 steps of 8 ms: the long ones hit the 40 ms timeout, and
+    // those still queued at shutdown are never started.
+    const JOBS: u32 = 24;
+    for id in 0..JOBS {
+        let steps = 1 + id % 8;
+        jobs.send(Job {
             id,
-            steps: 1 + id % 8,
+            steps,
             step: Duration::from_millis(8),
-        };
-        if let Some(jobs) = sender.lock().unwrap().as_ref() {
-            jobs.send(job).expect("workers are running");
-        }
+        })
+        .expect("workers are running");
     }
     thread::sleep(Duration::from_millis(120));
     let stopping = Instant::now();
@@ -113,7 +128,8 @@ fn main() {
         }
     }
     println!(
-        "{finished} finished, {timed_out} timed out, {cut_off} cut off by shutdown; \
-         all {WORKERS} workers stopped {stopped_in:?} after cancel()"
+        "{finished} finished, {timed_out} timed out, {cut_off} cut off by shutdown, \
+         {} never started; all {WORKERS} workers stopped {stopped_in:?} after cancel()",
+        JOBS - finished - timed_out - cut_off
     );
 }
