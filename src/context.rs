@@ -235,9 +235,8 @@ impl Context {
     /// ```
     #[must_use = "the derived context is dropped at once"]
     pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelFunc) {
-        let now = Instant::now();
-        match now.checked_add(timeout) {
-            Some(deadline) => self.deadline_node(deadline, None, Some(now)),
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.deadline_node(deadline, None, Some(timeout)),
             None => self.with_cancel(),
         }
     }
@@ -262,25 +261,24 @@ impl Context {
         timeout: Duration,
         cause: impl Into<Cause>,
     ) -> (Context, CancelFunc) {
-        let now = Instant::now();
-        match now.checked_add(timeout) {
-            Some(deadline) => self.deadline_node(deadline, Some(cause.into()), Some(now)),
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.deadline_node(deadline, Some(cause.into()), Some(timeout)),
             None => self.with_cancel(),
         }
     }
 
-    /// `read`: a clock reading the caller took just before (see
-    /// `CancelNode::derive_deadline`).
+    /// `timeout`: `deadline` is a clock reading the caller took just before
+    /// plus this (see `CancelNode::derive_deadline`).
     fn deadline_node(
         &self,
         deadline: Instant,
         cause: Option<Cause>,
-        read: Option<Instant>,
+        timeout: Option<Duration>,
     ) -> (Context, CancelFunc) {
         if self.deadline().is_some_and(|current| current <= deadline) {
             return self.with_cancel();
         }
-        let node = CancelNode::derive_deadline(self, 2, deadline, cause, read);
+        let node = CancelNode::derive_deadline(self, 2, deadline, cause, timeout);
         (Context(Repr::Node(node.cast())), CancelFunc::new(node))
     }
 

@@ -119,6 +119,7 @@
 //!    relinking CAS fails, and it withdraws the entry itself).
 
 use core::ptr::NonNull;
+use core::time::Duration;
 use std::time::Instant;
 
 use crate::cancel::CancelNode;
@@ -206,21 +207,21 @@ impl TimerEntry {
     }
 }
 
-/// Arms `node`'s timer for `deadline`, which lies after `now` (a clock
-/// reading taken during the derivation: at or before the present, which is
+/// Arms `node`'s timer for `deadline`, which lies `remaining` after a clock
+/// reading taken during the derivation (at or before the present, which is
 /// all placement needs, invariant 7). Called once, by the deriving thread.
 ///
 /// # Safety
 ///
 /// The caller holds handles on the node and gives the wheel (or, under
 /// loom, the test) one memory reference it counted for it (invariant 2).
-pub(crate) unsafe fn arm(raw: NonNull<CancelNode>, deadline: Instant, now: Instant) {
+pub(crate) unsafe fn arm(raw: NonNull<CancelNode>, deadline: Instant, remaining: Duration) {
     // SAFETY: the deriving thread holds handles on the node.
     let node = unsafe { raw.as_ref() };
     // SAFETY: the node's memory is kept alive by the caller's reference,
     // which the timer now owns. `submit` sets `ARMED` once the entry is
     // linked, so a disarm never removes an entry that is not linked yet.
-    unsafe { imp::submit(raw, deadline, now) };
+    unsafe { imp::submit(raw, deadline, remaining) };
     // A cancellation that ran before `ARMED` was visible could not disarm:
     // do it for it.
     if node.is_done() {
@@ -616,10 +617,13 @@ mod imp {
     ///
     /// `node` is armed and the caller gives the list the memory reference
     /// it took for it.
-    pub(super) unsafe fn submit(node: NonNull<CancelNode>, deadline: Instant, now: Instant) {
+    pub(super) unsafe fn submit(node: NonNull<CancelNode>, deadline: Instant, remaining: Duration) {
         let timer = timer();
         let when = timer.nanos(deadline);
-        let slot = slot_of(when, timer.nanos(now));
+        // The clock reading `remaining` is measured from, without a second
+        // `Instant` subtraction.
+        let now = when.saturating_sub(u64::try_from(remaining.as_nanos()).unwrap_or(u64::MAX));
+        let slot = slot_of(when, now);
         // (A thread-local destructor arming a deadline gets stripe 0.)
         let stripe = STRIPE.try_with(|stripe| *stripe).unwrap_or(0);
         // SAFETY: the reference keeps the node valid.
@@ -810,7 +814,11 @@ mod imp {
     /// # Safety
     ///
     /// As the std `submit`: the test's `ArmedTimer` takes the reference.
-    pub(super) unsafe fn submit(node: NonNull<CancelNode>, _deadline: Instant, _now: Instant) {
+    pub(super) unsafe fn submit(
+        node: NonNull<CancelNode>,
+        _deadline: Instant,
+        _remaining: std::time::Duration,
+    ) {
         // SAFETY: the caller's reference keeps the node valid.
         let entry = unsafe { node.as_ref() };
         // Ordering: Relaxed — the test's hooks run on this thread or after
