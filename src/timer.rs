@@ -273,6 +273,9 @@ impl TimerRef {
     /// unless a cancellation or release came first. Drops the reference.
     /// Returns whether the entry was disarmed (garbage).
     pub(crate) fn fire(self) -> bool {
+        // The memory reference is given up last, also while a waker's panic
+        // unwinds out of `cancel` (the entry's memory would leak otherwise).
+        let memory = Discard(self.0);
         let node = self.node();
         // Ordering: AcqRel — invariant 1.
         let claimed = node
@@ -287,13 +290,24 @@ impl TimerRef {
             node.cancel(Error::DeadlineExceeded, node.timer.cause());
             drop(handle);
         }
-        self.discard();
+        drop(memory);
         !claimed
     }
 
     /// Drops the timer's reference without firing.
     pub(crate) fn discard(self) {
         // SAFETY: the reference `arm` took, given up once.
+        unsafe { CancelNode::release_memory(self.0.as_ptr()) };
+    }
+}
+
+/// `TimerRef::fire`'s memory reference, given up when dropped (also
+/// while a panic unwinds).
+struct Discard(NonNull<CancelNode>);
+
+impl Drop for Discard {
+    fn drop(&mut self) {
+        // SAFETY: the reference `arm` (or the sweep) took, given up once.
         unsafe { CancelNode::release_memory(self.0.as_ptr()) };
     }
 }
