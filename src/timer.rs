@@ -293,12 +293,6 @@ impl TimerRef {
         drop(memory);
         !claimed
     }
-
-    /// Drops the timer's reference without firing.
-    pub(crate) fn discard(self) {
-        // SAFETY: the reference `arm` took, given up once.
-        unsafe { CancelNode::release_memory(self.0.as_ptr()) };
-    }
 }
 
 /// `TimerRef::fire`'s memory reference, given up when dropped (also
