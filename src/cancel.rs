@@ -46,10 +46,9 @@ use std::time::Instant;
 
 use crossbeam_epoch::Guard;
 
-use crate::context::Context;
 use crate::error::{Cause, Error};
 use crate::list::{Entry, Link, List, release_link_from};
-use crate::node::{self, Kind, Node};
+use crate::node::{Kind, Node, NodeRef, Repr};
 use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::state::{self, CauseBox, Pending, Word};
@@ -135,12 +134,35 @@ unsafe impl Send for CancelNode {}
 // SAFETY: as above.
 unsafe impl Sync for CancelNode {}
 
+impl Node {
+    /// The nearest cancellable node, if any (node invariant 4): the typed
+    /// view of the type-erased `anchor`.
+    #[inline]
+    pub(crate) fn anchor(&self) -> Option<&CancelNode> {
+        // SAFETY: node invariants 4 and 2 — the anchor heads a `CancelNode`
+        // that is this node or an ancestor, alive while this node is.
+        unsafe { self.anchor.cast::<CancelNode>().as_ref() }
+    }
+}
+
+impl Repr {
+    /// The nearest cancellable node of this context, if any.
+    #[inline]
+    pub(crate) fn anchor(&self) -> Option<&CancelNode> {
+        match self {
+            Repr::Node(node) => node.anchor(),
+            Repr::Background | Repr::Todo => None,
+        }
+    }
+}
+
 impl CancelNode {
     /// Derives a cancellable child of `parent`, with `handles` handles.
     /// Registers it with `parent`'s anchor, or makes it done at once if the
     /// anchor already is (invariant: done before the derivation returns).
-    pub(crate) fn derive(parent: &Context, handles: usize) -> NonNull<CancelNode> {
-        CancelNode::derive_with(parent, handles, parent.deadline(), TimerEntry::none(), 1)
+    pub(crate) fn derive(parent: &Repr, handles: usize) -> NonNull<CancelNode> {
+        let deadline = parent.anchor().and_then(CancelNode::deadline);
+        CancelNode::derive_with(parent, handles, deadline, TimerEntry::none(), 1)
     }
 
     /// Derives a deadline node: `deadline` must be earlier than the
@@ -157,7 +179,7 @@ impl CancelNode {
     /// indistinguishable from one preempted right after the check, which Go
     /// has too. So long timeouts skip a clock read; short ones never do.
     pub(crate) fn derive_deadline(
-        parent: &Context,
+        parent: &Repr,
         handles: usize,
         deadline: Instant,
         cause: Option<Cause>,
@@ -227,15 +249,18 @@ impl CancelNode {
     /// `links`: the memory references the caller wants besides the list's
     /// (1: the handles'; 2: also a timer wheel list's).
     fn derive_with(
-        parent: &Context,
+        parent: &Repr,
         handles: usize,
         deadline: Option<Instant>,
         timer: TimerEntry,
         links: usize,
     ) -> NonNull<CancelNode> {
-        let anchor = parent.anchor_ptr();
+        let anchor = parent.anchor_ptr().cast::<CancelNode>();
+        let kind = Kind::Cancel {
+            retire: CancelNode::retire,
+        };
         let raw = CancelNode::alloc(
-            Node::new(handles, Kind::Cancel, parent.clone(), ptr::null()),
+            Node::new(handles, kind, parent.clone(), ptr::null()),
             deadline,
             timer,
             links,
@@ -243,7 +268,7 @@ impl CancelNode {
         // SAFETY: `raw` is a fresh, exclusively owned allocation until it is
         // pushed below.
         unsafe {
-            (*raw).node.anchor = raw;
+            (*raw).node.anchor = raw.cast::<Node>();
             if let Some(anchor) = anchor.as_ref() {
                 // Ordering: Acquire — pairs with the winning CAS, so a done
                 // word's cause box is visible before we borrow it.
@@ -448,8 +473,10 @@ impl CancelNode {
     ///
     /// # Safety
     ///
-    /// `this` was just released (no handles left).
-    pub(crate) unsafe fn retire(this: NonNull<CancelNode>, panic: &mut Option<Panic>) {
+    /// `this` heads a `CancelNode` (its kind is `Kind::Cancel`) and was
+    /// just released (no handles left).
+    unsafe fn retire(this: NonNull<Node>, panic: &mut Option<Panic>) {
+        let this = this.cast::<CancelNode>();
         // SAFETY: the memory is valid until `release_memory` below.
         let node = unsafe { this.as_ref() };
         // A node that is done has left its anchor's list already: its own
@@ -486,12 +513,12 @@ impl CancelNode {
             // SAFETY: we own the box; nobody dereferences it any more: every
             // node borrowing it was a descendant, and they are all released.
             let cause = unsafe { Box::from_raw(state::cause_ptr(word)) };
-            node::contain(panic, move || drop(cause));
+            waiters::contain(panic, move || drop(cause));
         }
         // SAFETY: released: nobody reads the timer's cause any more.
         let cause = unsafe { node.timer.take_cause() };
         if cause.is_some() {
-            node::contain(panic, move || drop(cause));
+            waiters::contain(panic, move || drop(cause));
         }
         // SAFETY: the handles' reference on the memory.
         unsafe { CancelNode::release_memory(this.as_ptr()) };
@@ -522,12 +549,8 @@ impl CancelNode {
 
 /// A handle on a cancellable node: shared by `CancelFunc` and
 /// `CancelCauseFunc`.
-struct Handle(NonNull<CancelNode>);
-
-// SAFETY: a handle is a counted reference to a `Sync` node.
-unsafe impl Send for Handle {}
-// SAFETY: as above.
-unsafe impl Sync for Handle {}
+#[derive(Clone)]
+struct Handle(NodeRef);
 
 // See the `UnwindSafe` impls of `Context`: the handles share that argument.
 impl std::panic::UnwindSafe for Handle {}
@@ -535,22 +558,9 @@ impl std::panic::RefUnwindSafe for Handle {}
 
 impl Handle {
     fn node(&self) -> &CancelNode {
-        // SAFETY: our handle keeps the node alive.
-        unsafe { self.0.as_ref() }
-    }
-}
-
-impl Clone for Handle {
-    fn clone(&self) -> Self {
-        self.node().node.acquire();
-        Handle(self.0)
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        // SAFETY: we own one handle.
-        unsafe { Node::release(self.0.cast()) };
+        // SAFETY: our handle keeps the node alive; it heads a `CancelNode`
+        // (`CancelFunc::new`'s contract).
+        unsafe { self.0.as_ptr().cast::<CancelNode>().as_ref() }
     }
 }
 
@@ -580,8 +590,9 @@ impl Drop for Handle {
 pub struct CancelFunc(Handle);
 
 impl CancelFunc {
-    pub(crate) fn new(node: NonNull<CancelNode>) -> CancelFunc {
-        CancelFunc(Handle(node))
+    /// `handle` is on a `CancelNode`.
+    pub(crate) fn new(handle: NodeRef) -> CancelFunc {
+        CancelFunc(Handle(handle))
     }
 
     /// Cancels the context with [`Error::Canceled`] (no effect if it is
@@ -691,8 +702,9 @@ impl fmt::Debug for CancelGuard {
 pub struct CancelCauseFunc(Handle);
 
 impl CancelCauseFunc {
-    pub(crate) fn new(node: NonNull<CancelNode>) -> CancelCauseFunc {
-        CancelCauseFunc(Handle(node))
+    /// `handle` is on a `CancelNode`.
+    pub(crate) fn new(handle: NodeRef) -> CancelCauseFunc {
+        CancelCauseFunc(Handle(handle))
     }
 
     /// Cancels the context with [`Error::Canceled`] and `cause` (no effect if

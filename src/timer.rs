@@ -124,7 +124,7 @@ use std::time::Instant;
 use crate::cancel::CancelNode;
 use crate::error::{Cause, Error};
 use crate::list::{Entry, Link, List};
-use crate::node::Node;
+use crate::node::NodeRef;
 use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -279,10 +279,11 @@ impl TimerRef {
             .state
             .compare_exchange(ARMED, FIRED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
-        if claimed && node.node.try_acquire() {
+        // SAFETY: our memory reference keeps the memory valid.
+        if claimed && let Some(handle) = unsafe { NodeRef::try_acquire(self.0.cast()) } {
             // Given back even if `cancel` resumes a waker's panic: otherwise
             // the node and its ancestors would never be freed.
-            let handle = TimerHandle(self.0);
+            let handle = TimerHandle(Some(handle));
             node.cancel(Error::DeadlineExceeded, node.timer.cause());
             drop(handle);
         }
@@ -302,29 +303,16 @@ impl TimerRef {
 /// last handle, the release — which drops user data: causes, values, a
 /// callback that can no longer run — goes to an after-func worker, never
 /// onto the timer thread (invariant 6).
-struct TimerHandle(NonNull<CancelNode>);
+struct TimerHandle(Option<NodeRef>);
 
 impl Drop for TimerHandle {
     fn drop(&mut self) {
-        // SAFETY: the handle `try_acquire` took keeps the node alive.
-        let node = unsafe { self.0.as_ref() };
-        if node.node.release_unless_last() {
-            return;
+        let Some(handle) = self.0.take() else { return };
+        if let Err(last) = handle.release_unless_last() {
+            crate::after_func::run_detached(move || drop(last));
         }
-        let last = SendHandle(self.0);
-        crate::after_func::run_detached(move || {
-            let last = last;
-            // SAFETY: the handle `try_acquire` took, given up once, here.
-            unsafe { Node::release(last.0.cast()) }
-        });
     }
 }
-
-/// The last handle on a node, on its way to a worker.
-struct SendHandle(NonNull<CancelNode>);
-
-// SAFETY: a handle on a `Sync` node, used by one thread at a time.
-unsafe impl Send for SendHandle {}
 
 /// A deadline node seen as an entry of its wheel list: the same memory,
 /// linked through `TimerEntry::link`, the list holding a memory reference.

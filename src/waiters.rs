@@ -265,6 +265,14 @@ pub(crate) fn wake_all(list: &WaiterList) -> Option<Panic> {
 /// A caught panic payload.
 pub(crate) type Panic = Box<dyn core::any::Any + Send + 'static>;
 
+/// Runs `drop_user_data`, catching a panic into `panic` (the first one is
+/// kept): user code never cuts a release (node.rs) or a drain short.
+pub(crate) fn contain(panic: &mut Option<Panic>, drop_user_data: impl FnOnce()) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(drop_user_data)) {
+        panic.get_or_insert(payload);
+    }
+}
+
 /// Closes the waiter set of a released node without notifying: what is
 /// left there is withdrawn waiters and callbacks of a context that can no
 /// longer be done; dropping the set's references frees them (and the
@@ -275,7 +283,7 @@ pub(crate) fn drain(list: &WaiterList) -> Option<Panic> {
     let mut panic = None;
     let mut chain = list.close();
     while let Some((waiter, _)) = chain.next_entry() {
-        crate::node::contain(&mut panic, || {
+        contain(&mut panic, || {
             // SAFETY: yielded by this chain, released once.
             unsafe { chain.release(waiter) }
         });

@@ -48,8 +48,7 @@ use core::ptr::{self, NonNull};
 use core::time::Duration;
 
 use crate::cancel::CancelNode;
-use crate::context::Context;
-use crate::node::Node;
+use crate::node::NodeRef;
 use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicPtr, Ordering};
 use crate::waiters::{CallbackVtable, NOTIFIED, REF, REGISTERING, Waiter};
@@ -157,8 +156,8 @@ unsafe fn release_keep_alive(entry: *const AfterHeader) {
             .with_mut(|cell| ptr::replace(cell, ptr::null()))
     };
     if let Some(node) = NonNull::new(node.cast_mut()) {
-        // SAFETY: the handle taken at registration.
-        unsafe { Node::release(node.cast()) };
+        // SAFETY: the handle taken at registration, given up once, here.
+        drop(unsafe { NodeRef::from_raw(node.cast()) });
     }
 }
 
@@ -195,8 +194,12 @@ unsafe impl Send for AfterFunc {}
 unsafe impl Sync for AfterFunc {}
 
 impl AfterFunc {
-    /// Registers `f` to run once `ctx` is done (see `Context::after_func`).
-    pub(crate) fn new<F>(ctx: &Context, f: F) -> AfterFunc
+    /// Registers `f` to run once the context whose anchor is `anchor_ptr`
+    /// is done (see `Context::after_func`). `anchor_ptr` is the raw anchor
+    /// pointer stored in the context's node (not one made from a
+    /// reference: the handle taken below may be the one that frees the
+    /// node), or null; the caller's context keeps it alive during the call.
+    pub(crate) fn new<F>(anchor_ptr: *const CancelNode, f: F) -> AfterFunc
     where
         F: FnOnce() + Send + 'static,
     {
@@ -211,31 +214,38 @@ impl AfterFunc {
             f: UnsafeCell::new(Some(f)),
         }));
         let header = entry as *const AfterHeader;
-        if ctx.anchor().is_some() {
+        if !anchor_ptr.is_null() {
             // The pool's dispatcher must exist before any cancellation
             // dispatches to it: a canceller never starts threads.
             runner::start();
         }
-        // The raw anchor pointer (not one made from a reference): the handle
-        // taken below may be the one that frees the node.
-        let anchor_ptr = ctx.anchor_ptr();
         let mut node = None;
-        // SAFETY: the anchor lives as long as `ctx`.
+        // SAFETY: the anchor lives as long as the caller's context.
         if let Some(anchor) = unsafe { anchor_ptr.as_ref() } {
+            // Handles are taken through the raw pointer, which keeps its
+            // provenance. SAFETY (of the calls): the anchor is alive.
+            let raw = NonNull::new(anchor_ptr.cast_mut())
+                .expect("non-null: as_ref returned Some")
+                .cast();
             if anchor.is_done() {
                 fire_now(header);
             } else {
                 if anchor.deadline().is_some() {
                     // Invariant 3.
-                    anchor.node.acquire();
+                    // SAFETY: the anchor is alive (see above).
+                    let keep_alive = unsafe { NodeRef::acquire(raw) }.into_raw();
                     // SAFETY: a fresh allocation, exclusively ours until
                     // pushed.
-                    unsafe { (*header).keep_alive.with_mut(|cell| *cell = anchor_ptr) };
+                    unsafe {
+                        (*header)
+                            .keep_alive
+                            .with_mut(|cell| *cell = keep_alive.as_ptr().cast_const().cast())
+                    };
                 }
                 // SAFETY: valid, ours, unlinked.
                 if unsafe { Waiter::push_onto(header as *const Waiter, &anchor.waiters) }.is_ok() {
-                    anchor.node.acquire();
-                    node = NonNull::new(anchor_ptr.cast_mut());
+                    // SAFETY: the anchor is alive (see above).
+                    node = Some(unsafe { NodeRef::acquire(raw) }.into_raw());
                 } else {
                     // Closed: done meanwhile. Not linked, so still ours.
                     // SAFETY: not shared yet.
@@ -247,7 +257,7 @@ impl AfterFunc {
         AfterFunc {
             // SAFETY: `Box::into_raw` is never null.
             entry: unsafe { NonNull::new_unchecked(header.cast_mut()) },
-            node: AtomicPtr::new(node.map_or(ptr::null_mut(), NonNull::as_ptr)),
+            node: AtomicPtr::new(node.map_or(ptr::null_mut(), |node| node.as_ptr().cast())),
         }
     }
 
@@ -280,7 +290,7 @@ impl AfterFunc {
         // keep-alive handle and the registration are given up before the
         // panic resumes.
         let mut panic = None;
-        crate::node::contain(&mut panic, || {
+        crate::waiters::contain(&mut panic, || {
             // SAFETY: the closure cell is ours (invariant 1).
             unsafe { ((*header).discard)(header) }
         });
@@ -294,7 +304,7 @@ impl AfterFunc {
             let node = self.node.swap(ptr::null_mut(), Ordering::AcqRel);
             if let Some(node) = NonNull::new(node) {
                 node.as_ref().waiters.remove(header as *const Waiter);
-                Node::release(node.cast());
+                drop(NodeRef::from_raw(node.cast()));
             }
         }
         if let Some(payload) = panic {
@@ -312,7 +322,7 @@ impl Drop for AfterFunc {
         let node = self.node.swap(ptr::null_mut(), Ordering::Acquire);
         if let Some(node) = NonNull::new(node) {
             // SAFETY: our handle (invariant 2), given up.
-            unsafe { Node::release(node.cast()) };
+            drop(unsafe { NodeRef::from_raw(node.cast()) });
         }
     }
 }
