@@ -52,7 +52,7 @@ use crate::node::{Kind, Node, NodeRef, Repr};
 use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::state::{self, CauseBox, Pending, Word};
-use crate::timer::{self, TimerEntry};
+use crate::timer::{self, TimerEntry, TimerOwner};
 use crate::waiters::{self, Panic, WaiterList};
 
 /// A cancellable context's node.
@@ -178,12 +178,16 @@ impl CancelNode {
     /// that, and a thread preempted for longer between the two points is
     /// indistinguishable from one preempted right after the check, which Go
     /// has too. So long timeouts skip a clock read; short ones never do.
+    ///
+    /// `timer_owner` is how the timer treats the node
+    /// (`CancelNode::timer_owner`).
     pub(crate) fn derive_deadline(
         parent: &Repr,
         handles: usize,
         deadline: Instant,
         cause: Option<Cause>,
         read: Option<Instant>,
+        timer_owner: &'static TimerOwner,
     ) -> NonNull<CancelNode> {
         // The memory starts with the wheel list's reference counted (invariant
         // 3 and timer invariant 2), saving the arming a read-modify-write.
@@ -191,7 +195,7 @@ impl CancelNode {
             parent,
             handles,
             Some(deadline),
-            TimerEntry::deadline(cause),
+            TimerEntry::deadline(cause, timer_owner),
             2,
         );
         // SAFETY: we hold the handles just created.
@@ -201,8 +205,16 @@ impl CancelNode {
             _ => Instant::now(),
         };
         if !node.is_done() && deadline > now {
-            // SAFETY: the wheel's reference, counted at construction.
-            unsafe { timer::arm(raw, deadline, now) };
+            let entry = CancelNode::timer_entry(raw.as_ptr());
+            // SAFETY: a deadline entry, with the node's provenance; the
+            // wheel's reference, counted at construction.
+            unsafe { timer::arm(entry, deadline, now) };
+            // A cancellation that ran before `ARMED` was visible could not
+            // disarm: do it for it.
+            if node.is_done() {
+                // SAFETY: we hold handles; the node's provenance.
+                unsafe { timer::disarm(entry) };
+            }
         } else {
             if !node.is_done() {
                 node.cancel(Error::DeadlineExceeded, node.timer.cause());
@@ -300,6 +312,75 @@ impl CancelNode {
         self.deadline
     }
 
+    /// This node's timer entry, through a pointer with the provenance of
+    /// `this` (the timer pushes, withdraws and frees through it).
+    #[inline]
+    fn timer_entry(this: *const CancelNode) -> NonNull<TimerEntry> {
+        // SAFETY: an in-bounds projection of a non-null pointer to a live
+        // node (every caller's `this` is valid) is non-null.
+        unsafe { NonNull::new_unchecked((&raw const (*this).timer).cast_mut()) }
+    }
+
+    /// The node holding `entry`.
+    ///
+    /// # Safety
+    ///
+    /// `entry` is the `timer` field of a `CancelNode` (`timer_entry`).
+    unsafe fn of_timer(entry: NonNull<TimerEntry>) -> NonNull<CancelNode> {
+        // SAFETY: the field lies `offset_of!` bytes into the node, and the
+        // pointer keeps the node's provenance (`timer_entry`).
+        unsafe {
+            NonNull::new_unchecked(
+                entry
+                    .as_ptr()
+                    .byte_sub(core::mem::offset_of!(CancelNode, timer))
+                    .cast::<CancelNode>(),
+            )
+        }
+    }
+
+    /// How the timer treats a deadline node's entry (timer.rs names no
+    /// kind of node); `drop_detached` drops a last handle off the timer
+    /// thread (timer invariant 6). Composed in context.rs.
+    pub(crate) const fn timer_owner(drop_detached: fn(NodeRef)) -> TimerOwner {
+        /// # Safety
+        ///
+        /// `entry` is a `CancelNode`'s (all four below).
+        unsafe fn node(entry: NonNull<TimerEntry>) -> NonNull<Node> {
+            // SAFETY: forwarded; the header is the first field.
+            unsafe { CancelNode::of_timer(entry) }.cast()
+        }
+        /// # Safety
+        ///
+        /// As `node`, and the memory is valid.
+        unsafe fn acquire_memory(entry: NonNull<TimerEntry>) {
+            // SAFETY: forwarded.
+            unsafe { CancelNode::of_timer(entry).as_ref() }.acquire_memory();
+        }
+        /// # Safety
+        ///
+        /// As `node`; the caller owns a memory reference and gives it up.
+        unsafe fn release_memory(entry: NonNull<TimerEntry>) {
+            // SAFETY: forwarded.
+            unsafe { CancelNode::release_memory(CancelNode::of_timer(entry).as_ptr()) }
+        }
+        /// # Safety
+        ///
+        /// As `node`; the caller holds a handle on the node.
+        unsafe fn expire(entry: NonNull<TimerEntry>) {
+            // SAFETY: forwarded: the handle keeps the node alive.
+            let node = unsafe { CancelNode::of_timer(entry).as_ref() };
+            node.cancel(Error::DeadlineExceeded, node.timer.cause());
+        }
+        TimerOwner {
+            node,
+            acquire_memory,
+            release_memory,
+            expire,
+            drop_detached,
+        }
+    }
+
     /// Takes one more reference on the memory (for the timer's sweep; loom
     /// models arm and fire timers by hand, without it).
     #[cfg_attr(loom, allow(dead_code))]
@@ -380,7 +461,9 @@ impl CancelNode {
             }
             return false;
         }
-        timer::disarm(self);
+        // SAFETY: the caller holds a handle; the pointer has the provenance
+        // of `self`, as every disarm's.
+        unsafe { timer::disarm(CancelNode::timer_entry(self)) };
         if let Some(registered) =
             // SAFETY: invariant 5.
             unsafe { self.registered.as_ref() }
@@ -421,7 +504,9 @@ impl CancelNode {
                         .compare_exchange(state::ACTIVE, word, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok();
                 if won {
-                    timer::disarm(child_ref);
+                    // SAFETY: the child is valid (we hold its link
+                    // reference, or its list is frozen by our close).
+                    unsafe { timer::disarm(CancelNode::timer_entry(child_ref)) };
                     // Keep the link reference until the child is processed.
                     let defer = if chain.deferring() { DEFER } else { 0 };
                     let tagged = child.map_addr(|addr| addr | defer);
@@ -499,7 +584,8 @@ impl CancelNode {
         if !node.children.is_empty() {
             drop(node.children.close());
         }
-        timer::disarm(node);
+        // SAFETY: the memory is valid until `release_memory` below.
+        unsafe { timer::disarm(CancelNode::timer_entry(this.as_ptr())) };
         // No thread or task can be waiting (a `Done` holds a handle); what
         // is left is withdrawn entries and callbacks whose `AfterFunc` was
         // dropped — the context can no longer be done, so they never run.

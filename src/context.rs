@@ -9,6 +9,7 @@ use crate::cancel::{CancelCauseFunc, CancelFunc, CancelNode};
 use crate::done::Done;
 use crate::error::{Cause, Error};
 use crate::node::{self, Kind, Node, NodeRef, Repr};
+use crate::timer::TimerOwner;
 use crate::value::{ValueNode, value_of};
 
 /// A Go-style context: a cancellation signal, a deadline and request-scoped
@@ -270,7 +271,7 @@ impl Context {
         if self.deadline().is_some_and(|current| current <= deadline) {
             return self.with_cancel();
         }
-        let node = CancelNode::derive_deadline(&self.0, 2, deadline, cause, read);
+        let node = CancelNode::derive_deadline(&self.0, 2, deadline, cause, read, &DEADLINE_TIMER);
         let [ctx, cancel] = handles(node);
         (Context(Repr::Node(ctx)), CancelFunc::new(cancel))
     }
@@ -525,6 +526,16 @@ impl fmt::Debug for Context {
             .field("err", &self.err())
             .finish()
     }
+}
+
+/// How the timer treats a deadline node: cancel.rs's operations on a
+/// `CancelNode`, and the after-func pool for a last handle, which the timer
+/// thread never drops itself (timer invariant 6).
+static DEADLINE_TIMER: TimerOwner = CancelNode::timer_owner(drop_detached);
+
+/// Drops `last` on an after-func worker.
+fn drop_detached(last: NodeRef) {
+    crate::after_func::run_detached(move || drop(last));
 }
 
 /// The two handles a node derived with two handles starts with.
