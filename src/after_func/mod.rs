@@ -18,9 +18,11 @@
 //!
 //! # Invariants
 //!
-//! 1. `NOTIFIED` (set by the notifying cancellation) and `REGISTERING`
-//!    (meaning *stopped*, set by `stop`) are claimed with `fetch_or`; the
-//!    first one wins. `f` runs iff `NOTIFIED` won; `stop` returns true iff
+//! 1. `NOTIFIED` (set by the notifying cancellation, or by
+//!    `Waiter::claim_unlisted` for an entry that never registered) and
+//!    `REGISTERING` (meaning *stopped*, set by `Waiter::claim_stop`) are
+//!    claimed with `fetch_or` (the bits and claims live in `waiters.rs`);
+//!    the first one wins. `f` runs iff `NOTIFIED` won; `stop` returns true iff
 //!    `REGISTERING` won. The winner alone touches the closure cell.
 //! 2. The `AfterFunc` holds one handle on the node it registered with (like
 //!    a `Done`) until it is dropped or its `stop` wins. So the context stays
@@ -51,7 +53,7 @@ use crate::cancel::CancelNode;
 use crate::node::NodeRef;
 use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicPtr, Ordering};
-use crate::waiters::{CallbackVtable, NOTIFIED, REF, REGISTERING, Waiter};
+use crate::waiters::{CallbackVtable, Waiter, WaiterKind};
 
 /// The type-independent head of an after-func allocation.
 #[repr(C)]
@@ -205,7 +207,7 @@ impl AfterFunc {
     {
         let entry = Box::into_raw(Box::new(AfterEntry {
             header: AfterHeader {
-                waiter: Waiter::new(None, None, Some(&AfterEntry::<F>::VTABLE)),
+                waiter: Waiter::new(WaiterKind::Callback(&AfterEntry::<F>::VTABLE)),
                 job_next: AtomicPtr::new(ptr::null_mut()),
                 keep_alive: UnsafeCell::new(ptr::null()),
                 run: AfterEntry::<F>::run,
@@ -277,10 +279,8 @@ impl AfterFunc {
         let header = self.entry.as_ptr() as *const AfterHeader;
         // SAFETY: our reference keeps the entry alive.
         let waiter = unsafe { &(*header).waiter };
-        // Ordering: AcqRel — invariant 1, totally ordered with the notifying
-        // `fetch_or(NOTIFIED)`.
-        let prev = waiter.state.fetch_or(REGISTERING, Ordering::AcqRel);
-        if prev & (NOTIFIED | REGISTERING) != 0 {
+        // Invariant 1.
+        if !waiter.claim_stop() {
             return false;
         }
         // We won (invariant 1): drop the closure now and withdraw the entry
@@ -335,13 +335,10 @@ impl std::panic::RefUnwindSafe for AfterFunc {}
 impl fmt::Debug for AfterFunc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // SAFETY: our reference keeps the entry alive.
-        let state = unsafe { (*self.entry.as_ptr()).waiter.state.load(Ordering::Acquire) };
+        let (started, stopped) = unsafe { (*self.entry.as_ptr()).waiter.callback_status() };
         f.debug_struct("AfterFunc")
-            .field("started", &(state & NOTIFIED != 0))
-            .field(
-                "stopped",
-                &(state & REGISTERING != 0 && state & NOTIFIED == 0),
-            )
+            .field("started", &started)
+            .field("stopped", &stopped)
             .finish()
     }
 }
@@ -356,7 +353,7 @@ where
 {
     let entry = Box::into_raw(Box::new(AfterEntry {
         header: AfterHeader {
-            waiter: Waiter::new(None, None, Some(&AfterEntry::<F>::VTABLE)),
+            waiter: Waiter::new(WaiterKind::Callback(&AfterEntry::<F>::VTABLE)),
             job_next: AtomicPtr::new(ptr::null_mut()),
             keep_alive: UnsafeCell::new(ptr::null()),
             run: AfterEntry::<F>::run,
@@ -377,10 +374,8 @@ where
 fn fire_now(header: *const AfterHeader) {
     // SAFETY: the caller still owns the only reference.
     let waiter = unsafe { &(*header).waiter };
-    // Ordering: AcqRel — invariant 1 (no `stop` can run yet: the `AfterFunc`
-    // does not exist), kept for uniformity.
-    waiter.state.fetch_or(NOTIFIED, Ordering::AcqRel);
-    waiter.state.fetch_add(REF, Ordering::Relaxed);
+    // Invariant 1 (no `stop` can run yet: the `AfterFunc` does not exist).
+    waiter.claim_unlisted();
     // SAFETY: we pass the new reference to the runner.
     unsafe { runner::dispatch(header) };
 }
