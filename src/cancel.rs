@@ -650,7 +650,7 @@ impl Handle {
     }
 }
 
-/// Cancels the context returned with it by [`Context::with_cancel`] (and
+/// Cancels the context returned with it by [`Context::with_cancel`](crate::Context::with_cancel) (and
 /// the deadline variants): Go's `CancelFunc`.
 ///
 /// `cancel()` is idempotent and may be called from any thread. Dropping a
@@ -769,7 +769,7 @@ impl fmt::Debug for CancelGuard {
 }
 
 /// Cancels the context returned with it by
-/// [`Context::with_cancel_cause`], recording a cause: Go's
+/// [`Context::with_cancel_cause`](crate::Context::with_cancel_cause), recording a cause: Go's
 /// `CancelCauseFunc`.
 ///
 /// The first cancellation wins: later calls (or a parent's cancellation that

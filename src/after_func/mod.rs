@@ -387,7 +387,7 @@ pub const DEFAULT_MAX_AFTER_FUNC_WORKERS: usize = runner::DEFAULT_MAX_WORKERS;
 /// The default of [`after_func_keep_alive`]: 10 seconds.
 pub const DEFAULT_AFTER_FUNC_KEEP_ALIVE: Duration = runner::DEFAULT_KEEP_ALIVE;
 
-/// Sets the cap on the threads that run [`after_func`](Context::after_func)
+/// Sets the cap on the threads that run [`after_func`](crate::Context::after_func)
 /// callbacks (default [`DEFAULT_MAX_AFTER_FUNC_WORKERS`]); 0 counts as 1.
 ///
 /// Each callback runs on a worker thread of the process-wide pool. When
