@@ -224,8 +224,9 @@ impl AfterFunc {
         let mut node = None;
         // SAFETY: the anchor lives as long as the caller's context.
         if let Some(anchor) = unsafe { anchor_ptr.as_ref() } {
-            // Handles are taken through the raw pointer, which keeps its
-            // provenance. SAFETY (of the calls): the anchor is alive.
+            // Handles are taken through the raw pointer, which keeps the
+            // allocation's provenance (one made from `anchor`, a reference,
+            // could not free the node under Tree Borrows).
             let raw = NonNull::new(anchor_ptr.cast_mut())
                 .expect("non-null: as_ref returned Some")
                 .cast();
