@@ -6,9 +6,11 @@
 //!
 //! The model is exact, cleanup heuristic included: on one thread every
 //! removal of the head unlinks it, every other removal marks it and runs a
-//! pass once `marked` reaches the threshold, a pass unlinks every marked
-//! entry and sets the next threshold to half the live entries it kept (at
-//! least the minimum), and every release is immediate (no pass overlaps
+//! pass once `marked` reaches the threshold, a pass unlinks runs of marked
+//! entries head first until it has unlinked as many as were marked when it
+//! started (list invariant 7) and sets the next threshold to half the live
+//! entries it walked past (at least the minimum), and every release is
+//! immediate (no pass overlaps
 //! another). So after each step: the live ids head first, the number of
 //! linked entries, each entry's `is_linked()`, and whether each entry is
 //! freed (no owner left and unlinked) must all match.
@@ -88,18 +90,39 @@ impl Model {
             .find(|&id| self.entries[id] != Linked::Unlinked)
     }
 
-    /// A cleanup pass: unlinks every marked entry.
+    /// A cleanup pass (list invariant 7): walks head first, unlinks each
+    /// run of marked entries with one step, and stops once it has unlinked
+    /// as many as were marked when it started; the next threshold is half
+    /// the live entries it walked past (at least the minimum).
     fn pass(&mut self) {
         if self.closed {
             return;
         }
-        for entry in &mut self.entries {
-            if *entry == Linked::Removed {
-                *entry = Linked::Unlinked;
+        let target = self.marked;
+        // Head first: the newest linked entry (highest id) is the head.
+        let order: Vec<usize> = (0..self.entries.len())
+            .rev()
+            .filter(|&id| self.entries[id] != Linked::Unlinked)
+            .collect();
+        let (mut kept, mut unlinked, mut i) = (0, 0, 0);
+        while i < order.len() {
+            if self.entries[order[i]] == Linked::Removed {
+                let mut run = 0;
+                while i < order.len() && self.entries[order[i]] == Linked::Removed {
+                    self.entries[order[i]] = Linked::Unlinked;
+                    run += 1;
+                    i += 1;
+                }
+                self.marked -= run;
+                unlinked += run;
+                if unlinked >= target {
+                    break;
+                }
+            } else {
+                kept += 1;
+                i += 1;
             }
         }
-        self.marked = 0;
-        let kept = self.entries.iter().filter(|&&e| e == Linked::Live).count();
         self.threshold = (kept / 2).max(self.min);
     }
 
