@@ -1,6 +1,5 @@
-//! A lock-free intrusive list that can be closed once: the shape behind a
-//! cancellable node's children (`CancelNode::children`), its waiter set and
-//! the timer wheel's lists.
+//! A lock-free intrusive list that can be closed once: the shape behind both
+//! a node's children ([`ChildList`](crate::node)) and its waiter set.
 //!
 //! The operations are exactly what a cancellation tree needs:
 //!
