@@ -46,14 +46,13 @@ use std::time::Instant;
 
 use crossbeam_epoch::Guard;
 
-use crate::context::Context;
 use crate::error::{Cause, Error};
 use crate::list::{Entry, Link, List, release_link_from};
-use crate::node::{self, Kind, Node};
+use crate::node::{Kind, Node, NodeRef, Repr};
 use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::state::{self, CauseBox, Pending, Word};
-use crate::timer::{self, TimerEntry};
+use crate::timer::{self, TimerEntry, TimerOwner};
 use crate::waiters::{self, Panic, WaiterList};
 
 /// A cancellable context's node.
@@ -135,12 +134,35 @@ unsafe impl Send for CancelNode {}
 // SAFETY: as above.
 unsafe impl Sync for CancelNode {}
 
+impl Node {
+    /// The nearest cancellable node, if any (node invariant 4): the typed
+    /// view of the type-erased `anchor`.
+    #[inline]
+    pub(crate) fn anchor(&self) -> Option<&CancelNode> {
+        // SAFETY: node invariants 4 and 2 — the anchor heads a `CancelNode`
+        // that is this node or an ancestor, alive while this node is.
+        unsafe { self.anchor.cast::<CancelNode>().as_ref() }
+    }
+}
+
+impl Repr {
+    /// The nearest cancellable node of this context, if any.
+    #[inline]
+    pub(crate) fn anchor(&self) -> Option<&CancelNode> {
+        match self {
+            Repr::Node(node) => node.anchor(),
+            Repr::Background | Repr::Todo => None,
+        }
+    }
+}
+
 impl CancelNode {
     /// Derives a cancellable child of `parent`, with `handles` handles.
     /// Registers it with `parent`'s anchor, or makes it done at once if the
     /// anchor already is (invariant: done before the derivation returns).
-    pub(crate) fn derive(parent: &Context, handles: usize) -> NonNull<CancelNode> {
-        CancelNode::derive_with(parent, handles, parent.deadline(), TimerEntry::none(), 1)
+    pub(crate) fn derive(parent: &Repr, handles: usize) -> NonNull<CancelNode> {
+        let deadline = parent.anchor().and_then(CancelNode::deadline);
+        CancelNode::derive_with(parent, handles, deadline, TimerEntry::none(), 1)
     }
 
     /// Derives a deadline node: `deadline` must be earlier than the
@@ -150,19 +172,22 @@ impl CancelNode {
     /// The clock is read after the node is built, as Go's
     /// `time.Until(d) <= 0` check: a deadline that has passed by then,
     /// however short the timeout, is done before the derivation returns
-    /// (API rule 7). `timeout`: the caller (`with_timeout`) made `deadline`
-    /// as a clock reading it took just before plus `timeout`; that reading
-    /// stands in for a new one when `timeout` exceeds `CLOCK_SLACK`:
-    /// building the node takes well under that, and a thread preempted for
-    /// longer between the two points is indistinguishable from one
-    /// preempted right after the check, which Go has too. So long timeouts
-    /// skip a clock read; short ones never do.
+    /// (API rule 7). `read`, a reading the caller took just before
+    /// (`with_timeout`'s), stands in for that reading when the deadline lies
+    /// more than `CLOCK_SLACK` after it: building the node takes well under
+    /// that, and a thread preempted for longer between the two points is
+    /// indistinguishable from one preempted right after the check, which Go
+    /// has too. So long timeouts skip a clock read; short ones never do.
+    ///
+    /// `timer_owner` is how the timer treats the node
+    /// (`CancelNode::timer_owner`).
     pub(crate) fn derive_deadline(
-        parent: &Context,
+        parent: &Repr,
         handles: usize,
         deadline: Instant,
         cause: Option<Cause>,
-        timeout: Option<core::time::Duration>,
+        read: Option<Instant>,
+        timer_owner: &'static TimerOwner,
     ) -> NonNull<CancelNode> {
         // The memory starts with the wheel list's reference counted (invariant
         // 3 and timer invariant 2), saving the arming a read-modify-write.
@@ -170,20 +195,26 @@ impl CancelNode {
             parent,
             handles,
             Some(deadline),
-            TimerEntry::deadline(cause),
+            TimerEntry::deadline(cause, timer_owner),
             2,
         );
         // SAFETY: we hold the handles just created.
         let node = unsafe { raw.as_ref() };
-        // How far the deadline lies after a clock reading taken during the
-        // derivation; zero once it has passed (`time.Until(d) <= 0`).
-        let remaining = match timeout {
-            Some(timeout) if timeout > CLOCK_SLACK => timeout,
-            _ => deadline.saturating_duration_since(Instant::now()),
+        let now = match read {
+            Some(read) if deadline.saturating_duration_since(read) > CLOCK_SLACK => read,
+            _ => Instant::now(),
         };
-        if !node.is_done() && !remaining.is_zero() {
-            // SAFETY: the wheel's reference, counted at construction.
-            unsafe { timer::arm(raw, deadline, remaining) };
+        if !node.is_done() && deadline > now {
+            let entry = CancelNode::timer_entry(raw.as_ptr());
+            // SAFETY: a deadline entry, with the node's provenance; the
+            // wheel's reference, counted at construction.
+            unsafe { timer::arm(entry, deadline, now) };
+            // A cancellation that ran before `ARMED` was visible could not
+            // disarm: do it for it.
+            if node.is_done() {
+                // SAFETY: we hold handles; the node's provenance.
+                unsafe { timer::disarm(entry) };
+            }
         } else {
             if !node.is_done() {
                 node.cancel(Error::DeadlineExceeded, node.timer.cause());
@@ -230,15 +261,18 @@ impl CancelNode {
     /// `links`: the memory references the caller wants besides the list's
     /// (1: the handles'; 2: also a timer wheel list's).
     fn derive_with(
-        parent: &Context,
+        parent: &Repr,
         handles: usize,
         deadline: Option<Instant>,
         timer: TimerEntry,
         links: usize,
     ) -> NonNull<CancelNode> {
-        let anchor = parent.anchor_ptr();
+        let anchor = parent.anchor_ptr().cast::<CancelNode>();
+        let kind = Kind::Cancel {
+            retire: CancelNode::retire,
+        };
         let raw = CancelNode::alloc(
-            Node::new(handles, Kind::Cancel, parent.clone(), ptr::null()),
+            Node::new(handles, kind, parent.clone(), ptr::null()),
             deadline,
             timer,
             links,
@@ -246,7 +280,7 @@ impl CancelNode {
         // SAFETY: `raw` is a fresh, exclusively owned allocation until it is
         // pushed below.
         unsafe {
-            (*raw).node.anchor = raw;
+            (*raw).node.anchor = raw.cast::<Node>();
             if let Some(anchor) = anchor.as_ref() {
                 // Ordering: Acquire — pairs with the winning CAS, so a done
                 // word's cause box is visible before we borrow it.
@@ -276,6 +310,75 @@ impl CancelNode {
     #[inline]
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// This node's timer entry, through a pointer with the provenance of
+    /// `this` (the timer pushes, withdraws and frees through it).
+    #[inline]
+    fn timer_entry(this: *const CancelNode) -> NonNull<TimerEntry> {
+        // SAFETY: an in-bounds projection of a non-null pointer to a live
+        // node (every caller's `this` is valid) is non-null.
+        unsafe { NonNull::new_unchecked((&raw const (*this).timer).cast_mut()) }
+    }
+
+    /// The node holding `entry`.
+    ///
+    /// # Safety
+    ///
+    /// `entry` is the `timer` field of a `CancelNode` (`timer_entry`).
+    unsafe fn of_timer(entry: NonNull<TimerEntry>) -> NonNull<CancelNode> {
+        // SAFETY: the field lies `offset_of!` bytes into the node, and the
+        // pointer keeps the node's provenance (`timer_entry`).
+        unsafe {
+            NonNull::new_unchecked(
+                entry
+                    .as_ptr()
+                    .byte_sub(core::mem::offset_of!(CancelNode, timer))
+                    .cast::<CancelNode>(),
+            )
+        }
+    }
+
+    /// How the timer treats a deadline node's entry (timer.rs names no
+    /// kind of node); `drop_detached` drops a last handle off the timer
+    /// thread (timer invariant 6). Composed in context.rs.
+    pub(crate) const fn timer_owner(drop_detached: fn(NodeRef)) -> TimerOwner {
+        /// # Safety
+        ///
+        /// `entry` is a `CancelNode`'s (all four below).
+        unsafe fn node(entry: NonNull<TimerEntry>) -> NonNull<Node> {
+            // SAFETY: forwarded; the header is the first field.
+            unsafe { CancelNode::of_timer(entry) }.cast()
+        }
+        /// # Safety
+        ///
+        /// As `node`, and the memory is valid.
+        unsafe fn acquire_memory(entry: NonNull<TimerEntry>) {
+            // SAFETY: forwarded.
+            unsafe { CancelNode::of_timer(entry).as_ref() }.acquire_memory();
+        }
+        /// # Safety
+        ///
+        /// As `node`; the caller owns a memory reference and gives it up.
+        unsafe fn release_memory(entry: NonNull<TimerEntry>) {
+            // SAFETY: forwarded.
+            unsafe { CancelNode::release_memory(CancelNode::of_timer(entry).as_ptr()) }
+        }
+        /// # Safety
+        ///
+        /// As `node`; the caller holds a handle on the node.
+        unsafe fn expire(entry: NonNull<TimerEntry>) {
+            // SAFETY: forwarded: the handle keeps the node alive.
+            let node = unsafe { CancelNode::of_timer(entry).as_ref() };
+            node.cancel(Error::DeadlineExceeded, node.timer.cause());
+        }
+        TimerOwner {
+            node,
+            acquire_memory,
+            release_memory,
+            expire,
+            drop_detached,
+        }
     }
 
     /// Takes one more reference on the memory (for the timer's sweep; loom
@@ -358,7 +461,9 @@ impl CancelNode {
             }
             return false;
         }
-        timer::disarm(self);
+        // SAFETY: the caller holds a handle; the pointer has the provenance
+        // of `self`, as every disarm's.
+        unsafe { timer::disarm(CancelNode::timer_entry(self)) };
         if let Some(registered) =
             // SAFETY: invariant 5.
             unsafe { self.registered.as_ref() }
@@ -399,7 +504,9 @@ impl CancelNode {
                         .compare_exchange(state::ACTIVE, word, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok();
                 if won {
-                    timer::disarm(child_ref);
+                    // SAFETY: the child is valid (we hold its link
+                    // reference, or its list is frozen by our close).
+                    unsafe { timer::disarm(CancelNode::timer_entry(child_ref)) };
                     // Keep the link reference until the child is processed.
                     let defer = if chain.deferring() { DEFER } else { 0 };
                     let tagged = child.map_addr(|addr| addr | defer);
@@ -451,8 +558,10 @@ impl CancelNode {
     ///
     /// # Safety
     ///
-    /// `this` was just released (no handles left).
-    pub(crate) unsafe fn retire(this: NonNull<CancelNode>, panic: &mut Option<Panic>) {
+    /// `this` heads a `CancelNode` (its kind is `Kind::Cancel`) and was
+    /// just released (no handles left).
+    unsafe fn retire(this: NonNull<Node>, panic: &mut Option<Panic>) {
+        let this = this.cast::<CancelNode>();
         // SAFETY: the memory is valid until `release_memory` below.
         let node = unsafe { this.as_ref() };
         // A node that is done has left its anchor's list already: its own
@@ -475,7 +584,8 @@ impl CancelNode {
         if !node.children.is_empty() {
             drop(node.children.close());
         }
-        timer::disarm(node);
+        // SAFETY: the memory is valid until `release_memory` below.
+        unsafe { timer::disarm(CancelNode::timer_entry(this.as_ptr())) };
         // No thread or task can be waiting (a `Done` holds a handle); what
         // is left is withdrawn entries and callbacks whose `AfterFunc` was
         // dropped — the context can no longer be done, so they never run.
@@ -489,12 +599,12 @@ impl CancelNode {
             // SAFETY: we own the box; nobody dereferences it any more: every
             // node borrowing it was a descendant, and they are all released.
             let cause = unsafe { Box::from_raw(state::cause_ptr(word)) };
-            node::contain(panic, move || drop(cause));
+            waiters::contain(panic, move || drop(cause));
         }
         // SAFETY: released: nobody reads the timer's cause any more.
         let cause = unsafe { node.timer.take_cause() };
         if cause.is_some() {
-            node::contain(panic, move || drop(cause));
+            waiters::contain(panic, move || drop(cause));
         }
         // SAFETY: the handles' reference on the memory.
         unsafe { CancelNode::release_memory(this.as_ptr()) };
@@ -525,12 +635,8 @@ impl CancelNode {
 
 /// A handle on a cancellable node: shared by `CancelFunc` and
 /// `CancelCauseFunc`.
-struct Handle(NonNull<CancelNode>);
-
-// SAFETY: a handle is a counted reference to a `Sync` node.
-unsafe impl Send for Handle {}
-// SAFETY: as above.
-unsafe impl Sync for Handle {}
+#[derive(Clone)]
+struct Handle(NodeRef);
 
 // See the `UnwindSafe` impls of `Context`: the handles share that argument.
 impl std::panic::UnwindSafe for Handle {}
@@ -538,26 +644,13 @@ impl std::panic::RefUnwindSafe for Handle {}
 
 impl Handle {
     fn node(&self) -> &CancelNode {
-        // SAFETY: our handle keeps the node alive.
-        unsafe { self.0.as_ref() }
+        // SAFETY: our handle keeps the node alive; it heads a `CancelNode`
+        // (`CancelFunc::new`'s contract).
+        unsafe { self.0.as_ptr().cast::<CancelNode>().as_ref() }
     }
 }
 
-impl Clone for Handle {
-    fn clone(&self) -> Self {
-        self.node().node.acquire();
-        Handle(self.0)
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        // SAFETY: we own one handle.
-        unsafe { Node::release(self.0.cast()) };
-    }
-}
-
-/// Cancels the context returned with it by [`Context::with_cancel`] (and
+/// Cancels the context returned with it by [`Context::with_cancel`](crate::Context::with_cancel) (and
 /// the deadline variants): Go's `CancelFunc`.
 ///
 /// `cancel()` is idempotent and may be called from any thread. Dropping a
@@ -583,8 +676,9 @@ impl Drop for Handle {
 pub struct CancelFunc(Handle);
 
 impl CancelFunc {
-    pub(crate) fn new(node: NonNull<CancelNode>) -> CancelFunc {
-        CancelFunc(Handle(node))
+    /// `handle` is on a `CancelNode`.
+    pub(crate) fn new(handle: NodeRef) -> CancelFunc {
+        CancelFunc(Handle(handle))
     }
 
     /// Cancels the context with [`Error::Canceled`] (no effect if it is
@@ -675,7 +769,7 @@ impl fmt::Debug for CancelGuard {
 }
 
 /// Cancels the context returned with it by
-/// [`Context::with_cancel_cause`], recording a cause: Go's
+/// [`Context::with_cancel_cause`](crate::Context::with_cancel_cause), recording a cause: Go's
 /// `CancelCauseFunc`.
 ///
 /// The first cancellation wins: later calls (or a parent's cancellation that
@@ -694,8 +788,9 @@ impl fmt::Debug for CancelGuard {
 pub struct CancelCauseFunc(Handle);
 
 impl CancelCauseFunc {
-    pub(crate) fn new(node: NonNull<CancelNode>) -> CancelCauseFunc {
-        CancelCauseFunc(Handle(node))
+    /// `handle` is on a `CancelNode`.
+    pub(crate) fn new(handle: NodeRef) -> CancelCauseFunc {
+        CancelCauseFunc(Handle(handle))
     }
 
     /// Cancels the context with [`Error::Canceled`] and `cause` (no effect if

@@ -1,15 +1,15 @@
 //! The public `Context`.
 
 use core::fmt;
-use core::mem::ManuallyDrop;
-use core::ptr::{self, NonNull};
+use core::ptr::NonNull;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::after_func::AfterFunc;
 use crate::cancel::{CancelCauseFunc, CancelFunc, CancelNode};
 use crate::done::Done;
 use crate::error::{Cause, Error};
-use crate::node::{self, Kind, Node};
+use crate::node::{self, Kind, Node, NodeRef, Repr};
+use crate::timer::TimerOwner;
 use crate::value::{ValueNode, value_of};
 
 /// A Go-style context: a cancellation signal, a deadline and request-scoped
@@ -43,19 +43,10 @@ use crate::value::{ValueNode, value_of};
 /// assert_eq!(worker.join().unwrap(), Some(Error::Canceled));
 /// assert!(ctx.to_string().starts_with("context.Background.WithCancel.WithValue("));
 /// ```
+#[derive(Clone)]
 pub struct Context(Repr);
 
-enum Repr {
-    Background,
-    Todo,
-    Node(NonNull<Node>),
-}
-
-// SAFETY: a `Node` handle is a counted reference to shared, internally
-// synchronised data; values are `Send + Sync` by the bound on `with_value`.
-unsafe impl Send for Context {}
-// SAFETY: as above.
-unsafe impl Sync for Context {}
+// `Send + Sync` through `NodeRef` (node.rs).
 
 // Every state change is one atomic transition and cancellation finishes its
 // whole subtree even when a waker panics (the panic resumes afterwards), so
@@ -105,8 +96,8 @@ impl Context {
     /// ```
     #[must_use = "the derived context is dropped at once (and with it, often, its only use)"]
     pub fn with_cancel(&self) -> (Context, CancelFunc) {
-        let node = CancelNode::derive(self, 2);
-        (Context(Repr::Node(node.cast())), CancelFunc::new(node))
+        let [ctx, cancel] = handles(CancelNode::derive(&self.0, 2));
+        (Context(Repr::Node(ctx)), CancelFunc::new(cancel))
     }
 
     /// Like [`with_cancel`](Context::with_cancel), with a cancel handle that
@@ -122,8 +113,8 @@ impl Context {
     /// ```
     #[must_use = "the derived context is dropped at once"]
     pub fn with_cancel_cause(&self) -> (Context, CancelCauseFunc) {
-        let node = CancelNode::derive(self, 2);
-        (Context(Repr::Node(node.cast())), CancelCauseFunc::new(node))
+        let [ctx, cancel] = handles(CancelNode::derive(&self.0, 2));
+        (Context(Repr::Node(ctx)), CancelCauseFunc::new(cancel))
     }
 
     /// Derives a context carrying `value`, found by
@@ -146,7 +137,7 @@ impl Context {
     where
         T: Send + Sync + 'static,
     {
-        Context(Repr::Node(ValueNode::derive(self, value)))
+        Context(Repr::Node(ValueNode::derive(&self.0, value)))
     }
 
     /// Derives a context that keeps this one's values but is never done, has
@@ -167,7 +158,7 @@ impl Context {
     /// ```
     #[must_use = "without_cancel returns a new context; the receiver is unchanged"]
     pub fn without_cancel(&self) -> Context {
-        Context(Repr::Node(node::new_without_cancel(self.clone())))
+        Context(Repr::Node(node::new_without_cancel(self.0.clone())))
     }
 
     /// Derives a context that is done with [`Error::DeadlineExceeded`] once
@@ -235,8 +226,9 @@ impl Context {
     /// ```
     #[must_use = "the derived context is dropped at once"]
     pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelFunc) {
-        match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.deadline_node(deadline, None, Some(timeout)),
+        let now = Instant::now();
+        match now.checked_add(timeout) {
+            Some(deadline) => self.deadline_node(deadline, None, Some(now)),
             None => self.with_cancel(),
         }
     }
@@ -261,25 +253,27 @@ impl Context {
         timeout: Duration,
         cause: impl Into<Cause>,
     ) -> (Context, CancelFunc) {
-        match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.deadline_node(deadline, Some(cause.into()), Some(timeout)),
+        let now = Instant::now();
+        match now.checked_add(timeout) {
+            Some(deadline) => self.deadline_node(deadline, Some(cause.into()), Some(now)),
             None => self.with_cancel(),
         }
     }
 
-    /// `timeout`: `deadline` is a clock reading the caller took just before
-    /// plus this (see `CancelNode::derive_deadline`).
+    /// `read`: a clock reading the caller took just before (see
+    /// `CancelNode::derive_deadline`).
     fn deadline_node(
         &self,
         deadline: Instant,
         cause: Option<Cause>,
-        timeout: Option<Duration>,
+        read: Option<Instant>,
     ) -> (Context, CancelFunc) {
         if self.deadline().is_some_and(|current| current <= deadline) {
             return self.with_cancel();
         }
-        let node = CancelNode::derive_deadline(self, 2, deadline, cause, timeout);
-        (Context(Repr::Node(node.cast())), CancelFunc::new(node))
+        let node = CancelNode::derive_deadline(&self.0, 2, deadline, cause, read, &DEADLINE_TIMER);
+        let [ctx, cancel] = handles(node);
+        (Context(Repr::Node(ctx)), CancelFunc::new(cancel))
     }
 
     /// Arranges for `f` to run once this context is done, on a thread of its
@@ -315,7 +309,7 @@ impl Context {
     where
         F: FnOnce() + Send + 'static,
     {
-        AfterFunc::new(self, f)
+        AfterFunc::new(self.anchor_ptr(), f)
     }
 
     /// The earliest deadline on the path to the root, if any (Go's
@@ -347,12 +341,9 @@ impl Context {
     #[inline]
     #[must_use = "done() only makes a handle: wait on it or await it"]
     pub fn done(&self) -> Done {
-        let anchor = NonNull::new(self.anchor_ptr().cast_mut());
-        if let Some(anchor) = anchor {
-            // SAFETY: the anchor lives as long as `self` (node invariant 4).
-            unsafe { anchor.as_ref() }.node.acquire();
-        }
-        Done::new(anchor)
+        let anchor = NonNull::new(self.0.anchor_ptr().cast_mut());
+        // SAFETY: the anchor lives as long as `self` (node invariant 4).
+        Done::new(anchor.map(|anchor| unsafe { NodeRef::acquire(anchor) }))
     }
 
     /// `None` while the context is running; afterwards why it is done
@@ -411,15 +402,14 @@ impl Context {
     /// ```
     #[inline]
     pub fn value<T: 'static>(&self) -> Option<&T> {
-        let mut current = self;
-        while let Repr::Node(node) = current.0 {
+        let mut current = &self.0;
+        while let Repr::Node(node) = current {
             // SAFETY: `self` keeps every ancestor alive for its lifetime
             // (node invariant 2), so `node` lives as long as `&self`.
-            if let Some(value) = unsafe { value_of::<T>(node) } {
+            if let Some(value) = unsafe { value_of::<T>(node.as_ptr()) } {
                 return Some(value);
             }
-            // SAFETY: as above.
-            current = unsafe { node.as_ref() }.parent();
+            current = node.parent();
         }
         None
     }
@@ -463,55 +453,32 @@ impl Context {
     /// The nearest cancellable node (this one or an ancestor), if any.
     #[inline]
     pub(crate) fn anchor(&self) -> Option<&CancelNode> {
-        match self.0 {
-            Repr::Node(node) => {
-                // SAFETY: our handle keeps the node alive, and its anchor
-                // (node invariant 4).
-                unsafe { node.as_ref() }.anchor()
-            }
-            _ => None,
-        }
+        self.0.anchor()
     }
 
-    /// The anchor as the raw pointer stored in the node, which keeps the
-    /// provenance of the anchor's allocation: handles made from it may free
-    /// the node (a pointer derived from a `&CancelNode` may not, under Tree
-    /// Borrows).
+    /// The anchor as the raw pointer stored in the node (see
+    /// `Repr::anchor_ptr`).
     #[inline]
     pub(crate) fn anchor_ptr(&self) -> *const CancelNode {
-        match self.0 {
-            // SAFETY: our handle keeps the node alive; the field is read
-            // through the node's own pointer, never through a reference.
-            Repr::Node(node) => unsafe { (*node.as_ptr()).anchor },
-            _ => ptr::null(),
-        }
-    }
-
-    /// Gives up this context's handle to the caller: `None` for roots.
-    pub(crate) fn into_node(self) -> Option<NonNull<Node>> {
-        let this = ManuallyDrop::new(self);
-        match this.0 {
-            Repr::Node(node) => Some(node),
-            _ => None,
-        }
+        self.0.anchor_ptr().cast()
     }
 
     /// Go's `String()` segments, root first, built iteratively.
     fn name_segments(&self) -> Vec<String> {
         let mut segments = Vec::new();
-        let mut current = self;
+        let mut current = &self.0;
         loop {
-            match current.0 {
+            match current {
                 Repr::Background => segments.push("context.Background".to_owned()),
                 Repr::Todo => segments.push("context.TODO".to_owned()),
                 Repr::Node(node) => {
-                    // SAFETY: alive while `self` is (node invariant 2).
-                    let header = unsafe { node.as_ref() };
+                    // Alive while `self` is (node invariant 2).
+                    let header: &Node = node;
                     segments.push(match header.kind {
-                        Kind::Cancel => {
+                        Kind::Cancel { .. } => {
                             // SAFETY: the kind says the header starts a
                             // `CancelNode`.
-                            let node = unsafe { node.cast::<CancelNode>().as_ref() };
+                            let node = unsafe { node.as_ptr().cast::<CancelNode>().as_ref() };
                             match node.deadline() {
                                 Some(deadline) if node.timer.is_deadline() => {
                                     format!(".WithDeadline({})", display_deadline(deadline))
@@ -532,31 +499,6 @@ impl Context {
         }
         segments.reverse();
         segments
-    }
-}
-
-impl Clone for Context {
-    #[inline]
-    fn clone(&self) -> Context {
-        if let Repr::Node(node) = self.0 {
-            // SAFETY: our handle keeps the node alive.
-            unsafe { node.as_ref() }.acquire();
-        }
-        Context(match self.0 {
-            Repr::Background => Repr::Background,
-            Repr::Todo => Repr::Todo,
-            Repr::Node(node) => Repr::Node(node),
-        })
-    }
-}
-
-impl Drop for Context {
-    #[inline]
-    fn drop(&mut self) {
-        if let Repr::Node(node) = self.0 {
-            // SAFETY: we own one handle and give it up.
-            unsafe { Node::release(node) };
-        }
     }
 }
 
@@ -583,6 +525,28 @@ impl fmt::Debug for Context {
             .field("name", &format_args!("{self}"))
             .field("err", &self.err())
             .finish()
+    }
+}
+
+/// How the timer treats a deadline node: cancel.rs's operations on a
+/// `CancelNode`, and the after-func pool for a last handle, which the timer
+/// thread never drops itself (timer invariant 6).
+static DEADLINE_TIMER: TimerOwner = CancelNode::timer_owner(drop_detached);
+
+/// Drops `last` on an after-func worker.
+fn drop_detached(last: NodeRef) {
+    crate::after_func::run_detached(move || drop(last));
+}
+
+/// The two handles a node derived with two handles starts with.
+fn handles(node: NonNull<CancelNode>) -> [NodeRef; 2] {
+    // SAFETY: the node was derived with two handles, now ours: one for the
+    // context, one for its cancel handle.
+    unsafe {
+        [
+            NodeRef::from_raw(node.cast()),
+            NodeRef::from_raw(node.cast()),
+        ]
     }
 }
 

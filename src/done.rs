@@ -4,13 +4,12 @@
 use core::fmt;
 use core::future::Future;
 use core::pin::Pin;
-use core::ptr::NonNull;
 use core::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use crate::cancel::CancelNode;
 use crate::error::ContextError;
-use crate::node::Node;
+use crate::node::NodeRef;
 use crate::primitive::thread;
 use crate::waiters::{TaskWaiter, park_on};
 
@@ -42,16 +41,14 @@ use crate::waiters::{TaskWaiter, park_on};
 /// ```
 #[must_use = "a Done does nothing unless waited on or polled"]
 pub struct Done {
-    anchor: Option<NonNull<CancelNode>>,
+    /// A handle on the context's anchor, a `CancelNode`.
+    anchor: Option<NodeRef>,
     task: Option<TaskWaiter>,
     /// The future has returned `Ready` (for `FusedFuture`).
     finished: bool,
 }
 
-// SAFETY: `anchor` is a counted handle on a `Sync` node; `task` is `Send`.
-unsafe impl Send for Done {}
-// SAFETY: no `&self` method touches `task`; the node is `Sync`.
-unsafe impl Sync for Done {}
+// `Send + Sync` through `NodeRef` and `TaskWaiter`.
 
 // See the `UnwindSafe` impls of `Context`.
 impl std::panic::UnwindSafe for Done {}
@@ -60,7 +57,7 @@ impl std::panic::RefUnwindSafe for Done {}
 impl Done {
     /// A `Done` holding one handle on `anchor` (taken by the caller), or a
     /// `Done` that never completes.
-    pub(crate) fn new(anchor: Option<NonNull<CancelNode>>) -> Done {
+    pub(crate) fn new(anchor: Option<NodeRef>) -> Done {
         Done {
             anchor,
             task: None,
@@ -70,8 +67,10 @@ impl Done {
 
     #[inline]
     fn node(&self) -> Option<&CancelNode> {
-        // SAFETY: our handle keeps the node alive.
-        self.anchor.map(|node| unsafe { &*node.as_ptr() })
+        // SAFETY: our handle keeps the node alive; it heads a `CancelNode`.
+        self.anchor
+            .as_ref()
+            .map(|node| unsafe { node.as_ptr().cast::<CancelNode>().as_ref() })
     }
 
     /// Whether the context is done (one atomic load).
@@ -166,11 +165,11 @@ impl Future for Done {
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
         let this = self.get_mut();
-        let Some(anchor) = this.anchor else {
+        let Some(anchor) = &this.anchor else {
             return Poll::Pending;
         };
-        // SAFETY: our handle keeps the node alive.
-        let node = unsafe { anchor.as_ref() };
+        // SAFETY: our handle keeps the node alive; it heads a `CancelNode`.
+        let node = unsafe { anchor.as_ptr().cast::<CancelNode>().as_ref() };
         if node.is_done() {
             if let Some(task) = this.task.take() {
                 task.finish();
@@ -224,23 +223,20 @@ impl futures_core::future::FusedFuture for Done {
 
 impl Clone for Done {
     fn clone(&self) -> Done {
-        if let Some(node) = self.node() {
-            node.node.acquire();
-        }
-        Done::new(self.anchor)
+        Done::new(self.anchor.clone())
     }
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
-        if let Some(anchor) = self.anchor {
-            if let Some(task) = self.task.take() {
-                // SAFETY: registered on this node's waiter list; our handle
-                // keeps it alive.
-                unsafe { task.cancel(&anchor.as_ref().waiters) };
-            }
-            // SAFETY: we own one handle.
-            unsafe { Node::release(anchor.cast()) };
+        // The handle in `anchor` is given up after this, when the field is
+        // dropped.
+        if let Some(anchor) = &self.anchor
+            && let Some(task) = self.task.take()
+        {
+            // SAFETY: registered on this node's waiter list, a `CancelNode`'s;
+            // our handle keeps it alive.
+            unsafe { task.cancel(&anchor.as_ptr().cast::<CancelNode>().as_ref().waiters) };
         }
     }
 }

@@ -1,5 +1,6 @@
-//! A lock-free intrusive list that can be closed once: the shape behind both
-//! a node's children ([`ChildList`](crate::node)) and its waiter set.
+//! A lock-free intrusive list that can be closed once: the shape behind a
+//! cancellable node's children (`CancelNode::children`), its waiter set and
+//! the timer wheel's lists.
 //!
 //! The operations are exactly what a cancellation tree needs:
 //!

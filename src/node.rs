@@ -2,9 +2,15 @@
 //! iterative release that frees a context once nothing refers to it.
 //!
 //! A derived context is one heap allocation: a `#[repr(C)]` struct whose
-//! first field is a [`Node`]. `Context`, `Done` and the cancel handles hold
-//! *handles* (counted in `Node::handles`, like `Arc`'s strong count). A child
-//! holds one handle on its parent, through its `parent` field.
+//! first field is a [`Node`]. `Context`, `Done`, the cancel handles and
+//! `AfterFunc` hold *handles* (counted in `Node::handles`, like `Arc`'s
+//! strong count), each one a [`NodeRef`]: cloning takes a handle, dropping
+//! gives it back. A child holds one handle on its parent, through its
+//! `parent` field ([`Repr`], the representation of a `Context`).
+//!
+//! This module names no kind of node: a cancellable node's teardown is
+//! reached through [`Kind::Cancel`]'s function pointer, and `anchor` is a
+//! type-erased pointer whose typed accessor lives in `cancel.rs`.
 //!
 //! # Invariants
 //!
@@ -30,17 +36,20 @@
 
 use core::any::TypeId;
 use core::mem::ManuallyDrop;
+use core::ops::Deref;
 use core::ptr::{self, NonNull};
 
-use crate::cancel::CancelNode;
-use crate::context::Context;
 use crate::primitive::atomic::{AtomicUsize, Ordering};
-use crate::waiters::Panic;
+use crate::waiters::{Panic, contain};
 
 /// What kind of context a node is.
 pub(crate) enum Kind {
-    /// A [`CancelNode`]: `with_cancel`, `with_cancel_cause`.
-    Cancel,
+    /// A `CancelNode` (cancel.rs): `with_cancel`, `with_cancel_cause`, the
+    /// deadline variants. `retire` tears it down once released.
+    Cancel {
+        /// `CancelNode::retire`.
+        retire: unsafe fn(NonNull<Node>, &mut Option<Panic>),
+    },
     /// A bare `Node`: `without_cancel`.
     WithoutCancel,
     /// A `ValueNode<T>` for the `T` with this `TypeId`.
@@ -63,9 +72,143 @@ pub(crate) struct Node {
     handles: AtomicUsize,
     pub(crate) kind: Kind,
     /// Taken at release (invariant 2); never dropped in place.
-    parent: ManuallyDrop<Context>,
-    /// Invariant 4.
-    pub(crate) anchor: *const CancelNode,
+    parent: ManuallyDrop<Repr>,
+    /// Invariant 4: the header of a `CancelNode`, or null. Typed by
+    /// `Node::anchor` in cancel.rs.
+    pub(crate) anchor: *const Node,
+}
+
+/// What a `Context` is: a root, or a handle on a derived node. Also a
+/// node's `parent`.
+#[derive(Clone)]
+pub(crate) enum Repr {
+    Background,
+    Todo,
+    Node(NodeRef),
+}
+
+impl Repr {
+    /// The anchor (invariant 4) as the raw pointer stored in the node, which
+    /// keeps the provenance of the anchor's allocation: handles made from it
+    /// may free the node (a pointer derived from a `&Node` may not, under
+    /// Tree Borrows). Null for roots.
+    #[inline]
+    pub(crate) fn anchor_ptr(&self) -> *const Node {
+        match self {
+            // SAFETY: our handle keeps the node alive; the field is read
+            // through the node's own pointer, never through a reference.
+            Repr::Node(node) => unsafe { (*node.as_ptr().as_ptr()).anchor },
+            Repr::Background | Repr::Todo => ptr::null(),
+        }
+    }
+}
+
+/// One counted handle on a node (invariant 1), as `Arc` is one strong
+/// reference: `Clone` takes a handle, `Drop` gives it back and releases the
+/// node (iteratively, with its ancestors: invariant 3) when it was the last.
+pub(crate) struct NodeRef(NonNull<Node>);
+
+// SAFETY: a handle is a counted reference to shared data that is `Sync` for
+// every kind of node: all shared mutable state is atomic or behind the
+// protocols of cancel.rs, waiters.rs and list.rs; values are `Send + Sync`
+// by the bound on `with_value` and callbacks `Send`. The handle count is
+// atomic, and the release that the last handle's drop runs may run on any
+// thread (user data is `Send`). So handles may move and be shared across
+// threads.
+unsafe impl Send for NodeRef {}
+// SAFETY: as above: `&NodeRef` only gives `&Node`, shared data.
+unsafe impl Sync for NodeRef {}
+
+impl NodeRef {
+    /// Takes ownership of a handle counted by the caller.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns one handle on `node` (counted in `handles`) and gives
+    /// it up.
+    #[inline]
+    pub(crate) unsafe fn from_raw(node: NonNull<Node>) -> NodeRef {
+        NodeRef(node)
+    }
+
+    /// Gives up the handle to the caller (see `from_raw`).
+    #[inline]
+    pub(crate) fn into_raw(self) -> NonNull<Node> {
+        ManuallyDrop::new(self).0
+    }
+
+    /// Takes one more handle on `node`, through a pointer that keeps its
+    /// provenance (the anchor pointer stored in a node: a handle made from
+    /// a `&Node` may not free it, under Tree Borrows).
+    ///
+    /// # Safety
+    ///
+    /// `node` is alive: the caller holds a handle on it or on a descendant
+    /// (invariant 2).
+    #[inline]
+    pub(crate) unsafe fn acquire(node: NonNull<Node>) -> NodeRef {
+        // SAFETY: alive per the contract.
+        unsafe { node.as_ref() }.acquire();
+        NodeRef(node)
+    }
+
+    /// A handle on `node` unless it has been released (`Node::try_acquire`).
+    /// For the timer thread, which holds only a reference on the memory.
+    ///
+    /// # Safety
+    ///
+    /// `node`'s memory is valid (the caller holds a memory reference).
+    pub(crate) unsafe fn try_acquire(node: NonNull<Node>) -> Option<NodeRef> {
+        // SAFETY: valid memory per the contract.
+        unsafe { node.as_ref() }
+            .try_acquire()
+            .then_some(NodeRef(node))
+    }
+
+    /// Gives the handle back unless it is the last one, which is returned
+    /// (`Node::release_unless_last`): for the timer thread, which must not
+    /// run a release's user drops (timer invariant 6).
+    pub(crate) fn release_unless_last(self) -> Result<(), NodeRef> {
+        if Node::release_unless_last(&self) {
+            // The handle was given back by the decrement.
+            core::mem::forget(self);
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
+
+    /// The node, as a pointer that keeps the allocation's provenance.
+    #[inline]
+    pub(crate) fn as_ptr(&self) -> NonNull<Node> {
+        self.0
+    }
+}
+
+impl Deref for NodeRef {
+    type Target = Node;
+
+    #[inline]
+    fn deref(&self) -> &Node {
+        // SAFETY: our handle keeps the node alive.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Clone for NodeRef {
+    #[inline]
+    fn clone(&self) -> NodeRef {
+        self.acquire();
+        NodeRef(self.0)
+    }
+}
+
+impl Drop for NodeRef {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: we own one handle and give it up.
+        unsafe { Node::release(self.0) };
+    }
 }
 
 /// Handle counts above this abort, as `Arc` does, rather than overflow.
@@ -73,12 +216,7 @@ const MAX_HANDLES: usize = isize::MAX as usize;
 
 impl Node {
     /// A header with `handles` handles.
-    pub(crate) fn new(
-        handles: usize,
-        kind: Kind,
-        parent: Context,
-        anchor: *const CancelNode,
-    ) -> Node {
+    pub(crate) fn new(handles: usize, kind: Kind, parent: Repr, anchor: *const Node) -> Node {
         Node {
             handles: AtomicUsize::new(handles),
             kind,
@@ -89,21 +227,13 @@ impl Node {
 
     /// The context this one was derived from.
     #[inline]
-    pub(crate) fn parent(&self) -> &Context {
+    pub(crate) fn parent(&self) -> &Repr {
         &self.parent
     }
 
-    /// The nearest cancellable node, if any.
+    /// Takes one more handle (`NodeRef::clone`, `NodeRef::acquire`).
     #[inline]
-    pub(crate) fn anchor(&self) -> Option<&CancelNode> {
-        // SAFETY: invariant 4 and 2 — the anchor is this node or an ancestor,
-        // alive while this node is.
-        unsafe { self.anchor.as_ref() }
-    }
-
-    /// Takes one more handle.
-    #[inline]
-    pub(crate) fn acquire(&self) {
+    fn acquire(&self) {
         // Ordering: Relaxed — a new handle is made from an existing one, so
         // the node is already visible to this thread (as `Arc::clone`).
         let old = self.handles.fetch_add(1, Ordering::Relaxed);
@@ -115,7 +245,7 @@ impl Node {
     /// Takes a handle unless the node has been released (its count reached
     /// zero), like `Weak::upgrade`. For the timer thread, which holds only a
     /// reference on the memory (timer invariant 3).
-    pub(crate) fn try_acquire(&self) -> bool {
+    fn try_acquire(&self) -> bool {
         // Ordering: Relaxed load, Acquire on success — as `Weak::upgrade`:
         // the handle we take synchronises with the Release of earlier
         // drops, so the node we then use is the live one.
@@ -142,7 +272,7 @@ impl Node {
     /// Drops one handle unless it is the last one (then returns false and
     /// the caller still owns it). For the timer thread, which must not run
     /// the release's user drops (timer invariant 6).
-    pub(crate) fn release_unless_last(&self) -> bool {
+    fn release_unless_last(&self) -> bool {
         // Ordering: Relaxed load; Release on success — as in `release`: our
         // uses of the node happen before the final release, whose Acquire
         // load in `release_slow` reads this decrement's release sequence.
@@ -169,7 +299,7 @@ impl Node {
     ///
     /// The caller owns a handle on `this` and gives it up.
     #[inline]
-    pub(crate) unsafe fn release(this: NonNull<Node>) {
+    unsafe fn release(this: NonNull<Node>) {
         // SAFETY: the caller's handle keeps the node alive.
         // Ordering: Release — every use of the node through this handle
         // happens before the release; pairs with the Acquire load in
@@ -206,14 +336,6 @@ unsafe fn release_slow(this: NonNull<Node>) {
     }
 }
 
-/// Runs `drop_user_data`, catching a panic into `panic` (the first one is
-/// kept): user code never cuts a release short.
-pub(crate) fn contain(panic: &mut Option<Panic>, drop_user_data: impl FnOnce()) {
-    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(drop_user_data)) {
-        panic.get_or_insert(payload);
-    }
-}
-
 /// The loop of `release_slow`.
 ///
 /// # Safety
@@ -234,7 +356,7 @@ unsafe fn teardown_chain(mut this: NonNull<Node>, panic: &mut Option<Panic>) {
         // SAFETY: as above; `kind` says which struct the header starts.
         unsafe {
             match this.as_ref().kind {
-                Kind::Cancel => CancelNode::retire(this.cast(), panic),
+                Kind::Cancel { retire } => retire(this, panic),
                 Kind::WithoutCancel => drop(Box::from_raw(this.as_ptr())),
                 // A panicking `T::drop` still frees the box (drop glue
                 // deallocates while unwinding).
@@ -242,10 +364,11 @@ unsafe fn teardown_chain(mut this: NonNull<Node>, panic: &mut Option<Panic>) {
             }
         }
         // Drop the parent handle without recursing (invariant 3).
-        match parent.into_node() {
-            None => return,
-            Some(next) => {
-                // SAFETY: `into_node` handed us the parent's handle.
+        match parent {
+            Repr::Background | Repr::Todo => return,
+            Repr::Node(next) => {
+                let next = next.into_raw();
+                // SAFETY: `into_raw` handed us the parent's handle.
                 // Ordering: Release — as in `Node::release`.
                 if unsafe { next.as_ref() }
                     .handles
@@ -261,8 +384,9 @@ unsafe fn teardown_chain(mut this: NonNull<Node>, panic: &mut Option<Panic>) {
 }
 
 /// Allocates a `without_cancel()` node: a bare header with no anchor.
-pub(crate) fn new_without_cancel(parent: Context) -> NonNull<Node> {
+pub(crate) fn new_without_cancel(parent: Repr) -> NodeRef {
     let node = Box::new(Node::new(1, Kind::WithoutCancel, parent, ptr::null()));
-    // SAFETY: `Box::into_raw` never returns null.
-    unsafe { NonNull::new_unchecked(Box::into_raw(node)) }
+    // SAFETY: `Box::into_raw` never returns null; the box's one handle is
+    // the caller's.
+    unsafe { NodeRef::from_raw(NonNull::new_unchecked(Box::into_raw(node))) }
 }

@@ -119,13 +119,11 @@
 //!    relinking CAS fails, and it withdraws the entry itself).
 
 use core::ptr::NonNull;
-use core::time::Duration;
 use std::time::Instant;
 
-use crate::cancel::CancelNode;
-use crate::error::{Cause, Error};
+use crate::error::Cause;
 use crate::list::{Entry, Link, List};
-use crate::node::Node;
+use crate::node::{Node, NodeRef};
 use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -136,11 +134,35 @@ const DISARMED: usize = 3;
 const FIRED: usize = 4;
 const MOVING: usize = 5;
 
+/// What the timer needs of the node a [`TimerEntry`] lives in, supplied
+/// by the entry's owner: timer.rs names no kind of node. cancel.rs provides
+/// the operations on a `CancelNode` (`CancelNode::timer_owner`); context.rs
+/// composes them with the after-func pool's `drop_detached`.
+pub(crate) struct TimerOwner {
+    /// The header of the node holding the entry (a pointer with the
+    /// provenance of the node's allocation).
+    pub(crate) node: unsafe fn(NonNull<TimerEntry>) -> NonNull<Node>,
+    /// Takes one more reference on the node's memory (for the sweep).
+    pub(crate) acquire_memory: unsafe fn(NonNull<TimerEntry>),
+    /// Drops one reference on the node's memory, freeing it at the last.
+    pub(crate) release_memory: unsafe fn(NonNull<TimerEntry>),
+    /// The deadline has passed and `fire` won `ARMED → FIRED` and holds a
+    /// handle: cancel the node with `DeadlineExceeded` and the entry's
+    /// cause.
+    pub(crate) expire: unsafe fn(NonNull<TimerEntry>),
+    /// Drops a last handle off the timer thread (invariant 6): on an
+    /// after-func worker.
+    pub(crate) drop_detached: fn(NodeRef),
+}
+
 /// The timer part of a cancellable node.
 // (Under loom the models arm and fire timers by hand: no wheel.)
 #[cfg_attr(loom, allow(dead_code))]
 pub(crate) struct TimerEntry {
     state: AtomicUsize,
+    /// The operations on the node holding the entry (`None`: not a
+    /// deadline node, never armed).
+    owner: Option<&'static TimerOwner>,
     /// The node's link in its wheel list.
     link: Link,
     /// The deadline in nanoseconds since the timer's base (set before the
@@ -162,6 +184,7 @@ impl TimerEntry {
     pub(crate) fn none() -> TimerEntry {
         TimerEntry {
             state: AtomicUsize::new(NONE),
+            owner: None,
             link: Link::new(),
             when: AtomicU64::new(0),
             list: AtomicUsize::new(0),
@@ -169,10 +192,12 @@ impl TimerEntry {
         }
     }
 
-    /// The entry of a deadline node, not yet armed.
-    pub(crate) fn deadline(cause: Option<Cause>) -> TimerEntry {
+    /// The entry of a deadline node, not yet armed, in a node `owner`
+    /// knows how to treat.
+    pub(crate) fn deadline(cause: Option<Cause>, owner: &'static TimerOwner) -> TimerEntry {
         TimerEntry {
             state: AtomicUsize::new(UNARMED),
+            owner: Some(owner),
             link: Link::new(),
             when: AtomicU64::new(0),
             list: AtomicUsize::new(0),
@@ -205,35 +230,80 @@ impl TimerEntry {
         // SAFETY: per the contract, we are the cell's only user.
         self.cause.with_mut(|cause| unsafe { (*cause).take() })
     }
-}
 
-/// Arms `node`'s timer for `deadline`, which lies `remaining` after a clock
-/// reading taken during the derivation (at or before the present, which is
-/// all placement needs, invariant 7). Called once, by the deriving thread.
-///
-/// # Safety
-///
-/// The caller holds handles on the node and gives the wheel (or, under
-/// loom, the test) one memory reference it counted for it (invariant 2).
-pub(crate) unsafe fn arm(raw: NonNull<CancelNode>, deadline: Instant, remaining: Duration) {
-    // SAFETY: the deriving thread holds handles on the node.
-    let node = unsafe { raw.as_ref() };
-    // SAFETY: the node's memory is kept alive by the caller's reference,
-    // which the timer now owns. `submit` sets `ARMED` once the entry is
-    // linked, so a disarm never removes an entry that is not linked yet.
-    unsafe { imp::submit(raw, deadline, remaining) };
-    // A cancellation that ran before `ARMED` was visible could not disarm:
-    // do it for it.
-    if node.is_done() {
-        disarm(node);
+    /// The operations on the node holding this armed entry.
+    fn owner(&self) -> &'static TimerOwner {
+        self.owner.expect("only deadline entries are armed")
     }
 }
 
-/// Disarms `node`'s timer if it is armed (invariant 1). Called on every
+// SAFETY: every field but `cause` is atomic or immutable (`owner`: shared
+// `'static` function pointers); `cause` is only read by holders of a handle
+// on the node and only taken at its release, after the last handle is gone
+// (ordered by the handle count's Release/Acquire). Entries are shared
+// between the deriving, cancelling and timer threads by design.
+unsafe impl Sync for TimerEntry {}
+// SAFETY: as above.
+unsafe impl Send for TimerEntry {}
+
+/// Takes one more reference on the memory of the node holding `entry`.
+///
+/// # Safety
+///
+/// The memory is valid (the caller holds a reference on it, or the entry
+/// is linked and the caller's sweep is pinned), and the entry is armed
+/// (or was: it has an owner).
+unsafe fn acquire_memory(entry: NonNull<TimerEntry>) {
+    // SAFETY: valid per the contract.
+    let owner = unsafe { entry.as_ref() }.owner();
+    // SAFETY: forwarded.
+    unsafe { (owner.acquire_memory)(entry) }
+}
+
+/// Drops one reference on the memory of the node holding `entry`.
+///
+/// # Safety
+///
+/// The caller owns one such reference, and the entry has an owner.
+unsafe fn release_memory(entry: NonNull<TimerEntry>) {
+    // SAFETY: the caller's reference keeps the memory valid; the owner is
+    // read before the reference goes.
+    let owner = unsafe { entry.as_ref() }.owner();
+    // SAFETY: forwarded.
+    unsafe { (owner.release_memory)(entry) }
+}
+
+/// Arms the timer `entry` for `deadline`, which lies after `now` (a clock
+/// reading taken during the derivation: at or before the present, which is
+/// all placement needs, invariant 7). Called once, by the deriving thread,
+/// which then disarms it if the node was cancelled meanwhile (a
+/// cancellation that ran before `ARMED` was visible could not).
+///
+/// # Safety
+///
+/// `entry` is a deadline entry (`TimerEntry::deadline`), reached through a
+/// pointer with its node's provenance; the caller holds handles on the node
+/// and gives the wheel (or, under loom, the test) one memory reference it
+/// counted for it (invariant 2).
+pub(crate) unsafe fn arm(entry: NonNull<TimerEntry>, deadline: Instant, now: Instant) {
+    // SAFETY: the node's memory is kept alive by the caller's reference,
+    // which the timer now owns. `submit` sets `ARMED` once the entry is
+    // linked, so a disarm never removes an entry that is not linked yet.
+    unsafe { imp::submit(entry, deadline, now) };
+}
+
+/// Disarms the timer `entry` if it is armed (invariant 1). Called on every
 /// cancellation of a deadline node and on its release.
+///
+/// # Safety
+///
+/// `entry` is valid (the caller holds a handle on its node, or is its
+/// release), reached through a pointer with its node's provenance.
 #[inline]
-pub(crate) fn disarm(node: &CancelNode) {
-    let mut state = node.timer.state.load(Ordering::Relaxed);
+pub(crate) unsafe fn disarm(entry: NonNull<TimerEntry>) {
+    // SAFETY: valid per the contract.
+    let timer = unsafe { entry.as_ref() };
+    let mut state = timer.state.load(Ordering::Relaxed);
     loop {
         if state != ARMED && state != MOVING {
             return;
@@ -242,29 +312,28 @@ pub(crate) fn disarm(node: &CancelNode) {
         // move CASes; Acquire also reads the `list` index the `ARMED`
         // store or the relinking CAS published. Failure: Relaxed, we only
         // retry with the new state.
-        match node.timer.state.compare_exchange(
-            state,
-            DISARMED,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        ) {
+        match timer
+            .state
+            .compare_exchange(state, DISARMED, Ordering::AcqRel, Ordering::Relaxed)
+        {
             // A moving entry is in no list: the timer withdraws it when it
             // finds it disarmed (invariant 8).
-            Ok(ARMED) => return imp::withdraw(node),
+            // SAFETY: forwarded.
+            Ok(ARMED) => return unsafe { imp::withdraw(entry) },
             Ok(_) => return,
             Err(actual) => state = actual,
         }
     }
 }
 
-/// The timer's reference on an armed node's memory.
-pub(crate) struct TimerRef(NonNull<CancelNode>);
+/// The timer's reference on an armed node's memory, through its entry.
+pub(crate) struct TimerRef(NonNull<TimerEntry>);
 
 // SAFETY: a memory reference on a `Sync` node, handed to the timer thread.
 unsafe impl Send for TimerRef {}
 
 impl TimerRef {
-    fn node(&self) -> &CancelNode {
+    fn entry(&self) -> &TimerEntry {
         // SAFETY: our memory reference keeps the node's memory valid.
         unsafe { self.0.as_ref() }
     }
@@ -274,20 +343,23 @@ impl TimerRef {
     /// Returns whether the entry was disarmed (garbage).
     pub(crate) fn fire(self) -> bool {
         // The memory reference is given up last, also while a waker's panic
-        // unwinds out of `cancel` (the entry's memory would leak otherwise).
+        // unwinds out of the expiry (the node's memory would leak otherwise).
         let memory = Discard(self.0);
-        let node = self.node();
+        let entry = self.entry();
         // Ordering: AcqRel — invariant 1.
-        let claimed = node
-            .timer
+        let claimed = entry
             .state
             .compare_exchange(ARMED, FIRED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
-        if claimed && node.node.try_acquire() {
+        let owner = entry.owner();
+        // SAFETY: our memory reference keeps the memory valid; `node` keeps
+        // the allocation's provenance.
+        if claimed && let Some(handle) = unsafe { NodeRef::try_acquire((owner.node)(self.0)) } {
             // Given back even if `cancel` resumes a waker's panic: otherwise
             // the node and its ancestors would never be freed.
-            let handle = TimerHandle(self.0);
-            node.cancel(Error::DeadlineExceeded, node.timer.cause());
+            let handle = TimerHandle(Some(handle), owner.drop_detached);
+            // SAFETY: `handle` is a handle on the entry's node.
+            unsafe { (owner.expire)(self.0) };
             drop(handle);
         }
         drop(memory);
@@ -295,14 +367,15 @@ impl TimerRef {
     }
 }
 
-/// `TimerRef::fire`'s memory reference, given up when dropped (also
-/// while a panic unwinds).
-struct Discard(NonNull<CancelNode>);
+/// `TimerRef::fire`'s memory reference, given up when dropped (also while a
+/// panic unwinds).
+struct Discard(NonNull<TimerEntry>);
 
 impl Drop for Discard {
     fn drop(&mut self) {
-        // SAFETY: the reference `arm` (or the sweep) took, given up once.
-        unsafe { CancelNode::release_memory(self.0.as_ptr()) };
+        // SAFETY: the reference `arm` (or the sweep that moved the entry)
+        // took, given up once.
+        unsafe { release_memory(self.0) };
     }
 }
 
@@ -311,48 +384,38 @@ impl Drop for Discard {
 /// last handle, the release — which drops user data: causes, values, a
 /// callback that can no longer run — goes to an after-func worker, never
 /// onto the timer thread (invariant 6).
-struct TimerHandle(NonNull<CancelNode>);
+struct TimerHandle(Option<NodeRef>, fn(NodeRef));
 
 impl Drop for TimerHandle {
     fn drop(&mut self) {
-        // SAFETY: the handle `try_acquire` took keeps the node alive.
-        let node = unsafe { self.0.as_ref() };
-        if node.node.release_unless_last() {
-            return;
+        let Some(handle) = self.0.take() else { return };
+        if let Err(last) = handle.release_unless_last() {
+            (self.1)(last);
         }
-        let last = SendHandle(self.0);
-        crate::after_func::run_detached(move || {
-            let last = last;
-            // SAFETY: the handle `try_acquire` took, given up once, here.
-            unsafe { Node::release(last.0.cast()) }
-        });
     }
 }
 
-/// The last handle on a node, on its way to a worker.
-struct SendHandle(NonNull<CancelNode>);
-
-// SAFETY: a handle on a `Sync` node, used by one thread at a time.
-unsafe impl Send for SendHandle {}
-
-/// A deadline node seen as an entry of its wheel list: the same memory,
-/// linked through `TimerEntry::link`, the list holding a memory reference.
+/// A deadline entry seen as an entry of its wheel list: the same memory,
+/// linked through `TimerEntry::link`, the list holding a memory reference
+/// on the node around it.
 #[repr(transparent)]
 #[cfg_attr(loom, allow(dead_code))]
-pub(crate) struct TimerView(CancelNode);
+pub(crate) struct TimerView(TimerEntry);
 
-// SAFETY: `CancelNode` is pointer-aligned (≥ 2, for the tag bit); `link` is
-// a fixed field; the list's memory reference (counted at construction, or
-// taken by the sweep that moves the entry) keeps the memory valid until
-// `release_link`.
+// SAFETY: `TimerEntry` is pointer-aligned (≥ 2, for the tag bit: it holds
+// atomics of pointer size); `link` is a fixed field; the list's memory
+// reference (counted at construction, or taken by the sweep that moves the
+// entry) keeps the memory valid until `release_link`. Entries are pushed
+// through pointers with their node's provenance.
 unsafe impl Entry for TimerView {
     fn link(&self) -> &Link {
-        &self.0.timer.link
+        &self.0.link
     }
 
     unsafe fn release_link(this: *const Self) {
-        // SAFETY: forwarded: the list's memory reference.
-        unsafe { CancelNode::release_memory(this.cast()) }
+        // SAFETY: non-null (a linked entry); forwarded: the list's memory
+        // reference, on a deadline entry.
+        unsafe { release_memory(NonNull::new_unchecked(this.cast_mut().cast())) }
     }
 }
 
@@ -360,7 +423,7 @@ unsafe impl Entry for TimerView {
 /// (invariant 8), with the memory reference the sweep took on it; `from`
 /// is the index of the list it came from.
 pub(crate) struct Moving {
-    node: NonNull<CancelNode>,
+    entry: NonNull<TimerEntry>,
     from: usize,
 }
 
@@ -379,29 +442,30 @@ fn sweep_list(
 ) {
     list.sweep(|view| {
         // SAFETY: linked entries are valid while the sweep is pinned.
-        let node = unsafe { &*view.cast::<CancelNode>() };
+        let entry = unsafe { &*view.cast::<TimerEntry>() };
         // SAFETY: non-null (a linked entry).
-        let raw = unsafe { NonNull::new_unchecked(view.cast_mut().cast::<CancelNode>()) };
+        let raw = unsafe { NonNull::new_unchecked(view.cast_mut().cast::<TimerEntry>()) };
         // Ordering: Relaxed — published with the entry by its push.
-        let when = node.timer.when.load(Ordering::Relaxed);
+        let when = entry.when.load(Ordering::Relaxed);
         // Ordering: Acquire — pairs with the Release that set it.
-        match node.timer.state.load(Ordering::Acquire) {
+        match entry.state.load(Ordering::Acquire) {
             ARMED if when <= now => {
-                node.acquire_memory();
+                // SAFETY: valid while the sweep is pinned; armed.
+                unsafe { acquire_memory(raw) };
                 due.push(TimerRef(raw));
                 true
             }
             ARMED if !stays(when) => {
                 // Ordering: AcqRel — invariant 1 against a disarm; failure
                 // (it was disarmed) needs nothing.
-                let claimed = node
-                    .timer
+                let claimed = entry
                     .state
                     .compare_exchange(ARMED, MOVING, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok();
                 if claimed {
-                    node.acquire_memory();
-                    moving.push(Moving { node: raw, from });
+                    // SAFETY: as above.
+                    unsafe { acquire_memory(raw) };
+                    moving.push(Moving { entry: raw, from });
                 }
                 claimed
             }
@@ -433,20 +497,20 @@ unsafe fn relink<'a>(
     place: impl FnOnce(u64) -> (usize, &'a AtomicU64),
 ) {
     // SAFETY: the sweep's memory reference keeps the node valid.
-    let node = unsafe { moving.node.as_ref() };
-    let view = moving.node.as_ptr().cast_const().cast::<TimerView>();
+    let node = unsafe { moving.entry.as_ref() };
+    let view = moving.entry.as_ptr().cast_const().cast::<TimerView>();
     // Ordering: Acquire — pairs with a disarm's Release CAS.
-    if node.timer.state.load(Ordering::Acquire) == DISARMED {
+    if node.state.load(Ordering::Acquire) == DISARMED {
         // SAFETY: the sweep's reference, given up once.
-        unsafe { CancelNode::release_memory(moving.node.as_ptr()) };
+        unsafe { release_memory(moving.entry) };
         return;
     }
     // Ordering: Relaxed — written once before the first push.
-    let when = node.timer.when.load(Ordering::Relaxed);
+    let when = node.when.load(Ordering::Relaxed);
     let (index, earliest) = place(when);
     // Ordering: Relaxed — published by the Release CAS below, which a
     // disarm's CAS reads before it withdraws the entry from `index`.
-    node.timer.list.store(index, Ordering::Relaxed);
+    node.list.store(index, Ordering::Relaxed);
     // SAFETY: the node is valid and in no list (the caller's contract:
     // unlinked, and no pass reads its link any more); the list now owns the
     // sweep's memory reference.
@@ -456,7 +520,6 @@ unsafe fn relink<'a>(
     // Ordering: AcqRel — invariant 1 against a disarm (Release publishes
     // `list`); failure needs nothing.
     let armed = node
-        .timer
         .state
         .compare_exchange(MOVING, ARMED, Ordering::AcqRel, Ordering::Relaxed)
         .is_ok();
@@ -465,12 +528,14 @@ unsafe fn relink<'a>(
         earliest.fetch_min(when, Ordering::SeqCst);
     } else {
         // Disarmed while moving: its disarm left the withdrawal to us.
-        node.acquire_memory();
+        // SAFETY: the sweep's reference keeps the memory valid (the list's
+        // may be gone already); a deadline entry.
+        unsafe { acquire_memory(moving.entry) };
         // SAFETY: pushed onto exactly this list just now; kept valid by the
         // reference taken above.
         unsafe { lists[index].remove(view) };
         // SAFETY: the reference taken above.
-        unsafe { CancelNode::release_memory(moving.node.as_ptr()) };
+        unsafe { release_memory(moving.entry) };
     }
 }
 
@@ -481,8 +546,7 @@ mod imp {
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
-    use super::{Moving, TimerRef, TimerView};
-    use crate::cancel::CancelNode;
+    use super::{Moving, TimerEntry, TimerRef, TimerView};
     use crate::list::List;
     use crate::primitive::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
     use crate::primitive::thread::{self, Thread};
@@ -625,24 +689,18 @@ mod imp {
     ///
     /// `node` is armed and the caller gives the list the memory reference
     /// it took for it.
-    pub(super) unsafe fn submit(node: NonNull<CancelNode>, deadline: Instant, remaining: Duration) {
+    pub(super) unsafe fn submit(node: NonNull<TimerEntry>, deadline: Instant, now: Instant) {
         let timer = timer();
         let when = timer.nanos(deadline);
-        // The clock reading `remaining` is measured from, without a second
-        // `Instant` subtraction.
-        let now = when.saturating_sub(u64::try_from(remaining.as_nanos()).unwrap_or(u64::MAX));
-        let slot = slot_of(when, now);
+        let slot = slot_of(when, timer.nanos(now));
         // (A thread-local destructor arming a deadline gets stripe 0.)
         let stripe = STRIPE.try_with(|stripe| *stripe).unwrap_or(0);
         // SAFETY: the reference keeps the node valid.
         let entry = unsafe { node.as_ref() };
         // Ordering: Relaxed — published by the push's Release CAS.
-        entry.timer.when.store(when, Ordering::Relaxed);
+        entry.when.store(when, Ordering::Relaxed);
         // Ordering: Relaxed — as `when`.
-        entry
-            .timer
-            .list
-            .store(stripe * WHEEL + slot, Ordering::Relaxed);
+        entry.list.store(stripe * WHEEL + slot, Ordering::Relaxed);
         // SAFETY: the node is valid and in no list; the list now owns the
         // memory reference.
         if unsafe {
@@ -656,7 +714,7 @@ mod imp {
         }
         // Ordering: Release — pairs with the Acquire CASes of `disarm` (which
         // then removes a linked entry from the right list) and `fire`.
-        entry.timer.state.store(super::ARMED, Ordering::Release);
+        entry.state.store(super::ARMED, Ordering::Release);
         // Invariant 5: the push, then (fenced) the slot's earliest
         // deadline, then (fenced) the thread's.
         fence(Ordering::SeqCst);
@@ -679,13 +737,18 @@ mod imp {
 
     /// Removes a disarmed node from its list (logically; the list's cleanup
     /// unlinks it, amortised, on this or another disarming thread).
-    pub(super) fn withdraw(node: &CancelNode) {
+    ///
+    /// # Safety
+    ///
+    /// As `disarm`: `entry` is valid, with its node's provenance.
+    pub(super) unsafe fn withdraw(entry: NonNull<TimerEntry>) {
         let Some(timer) = TIMER.get() else { return };
         // Ordering: Relaxed — set before the push, which happens before the
         // `ARMED` store (or the relinking CAS) that the caller's disarming
         // CAS read (Acquire).
-        let index = node.timer.list.load(Ordering::Relaxed);
-        let view = (node as *const CancelNode).cast::<TimerView>();
+        // SAFETY: valid per the contract.
+        let index = unsafe { entry.as_ref() }.list.load(Ordering::Relaxed);
+        let view = entry.as_ptr().cast_const().cast::<TimerView>();
         // SAFETY: the node was pushed onto exactly this list (`index`) and
         // the caller keeps it alive.
         unsafe { timer.lists[index].remove(view) };
@@ -793,8 +856,7 @@ mod imp {
     use std::cell::RefCell;
     use std::time::Instant;
 
-    use super::{TimerRef, TimerView};
-    use crate::cancel::CancelNode;
+    use super::{TimerEntry, TimerRef, TimerView};
     use crate::list::List;
     use crate::primitive::atomic::{AtomicU64, Ordering};
 
@@ -822,28 +884,29 @@ mod imp {
     /// # Safety
     ///
     /// As the std `submit`: the test's `ArmedTimer` takes the reference.
-    pub(super) unsafe fn submit(
-        node: NonNull<CancelNode>,
-        _deadline: Instant,
-        _remaining: std::time::Duration,
-    ) {
+    pub(super) unsafe fn submit(node: NonNull<TimerEntry>, _deadline: Instant, _now: Instant) {
         // SAFETY: the caller's reference keeps the node valid.
         let entry = unsafe { node.as_ref() };
         // Ordering: Relaxed — the test's hooks run on this thread or after
         // the node was handed over with the `ArmedTimer`.
-        entry.timer.list.store(HELD, Ordering::Relaxed);
+        entry.list.store(HELD, Ordering::Relaxed);
         // Ordering: Release — as in the std `submit`.
-        entry.timer.state.store(super::ARMED, Ordering::Release);
+        entry.state.store(super::ARMED, Ordering::Release);
         ARMED.with(|armed| armed.borrow_mut().push(TimerRef(node)));
     }
 
     /// The test's `ArmedTimer` keeps its reference until it fires; an
     /// entry linked into the model wheel is withdrawn from its list.
-    pub(super) fn withdraw(node: &CancelNode) {
+    ///
+    /// # Safety
+    ///
+    /// As the std `withdraw`.
+    pub(super) unsafe fn withdraw(entry: NonNull<TimerEntry>) {
         // Ordering: Relaxed — as in the std `withdraw`.
-        let index = node.timer.list.load(Ordering::Relaxed);
+        // SAFETY: valid per the contract.
+        let index = unsafe { entry.as_ref() }.list.load(Ordering::Relaxed);
         if index != HELD {
-            let view = (node as *const CancelNode).cast::<TimerView>();
+            let view = entry.as_ptr().cast_const().cast::<TimerView>();
             // SAFETY: the node was pushed onto exactly this list and the
             // caller keeps it alive.
             unsafe { WHEEL.lists[index].remove(view) };
@@ -884,11 +947,11 @@ pub mod loom_hooks {
         /// only once it is linked (invariant 4). Its memory reference
         /// becomes the list's.
         pub fn link(self, when: u64) {
-            let node = self.0.node();
+            let node = self.0.entry();
             // Ordering: Relaxed — published by the push's Release CAS.
-            node.timer.state.store(super::UNARMED, Ordering::Relaxed);
-            node.timer.when.store(when, Ordering::Relaxed);
-            node.timer.list.store(0, Ordering::Relaxed);
+            node.state.store(super::UNARMED, Ordering::Relaxed);
+            node.when.store(when, Ordering::Relaxed);
+            node.list.store(0, Ordering::Relaxed);
             let view = self.0.0.as_ptr().cast_const().cast::<super::TimerView>();
             // SAFETY: valid (our memory reference, now the list's) and in
             // no list.
@@ -896,7 +959,7 @@ pub mod loom_hooks {
                 unreachable!("timer lists are never closed");
             }
             // Ordering: Release — as in the std `submit`.
-            node.timer.state.store(super::ARMED, Ordering::Release);
+            node.state.store(super::ARMED, Ordering::Release);
             fence(Ordering::SeqCst);
             WHEEL.earliest[0].fetch_min(when, Ordering::SeqCst);
         }

@@ -5,8 +5,7 @@
 use core::any::{TypeId, type_name};
 use core::ptr::NonNull;
 
-use crate::context::Context;
-use crate::node::{Kind, Node, ValueVtable};
+use crate::node::{Kind, Node, NodeRef, Repr, ValueVtable};
 
 /// A value context's node: the header, then the value.
 #[repr(C)]
@@ -22,7 +21,7 @@ impl<T: Send + Sync + 'static> ValueNode<T> {
     };
 
     /// Allocates a value node under `parent` (one allocation).
-    pub(crate) fn derive(parent: &Context, value: T) -> NonNull<Node> {
+    pub(crate) fn derive(parent: &Repr, value: T) -> NodeRef {
         let node = Box::new(ValueNode {
             node: Node::new(
                 1,
@@ -36,8 +35,9 @@ impl<T: Send + Sync + 'static> ValueNode<T> {
             value,
         });
         // SAFETY: `Box::into_raw` never returns null; the header is the first
-        // field of a `#[repr(C)]` struct, so the cast keeps the address.
-        unsafe { NonNull::new_unchecked(Box::into_raw(node)).cast() }
+        // field of a `#[repr(C)]` struct, so the cast keeps the address; the
+        // node's one handle is the caller's.
+        unsafe { NodeRef::from_raw(NonNull::new_unchecked(Box::into_raw(node)).cast()) }
     }
 
     /// # Safety

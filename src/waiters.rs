@@ -48,14 +48,28 @@ use crate::primitive::atomic::{AtomicUsize, Ordering};
 use crate::primitive::thread::{self, Thread};
 use crate::primitive::{UnsafeCell, thread_local};
 
-pub(crate) const NOTIFIED: usize = 0b01;
-pub(crate) const REGISTERING: usize = 0b10;
-pub(crate) const REF: usize = 0b100;
+const NOTIFIED: usize = 0b01;
+const REGISTERING: usize = 0b10;
+const REF: usize = 0b100;
+
+/// What a waiter is: what notifying it does, and what `REGISTERING` means.
+/// The state bits are set only by this module's methods (the claims below
+/// for callback entries), so the protocol lives here.
+pub(crate) enum WaiterKind {
+    /// A parked thread (blocking waits): notifying unparks it.
+    Thread(Thread),
+    /// A task (`Done` as a `Future`): notifying wakes its waker.
+    Task(Waker),
+    /// An after-func entry, the head of a larger allocation (see
+    /// `after_func/mod.rs`): notifying dispatches the callback, and
+    /// `REGISTERING` means "stopped" (`claim_stop`).
+    Callback(&'static CallbackVtable),
+}
 
 /// One parked thread or task waiting on a node.
 pub(crate) struct Waiter {
     link: Link,
-    pub(crate) state: AtomicUsize,
+    state: AtomicUsize,
     thread: Option<Thread>,
     waker: UnsafeCell<Option<Waker>>,
     /// Set for after-func entries: the entry is the head of a larger
@@ -95,16 +109,17 @@ unsafe impl Send for Waiter {}
 pub(crate) type WaiterList = List<Waiter>;
 
 impl Waiter {
-    fn alloc(thread: Option<Thread>, waker: Option<Waker>) -> *const Waiter {
-        Box::into_raw(Box::new(Waiter::new(thread, waker, None)))
+    fn alloc(kind: WaiterKind) -> *const Waiter {
+        Box::into_raw(Box::new(Waiter::new(kind)))
     }
 
     /// An entry with one reference.
-    pub(crate) fn new(
-        thread: Option<Thread>,
-        waker: Option<Waker>,
-        callback: Option<&'static CallbackVtable>,
-    ) -> Waiter {
+    pub(crate) fn new(kind: WaiterKind) -> Waiter {
+        let (thread, waker, callback) = match kind {
+            WaiterKind::Thread(thread) => (Some(thread), None, None),
+            WaiterKind::Task(waker) => (None, Some(waker), None),
+            WaiterKind::Callback(vtable) => (None, None, Some(vtable)),
+        };
         Waiter {
             link: Link::new(),
             state: AtomicUsize::new(REF),
@@ -112,6 +127,37 @@ impl Waiter {
             waker: UnsafeCell::new(waker),
             callback,
         }
+    }
+
+    /// Claims a callback entry for `AfterFunc::stop` (after-func invariant
+    /// 1): true if this call won, before any notification and any other
+    /// stop; the winner alone then touches the closure.
+    pub(crate) fn claim_stop(&self) -> bool {
+        // Ordering: AcqRel — after-func invariant 1, totally ordered with
+        // the notifying `fetch_or(NOTIFIED)`.
+        let prev = self.state.fetch_or(REGISTERING, Ordering::AcqRel);
+        prev & (NOTIFIED | REGISTERING) == 0
+    }
+
+    /// Claims a callback entry that is in no list (its context was done
+    /// before it could register) for dispatch, and takes the reference the
+    /// dispatch hands to the runner. The caller owns the only reference.
+    pub(crate) fn claim_unlisted(&self) {
+        // Ordering: AcqRel — after-func invariant 1 (no `stop` can run yet:
+        // the `AfterFunc` does not exist), kept for uniformity.
+        self.state.fetch_or(NOTIFIED, Ordering::AcqRel);
+        // Ordering: Relaxed — a new reference made from the caller's, on an
+        // entry no other thread can reach yet.
+        self.state.fetch_add(REF, Ordering::Relaxed);
+    }
+
+    /// Whether a callback entry was started (notified) and whether it was
+    /// stopped first, for `Debug`.
+    pub(crate) fn callback_status(&self) -> (bool, bool) {
+        // Ordering: Acquire — a diagnostic read of the claims above.
+        let state = self.state.load(Ordering::Acquire);
+        let started = state & NOTIFIED != 0;
+        (started, state & REGISTERING != 0 && !started)
     }
 
     /// Drops one reference; frees the entry when it was the last.
@@ -265,6 +311,14 @@ pub(crate) fn wake_all(list: &WaiterList) -> Option<Panic> {
 /// A caught panic payload.
 pub(crate) type Panic = Box<dyn core::any::Any + Send + 'static>;
 
+/// Runs `drop_user_data`, catching a panic into `panic` (the first one is
+/// kept): user code never cuts a release (node.rs) or a drain short.
+pub(crate) fn contain(panic: &mut Option<Panic>, drop_user_data: impl FnOnce()) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(drop_user_data)) {
+        panic.get_or_insert(payload);
+    }
+}
+
 /// Closes the waiter set of a released node without notifying: what is
 /// left there is withdrawn waiters and callbacks of a context that can no
 /// longer be done; dropping the set's references frees them (and the
@@ -275,7 +329,7 @@ pub(crate) fn drain(list: &WaiterList) -> Option<Panic> {
     let mut panic = None;
     let mut chain = list.close();
     while let Some((waiter, _)) = chain.next_entry() {
-        crate::node::contain(&mut panic, || {
+        contain(&mut panic, || {
             // SAFETY: yielded by this chain, released once.
             unsafe { chain.release(waiter) }
         });
@@ -325,7 +379,7 @@ fn with_thread_waiter<R>(f: impl FnOnce(*const Waiter) -> R) -> R {
                 // SAFETY: the cache's reference; a list still holds another.
                 unsafe { Waiter::release_ref(waiter) };
             }
-            waiter = Waiter::alloc(Some(thread::current()), None);
+            waiter = Waiter::alloc(WaiterKind::Thread(thread::current()));
             local.0.set(waiter);
         }
         // SAFETY: the count is 1 and that reference is ours: the entry is
@@ -337,7 +391,7 @@ fn with_thread_waiter<R>(f: impl FnOnce(*const Waiter) -> R) -> R {
         Ok(r) => r,
         // The thread-local is being destroyed: use a one-off entry.
         Err(_) => {
-            let waiter = Waiter::alloc(Some(thread::current()), None);
+            let waiter = Waiter::alloc(WaiterKind::Thread(thread::current()));
             let r = (f.take().expect("called once"))(waiter);
             // SAFETY: our reference.
             unsafe { Waiter::release_ref(waiter) };
@@ -397,7 +451,7 @@ impl TaskWaiter {
     /// Registers a new entry with `waker`. `Err` means the list is closed
     /// (the node is done).
     pub(crate) fn register(list: &WaiterList, waker: &Waker) -> Result<TaskWaiter, ()> {
-        let waiter = Waiter::alloc(None, Some(waker.clone()));
+        let waiter = Waiter::alloc(WaiterKind::Task(waker.clone()));
         // SAFETY: fresh entry, exclusively ours.
         unsafe { (*waiter).state.store(2 * REF, Ordering::Relaxed) };
         // SAFETY: valid and unlinked; kept alive by our reference and the

@@ -18,9 +18,11 @@
 //!
 //! # Invariants
 //!
-//! 1. `NOTIFIED` (set by the notifying cancellation) and `REGISTERING`
-//!    (meaning *stopped*, set by `stop`) are claimed with `fetch_or`; the
-//!    first one wins. `f` runs iff `NOTIFIED` won; `stop` returns true iff
+//! 1. `NOTIFIED` (set by the notifying cancellation, or by
+//!    `Waiter::claim_unlisted` for an entry that never registered) and
+//!    `REGISTERING` (meaning *stopped*, set by `Waiter::claim_stop`) are
+//!    claimed with `fetch_or` (the bits and claims live in `waiters.rs`);
+//!    the first one wins. `f` runs iff `NOTIFIED` won; `stop` returns true iff
 //!    `REGISTERING` won. The winner alone touches the closure cell.
 //! 2. The `AfterFunc` holds one handle on the node it registered with (like
 //!    a `Done`) until it is dropped or its `stop` wins. So the context stays
@@ -48,11 +50,10 @@ use core::ptr::{self, NonNull};
 use core::time::Duration;
 
 use crate::cancel::CancelNode;
-use crate::context::Context;
-use crate::node::Node;
+use crate::node::NodeRef;
 use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicPtr, Ordering};
-use crate::waiters::{CallbackVtable, NOTIFIED, REF, REGISTERING, Waiter};
+use crate::waiters::{CallbackVtable, Waiter, WaiterKind};
 
 /// The type-independent head of an after-func allocation.
 #[repr(C)]
@@ -157,8 +158,8 @@ unsafe fn release_keep_alive(entry: *const AfterHeader) {
             .with_mut(|cell| ptr::replace(cell, ptr::null()))
     };
     if let Some(node) = NonNull::new(node.cast_mut()) {
-        // SAFETY: the handle taken at registration.
-        unsafe { Node::release(node.cast()) };
+        // SAFETY: the handle taken at registration, given up once, here.
+        drop(unsafe { NodeRef::from_raw(node.cast()) });
     }
 }
 
@@ -195,14 +196,18 @@ unsafe impl Send for AfterFunc {}
 unsafe impl Sync for AfterFunc {}
 
 impl AfterFunc {
-    /// Registers `f` to run once `ctx` is done (see `Context::after_func`).
-    pub(crate) fn new<F>(ctx: &Context, f: F) -> AfterFunc
+    /// Registers `f` to run once the context whose anchor is `anchor_ptr`
+    /// is done (see `Context::after_func`). `anchor_ptr` is the raw anchor
+    /// pointer stored in the context's node (not one made from a
+    /// reference: the handle taken below may be the one that frees the
+    /// node), or null; the caller's context keeps it alive during the call.
+    pub(crate) fn new<F>(anchor_ptr: *const CancelNode, f: F) -> AfterFunc
     where
         F: FnOnce() + Send + 'static,
     {
         let entry = Box::into_raw(Box::new(AfterEntry {
             header: AfterHeader {
-                waiter: Waiter::new(None, None, Some(&AfterEntry::<F>::VTABLE)),
+                waiter: Waiter::new(WaiterKind::Callback(&AfterEntry::<F>::VTABLE)),
                 job_next: AtomicPtr::new(ptr::null_mut()),
                 keep_alive: UnsafeCell::new(ptr::null()),
                 run: AfterEntry::<F>::run,
@@ -211,31 +216,39 @@ impl AfterFunc {
             f: UnsafeCell::new(Some(f)),
         }));
         let header = entry as *const AfterHeader;
-        if ctx.anchor().is_some() {
+        if !anchor_ptr.is_null() {
             // The pool's dispatcher must exist before any cancellation
             // dispatches to it: a canceller never starts threads.
             runner::start();
         }
-        // The raw anchor pointer (not one made from a reference): the handle
-        // taken below may be the one that frees the node.
-        let anchor_ptr = ctx.anchor_ptr();
         let mut node = None;
-        // SAFETY: the anchor lives as long as `ctx`.
+        // SAFETY: the anchor lives as long as the caller's context.
         if let Some(anchor) = unsafe { anchor_ptr.as_ref() } {
+            // Handles are taken through the raw pointer, which keeps the
+            // allocation's provenance (one made from `anchor`, a reference,
+            // could not free the node under Tree Borrows).
+            let raw = NonNull::new(anchor_ptr.cast_mut())
+                .expect("non-null: as_ref returned Some")
+                .cast();
             if anchor.is_done() {
                 fire_now(header);
             } else {
                 if anchor.deadline().is_some() {
                     // Invariant 3.
-                    anchor.node.acquire();
+                    // SAFETY: the anchor is alive (see above).
+                    let keep_alive = unsafe { NodeRef::acquire(raw) }.into_raw();
                     // SAFETY: a fresh allocation, exclusively ours until
                     // pushed.
-                    unsafe { (*header).keep_alive.with_mut(|cell| *cell = anchor_ptr) };
+                    unsafe {
+                        (*header)
+                            .keep_alive
+                            .with_mut(|cell| *cell = keep_alive.as_ptr().cast_const().cast())
+                    };
                 }
                 // SAFETY: valid, ours, unlinked.
                 if unsafe { Waiter::push_onto(header as *const Waiter, &anchor.waiters) }.is_ok() {
-                    anchor.node.acquire();
-                    node = NonNull::new(anchor_ptr.cast_mut());
+                    // SAFETY: the anchor is alive (see above).
+                    node = Some(unsafe { NodeRef::acquire(raw) }.into_raw());
                 } else {
                     // Closed: done meanwhile. Not linked, so still ours.
                     // SAFETY: not shared yet.
@@ -247,7 +260,7 @@ impl AfterFunc {
         AfterFunc {
             // SAFETY: `Box::into_raw` is never null.
             entry: unsafe { NonNull::new_unchecked(header.cast_mut()) },
-            node: AtomicPtr::new(node.map_or(ptr::null_mut(), NonNull::as_ptr)),
+            node: AtomicPtr::new(node.map_or(ptr::null_mut(), |node| node.as_ptr().cast())),
         }
     }
 
@@ -267,10 +280,8 @@ impl AfterFunc {
         let header = self.entry.as_ptr() as *const AfterHeader;
         // SAFETY: our reference keeps the entry alive.
         let waiter = unsafe { &(*header).waiter };
-        // Ordering: AcqRel — invariant 1, totally ordered with the notifying
-        // `fetch_or(NOTIFIED)`.
-        let prev = waiter.state.fetch_or(REGISTERING, Ordering::AcqRel);
-        if prev & (NOTIFIED | REGISTERING) != 0 {
+        // Invariant 1.
+        if !waiter.claim_stop() {
             return false;
         }
         // We won (invariant 1): drop the closure now and withdraw the entry
@@ -280,7 +291,7 @@ impl AfterFunc {
         // keep-alive handle and the registration are given up before the
         // panic resumes.
         let mut panic = None;
-        crate::node::contain(&mut panic, || {
+        crate::waiters::contain(&mut panic, || {
             // SAFETY: the closure cell is ours (invariant 1).
             unsafe { ((*header).discard)(header) }
         });
@@ -294,7 +305,7 @@ impl AfterFunc {
             let node = self.node.swap(ptr::null_mut(), Ordering::AcqRel);
             if let Some(node) = NonNull::new(node) {
                 node.as_ref().waiters.remove(header as *const Waiter);
-                Node::release(node.cast());
+                drop(NodeRef::from_raw(node.cast()));
             }
         }
         if let Some(payload) = panic {
@@ -312,7 +323,7 @@ impl Drop for AfterFunc {
         let node = self.node.swap(ptr::null_mut(), Ordering::Acquire);
         if let Some(node) = NonNull::new(node) {
             // SAFETY: our handle (invariant 2), given up.
-            unsafe { Node::release(node.cast()) };
+            drop(unsafe { NodeRef::from_raw(node.cast()) });
         }
     }
 }
@@ -325,13 +336,10 @@ impl std::panic::RefUnwindSafe for AfterFunc {}
 impl fmt::Debug for AfterFunc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // SAFETY: our reference keeps the entry alive.
-        let state = unsafe { (*self.entry.as_ptr()).waiter.state.load(Ordering::Acquire) };
+        let (started, stopped) = unsafe { (*self.entry.as_ptr()).waiter.callback_status() };
         f.debug_struct("AfterFunc")
-            .field("started", &(state & NOTIFIED != 0))
-            .field(
-                "stopped",
-                &(state & REGISTERING != 0 && state & NOTIFIED == 0),
-            )
+            .field("started", &started)
+            .field("stopped", &stopped)
             .finish()
     }
 }
@@ -346,7 +354,7 @@ where
 {
     let entry = Box::into_raw(Box::new(AfterEntry {
         header: AfterHeader {
-            waiter: Waiter::new(None, None, Some(&AfterEntry::<F>::VTABLE)),
+            waiter: Waiter::new(WaiterKind::Callback(&AfterEntry::<F>::VTABLE)),
             job_next: AtomicPtr::new(ptr::null_mut()),
             keep_alive: UnsafeCell::new(ptr::null()),
             run: AfterEntry::<F>::run,
@@ -367,10 +375,8 @@ where
 fn fire_now(header: *const AfterHeader) {
     // SAFETY: the caller still owns the only reference.
     let waiter = unsafe { &(*header).waiter };
-    // Ordering: AcqRel — invariant 1 (no `stop` can run yet: the `AfterFunc`
-    // does not exist), kept for uniformity.
-    waiter.state.fetch_or(NOTIFIED, Ordering::AcqRel);
-    waiter.state.fetch_add(REF, Ordering::Relaxed);
+    // Invariant 1 (no `stop` can run yet: the `AfterFunc` does not exist).
+    waiter.claim_unlisted();
     // SAFETY: we pass the new reference to the runner.
     unsafe { runner::dispatch(header) };
 }
@@ -382,7 +388,7 @@ pub const DEFAULT_MAX_AFTER_FUNC_WORKERS: usize = runner::DEFAULT_MAX_WORKERS;
 /// The default of [`after_func_keep_alive`]: 10 seconds.
 pub const DEFAULT_AFTER_FUNC_KEEP_ALIVE: Duration = runner::DEFAULT_KEEP_ALIVE;
 
-/// Sets the cap on the threads that run [`after_func`](Context::after_func)
+/// Sets the cap on the threads that run [`after_func`](crate::Context::after_func)
 /// callbacks (default [`DEFAULT_MAX_AFTER_FUNC_WORKERS`]); 0 counts as 1.
 ///
 /// Each callback runs on a worker thread of the process-wide pool. When
