@@ -95,10 +95,19 @@ impl Model {
     /// as many as were marked when it started; the next threshold is half
     /// the live entries it walked past (at least the minimum).
     fn pass(&mut self) {
+        self.pass_until(self.marked);
+    }
+
+    /// A sweep's pass: it walks the whole list (no early stop).
+    fn sweep_pass(&mut self) {
+        self.pass_until(usize::MAX);
+    }
+
+    /// A pass that stops once it has unlinked `target` entries.
+    fn pass_until(&mut self, target: usize) {
         if self.closed {
             return;
         }
-        let target = self.marked;
         // Head first: the newest linked entry (highest id) is the head.
         let order: Vec<usize> = (0..self.entries.len())
             .rev()
@@ -233,7 +242,7 @@ impl Harness {
                             want.push(id);
                         }
                     }
-                    self.model.pass();
+                    self.model.sweep_pass();
                 }
                 want.sort_unstable();
                 assert_eq!(ids, want, "claimed by the sweep");
