@@ -67,10 +67,10 @@ impl Done {
 
     #[inline]
     fn node(&self) -> Option<&CancelNode> {
-        // SAFETY: our handle keeps the node alive; it heads a `CancelNode`.
-        self.anchor
-            .as_ref()
-            .map(|node| unsafe { node.as_ptr().cast::<CancelNode>().as_ref() })
+        self.anchor.as_ref().map(|node| {
+            // SAFETY: our handle keeps the node alive; it heads a `CancelNode`.
+            unsafe { node.as_ptr().cast::<CancelNode>().as_ref() }
+        })
     }
 
     /// Whether the context is done (one atomic load).

@@ -197,7 +197,11 @@ fn short_timed_waits_racing_cancel_all_finish() {
         let done = ctx.done();
         let finished = finished.clone();
         thread::spawn(move || {
-            while !done.wait_timeout(Duration::from_micros(50)) {}
+            while !done.wait_timeout(Duration::from_micros(50)) {
+                // The wait parks; yield too, so no one-thread-at-a-time
+                // scheduler (valgrind, miri) starves the canceller.
+                thread::yield_now();
+            }
             finished.send(()).expect("the test is listening");
         });
     }

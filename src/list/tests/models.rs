@@ -23,6 +23,9 @@
 //! place of the fence, which the language's memory model does not count
 //! as one).
 
+// Deliberately std, not the loom shim: this counts loom's iterations from
+// outside the model (a loom atomic cannot outlive one execution), and the
+// model must not see it.
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
