@@ -205,17 +205,7 @@ impl AfterFunc {
     where
         F: FnOnce() + Send + 'static,
     {
-        let entry = Box::into_raw(Box::new(AfterEntry {
-            header: AfterHeader {
-                waiter: Waiter::new(WaiterKind::Callback(&AfterEntry::<F>::VTABLE)),
-                job_next: AtomicPtr::new(ptr::null_mut()),
-                keep_alive: UnsafeCell::new(ptr::null()),
-                run: AfterEntry::<F>::run,
-                discard: AfterEntry::<F>::discard,
-            },
-            f: UnsafeCell::new(Some(f)),
-        }));
-        let header = entry as *const AfterHeader;
+        let header = new_entry(f);
         if !anchor_ptr.is_null() {
             // The pool's dispatcher must exist before any cancellation
             // dispatches to it: a canceller never starts threads.
@@ -352,6 +342,20 @@ pub(crate) fn run_detached<F>(f: F)
 where
     F: FnOnce() + Send + 'static,
 {
+    let header = new_entry(f);
+    runner::start();
+    fire_now(header);
+    // SAFETY: the reference the entry was made with; the runner holds its
+    // own (taken by `fire_now`).
+    unsafe { Waiter::release_ref(header as *const Waiter) };
+}
+
+/// Allocates an after-func entry holding `f` (one allocation), with the
+/// one reference it is made with, in no list.
+fn new_entry<F>(f: F) -> *const AfterHeader
+where
+    F: FnOnce() + Send + 'static,
+{
     let entry = Box::into_raw(Box::new(AfterEntry {
         header: AfterHeader {
             waiter: Waiter::new(WaiterKind::Callback(&AfterEntry::<F>::VTABLE)),
@@ -362,12 +366,7 @@ where
         },
         f: UnsafeCell::new(Some(f)),
     }));
-    let header = entry as *const AfterHeader;
-    runner::start();
-    fire_now(header);
-    // SAFETY: the reference the entry was made with; the runner holds its
-    // own (taken by `fire_now`).
-    unsafe { Waiter::release_ref(header as *const Waiter) };
+    entry as *const AfterHeader
 }
 
 /// Claims and dispatches an entry that is in no list (its context was done
