@@ -40,14 +40,7 @@ struct Wrapper;
 
 /// Polls `cond` until it holds or `QUIESCENT` passes.
 fn eventually(cond: impl Fn() -> bool) -> bool {
-    let give_up = Instant::now() + QUIESCENT;
-    while !cond() {
-        if Instant::now() > give_up {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    true
+    support::eventually_within(QUIESCENT, cond)
 }
 
 /// Ports of Go's AfterFunc tests in `x_test.go`.

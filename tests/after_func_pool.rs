@@ -41,14 +41,7 @@ const OTHER_THREADS: usize = 24;
 
 /// Polls `cond` (backing off) until it holds or `QUIESCENT` passes.
 fn eventually(cond: impl Fn() -> bool) -> bool {
-    let give_up = Instant::now() + QUIESCENT;
-    while !cond() {
-        if Instant::now() > give_up {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    true
+    support::eventually_within(QUIESCENT, cond)
 }
 
 /// Whether a sanitizer (which reserves terabytes of shadow memory) or

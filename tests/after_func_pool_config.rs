@@ -24,14 +24,7 @@ const QUIESCENT: Duration = Duration::from_secs(30);
 
 /// Polls `cond` (backing off) until it holds or `QUIESCENT` passes.
 fn eventually(cond: impl Fn() -> bool) -> bool {
-    let give_up = Instant::now() + QUIESCENT;
-    while !cond() {
-        if Instant::now() > give_up {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    true
+    support::eventually_within(QUIESCENT, cond)
 }
 
 /// Live after-func worker threads (`goctx-after-func`, which the kernel

@@ -120,3 +120,16 @@ pub fn shared() -> RwLockReadGuard<'static, ()> {
 pub fn exclusive() -> RwLockWriteGuard<'static, ()> {
     EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Polls `cond` every millisecond until it holds (true) or `bound` passes
+/// (false): a hang guard for work another thread finishes.
+pub fn eventually_within(bound: std::time::Duration, cond: impl Fn() -> bool) -> bool {
+    let give_up = std::time::Instant::now() + bound;
+    while !cond() {
+        if std::time::Instant::now() > give_up {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    true
+}
