@@ -75,6 +75,18 @@
 //!    behind it; a low count only ends a pass early, and what it leaves is
 //!    still counted for the next one. (The timer's `sweep` walks the whole
 //!    list: it claims live entries too.)
+//! 8. Every pointer the list dereferences or hands out is rebuilt from its
+//!    address with the provenance `push` exposed (`entry_at`). A pointer
+//!    *stored* in the list may carry the provenance of an earlier entry at
+//!    the same address: a push loads the head (entry A) and writes it into
+//!    its entry's `next`; meanwhile A is removed, released and freed, and a
+//!    new entry B is allocated at A's address and pushed; the push's CAS
+//!    compares addresses, so it succeeds. The list is right — B is the
+//!    successor — but the stored pointer names A's freed allocation, and
+//!    reaching B through it would be a use-after-free in Rust's abstract
+//!    machine (miri found it: `tests/churn.rs` under Tree Borrows, and
+//!    `list::tests::unit::two_threads_push_and_remove_their_own_entries`).
+//!    Exposing costs nothing at run time.
 //!
 //! # Orderings
 //!
@@ -141,6 +153,17 @@ fn tagged<T>(ptr: *mut T, tag: usize) -> bool {
 #[inline]
 fn untagged<T>(ptr: *mut T) -> *mut T {
     ptr.map_addr(|addr| addr & !1)
+}
+
+/// The entry at a pointer read from the list (`head` or a `next`), tag
+/// removed.
+///
+/// The pointer is rebuilt from its address, with the provenance `push`
+/// exposed (invariant 8): a pointer stored in the list may carry the
+/// provenance of an earlier entry that lived at the same address.
+#[inline]
+fn entry_at<E>(ptr: *mut ()) -> *const E {
+    ptr::with_exposed_provenance(untagged(ptr).addr())
 }
 
 /// The head value of a closed list: no entry, only the tag.
@@ -224,6 +247,9 @@ impl<E: Entry> List<E> {
     pub(crate) unsafe fn push(&self, entry: *const E) -> Result<(), Closed> {
         // SAFETY: the caller guarantees `entry` is valid.
         let link = unsafe { (*entry).link() };
+        // Invariant 8: whoever reaches the entry through the list rebuilds
+        // its pointer from the address (`entry_at`), with this provenance.
+        let _ = entry.expose_provenance();
         // Ordering: Acquire — if we see CLOSED we must also see what the
         // closer did before closing; pairs with the swap in `close`.
         let mut head = self.head.load(Ordering::Acquire);
@@ -294,11 +320,11 @@ impl<E: Entry> List<E> {
             self.head
                 .compare_exchange(raw, succ, Ordering::SeqCst, Ordering::Relaxed)
         {
-            // Release through the pointer the list stored (the pusher's,
-            // with the allocation's full provenance), not through `entry`,
+            // Release through the provenance the pusher exposed (the
+            // allocation's full one, invariant 8), not through `entry`,
             // which a caller may have made from a shared reference: freeing
             // through that would be undefined behaviour (Tree Borrows).
-            let entry = linked.cast::<E>().cast_const();
+            let entry = entry_at::<E>(linked);
             fence(Ordering::SeqCst);
             // Invariant 6: a pass that started after our CAS cannot reach
             // the entry (it was only reachable from the head); one that
@@ -384,7 +410,7 @@ impl<E: Entry> List<E> {
                 break;
             }
             while !cur.is_null() {
-                let entry = cur.cast::<E>().cast_const();
+                let entry = entry_at::<E>(cur);
                 // SAFETY: `entry` was reachable while we are pinned
                 // (invariant 4); unlinked entries are released only after
                 // an epoch grace period, and a closer that could release it
@@ -412,7 +438,7 @@ impl<E: Entry> List<E> {
                         // SAFETY: reachable from a linked entry's frozen
                         // `next` while we are pinned and counted as a pass
                         // (invariants 4 and 6).
-                        let succ_link = unsafe { (*succ.cast::<E>()).link() };
+                        let succ_link = unsafe { (*entry_at::<E>(succ)).link() };
                         // Ordering: Acquire — as the load of `next` above.
                         let succ_next = succ_link.next.load(Ordering::Acquire);
                         if !tagged(succ_next, MARK) {
@@ -439,7 +465,7 @@ impl<E: Entry> List<E> {
                     let alone = self.cleaners.load(Ordering::SeqCst) == 1;
                     let mut gone = cur;
                     while gone != succ {
-                        let entry = gone.cast::<E>().cast_const();
+                        let entry = entry_at::<E>(gone);
                         // SAFETY: we own the entry's link reference until
                         // we release it below; read its frozen `next` first.
                         let after = unsafe { (*entry).link() }.next.load(Ordering::Relaxed);
@@ -579,7 +605,7 @@ impl<E: Entry> List<E> {
         while !cur.is_null() {
             // SAFETY: reachable while we are pinned and counted as a pass
             // (invariants 4 and 6).
-            let entry = unsafe { &*cur.cast::<E>() };
+            let entry = unsafe { &*entry_at::<E>(cur) };
             // Ordering: Acquire — as in `sweep`.
             let next = entry.link().next.load(Ordering::Acquire);
             linked += 1;
@@ -677,7 +703,7 @@ impl<E: Entry> Chain<E> {
         if self.cur.is_null() {
             return None;
         }
-        let entry = self.cur.cast::<E>().cast_const();
+        let entry = entry_at::<E>(self.cur);
         // SAFETY: the chain owns the link reference of every entry it has not
         // yet yielded, so `entry` is valid.
         let link = unsafe { (*entry).link() };

@@ -229,6 +229,35 @@ mod unit {
         assert!(watches.iter().all(|w| w.is_freed()));
     }
 
+    /// Two threads each push an entry and remove it again, as children of
+    /// one parent come and go (`tests/churn.rs`): removals race at the head
+    /// (immediate release by the remover) and inside (cleanup passes).
+    #[test]
+    fn two_threads_push_and_remove_their_own_entries() {
+        use std::sync::Barrier;
+        let rounds = if cfg!(miri) { 400 } else { 20_000 };
+        let list = TrackedList::with_cleanup_min(2);
+        let barrier = Barrier::new(2);
+        std::thread::scope(|s| {
+            for t in 0..2u64 {
+                let (list, barrier) = (&list, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    for i in 0..rounds {
+                        let owner = list.push(t * 1_000_000 + i).expect("open");
+                        if i % 3 == 0 {
+                            let second = list.push(t * 1_000_000 + i + 500_000).expect("open");
+                            assert!(list.remove(&second));
+                        }
+                        assert!(list.remove(&owner));
+                    }
+                });
+            }
+        });
+        list.cleanup();
+        assert_eq!(list.linked(), 0);
+    }
+
     /// Threads push, remove (some at the head, most inside) and sweep while
     /// the list is cleaned; then one closes it. Every entry is freed exactly
     /// once and the closer sees exactly the entries nobody removed.
