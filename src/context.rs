@@ -9,6 +9,7 @@ use crate::cancel::{CancelCauseFunc, CancelFunc, CancelNode};
 use crate::done::Done;
 use crate::error::{Cause, Error};
 use crate::node::{self, Kind, Node, NodeRef, Repr};
+use crate::on_done::OnDone;
 use crate::timer::TimerOwner;
 use crate::value::{ValueNode, value_of};
 
@@ -310,6 +311,53 @@ impl Context {
         F: FnOnce() + Send + 'static,
     {
         AfterFunc::new(self.anchor_ptr(), f)
+    }
+
+    /// Runs `f` once this context is done, synchronously, on the thread
+    /// that makes it done (C++'s `std::stop_callback`, .NET's
+    /// `CancellationToken.Register`): inside `cancel()` — of this context or
+    /// of an ancestor — before it returns, as a waker is woken; on the timer
+    /// thread for a deadline; or at once, on this thread before `on_done`
+    /// returns, if the context is already done. `f` runs at most once. Like
+    /// [`Waker::wake`](core::task::Waker::wake), `f` must be short and must
+    /// not block: it delays the cancellation that runs it. A panicking `f`
+    /// is contained as a panicking waker is: the cancellation of the whole
+    /// subtree completes (every other callback runs, every waiter is woken),
+    /// then the panic resumes in the canceller; the timer thread survives
+    /// it.
+    ///
+    /// Dropping the returned [`OnDone`] (or [`OnDone::stop`]) deregisters
+    /// `f`, waiting for it if it is running on another thread, so what `f`
+    /// uses may be freed right after; [`OnDone::detach`] keeps `f`
+    /// registered. The `OnDone` holds the context (as a `Done` does), so
+    /// `f` runs when an ancestor cancels it even if every other handle was
+    /// dropped. On a context that can never be done, `f` never runs: it is
+    /// dropped at once and nothing is allocated. Otherwise one allocation
+    /// at most; registering and deregistering take no lock.
+    ///
+    /// ```
+    /// use goctx::Context;
+    /// use std::sync::mpsc;
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// let (tx, rx) = mpsc::channel();
+    /// let _on_done = ctx.on_done(move || tx.send(std::thread::current().id()).unwrap());
+    /// cancel.cancel();
+    /// // Ran inside `cancel()`, on this thread.
+    /// assert_eq!(rx.try_recv(), Ok(std::thread::current().id()));
+    ///
+    /// // Already done: runs before `on_done` returns.
+    /// let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    /// let flag = ran.clone();
+    /// ctx.on_done(move || flag.store(true, std::sync::atomic::Ordering::Relaxed)).detach();
+    /// assert!(ran.load(std::sync::atomic::Ordering::Relaxed));
+    /// ```
+    #[must_use = "dropping the OnDone stops f at once; call .detach() to keep f registered"]
+    pub fn on_done<F>(&self, f: F) -> OnDone
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        OnDone::new(self.anchor_ptr(), f)
     }
 
     /// The earliest deadline on the path to the root, if any (Go's

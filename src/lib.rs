@@ -128,6 +128,7 @@ mod done;
 mod error;
 mod list;
 mod node;
+mod on_done;
 mod primitive;
 mod state;
 mod timer;
@@ -149,6 +150,7 @@ pub use check::RunUntilDone;
 pub use context::Context;
 pub use done::Done;
 pub use error::{Cause, ContextError, Error};
+pub use on_done::OnDone;
 #[cfg(loom)]
 #[doc(hidden)]
 pub use timer::loom_hooks;

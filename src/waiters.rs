@@ -9,6 +9,11 @@
 //!   reused only when no list holds a reference to it any more.
 //! * **Async waits** (`Done` as a `Future`) allocate one entry on their first
 //!   pending poll and keep it for the life of that `Done`.
+//! * **Callbacks** (`WaiterKind::Callback`) are claimed like a task's waker
+//!   cell and dispatched through their vtable: an after-func entry goes to
+//!   the worker pool (`after_func/`), an on-done entry runs its `f` on the
+//!   notifying thread (`on_done.rs`, which also parks its stoppers on a
+//!   waiter set of its own with `park_on`).
 //! * A waiter that gives up (a timed-out wait, a dropped future) removes its
 //!   entry logically; the list unlinks it later (amortised) and drops it.
 //!   A dropped future also drops its waker at once.
@@ -60,9 +65,11 @@ pub(crate) enum WaiterKind {
     Thread(Thread),
     /// A task (`Done` as a `Future`): notifying wakes its waker.
     Task(Waker),
-    /// An after-func entry, the head of a larger allocation (see
-    /// `after_func/mod.rs`): notifying dispatches the callback, and
-    /// `REGISTERING` means "stopped" (`claim_stop`).
+    /// A callback entry, the head of a larger allocation: an after-func
+    /// (`after_func/mod.rs`) or an on-done callback (`on_done.rs`).
+    /// Notifying dispatches it through its vtable — to the worker pool, or
+    /// by running `f` right there — and `REGISTERING` means "stopped"
+    /// (`claim_stop`).
     Callback(&'static CallbackVtable),
 }
 
@@ -79,10 +86,13 @@ pub(crate) struct Waiter {
     callback: Option<&'static CallbackVtable>,
 }
 
-/// The per-closure-type operations of an after-func entry.
+/// The per-closure-type operations of a callback entry.
 pub(crate) struct CallbackVtable {
-    /// Hands the entry to the callback runners (takes one reference).
-    pub(crate) dispatch: unsafe fn(*const Waiter),
+    /// Dispatches a claimed entry (takes one reference): an after-func is
+    /// handed to the callback runners; an on-done callback runs here, and a
+    /// panic of its `f` comes back as `Err`, to be resumed by the canceller
+    /// once its work is done (as a waker's, `wake_all`).
+    pub(crate) dispatch: unsafe fn(*const Waiter) -> Result<(), Panic>,
     /// Frees the whole allocation, dropping a closure that never ran.
     pub(crate) free: unsafe fn(*const Waiter),
 }
@@ -248,15 +258,17 @@ impl Waiter {
             // Ordering: AcqRel — totally ordered with `stop`'s
             // `fetch_or(REGISTERING)`: exactly one of the two wins.
             let prev = waiter.state.fetch_or(NOTIFIED, Ordering::AcqRel);
-            if prev & REGISTERING == 0 {
-                // The runners' reference, taken while ours keeps it alive.
+            let dispatched = if prev & REGISTERING == 0 {
+                // The dispatch's reference, taken while ours keeps it alive.
                 waiter.state.fetch_add(REF, Ordering::Relaxed);
                 // SAFETY: we pass that new reference on.
-                unsafe { (callback.dispatch)(this) };
-            }
+                unsafe { (callback.dispatch)(this) }
+            } else {
+                Ok(())
+            };
             // SAFETY: we own the list's reference.
             unsafe { release_link_from(guard, this) };
-            Ok(())
+            dispatched
         } else {
             // Ordering: AcqRel — totally ordered with the poller's
             // `fetch_or(REGISTERING)` (invariant 1).

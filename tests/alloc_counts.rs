@@ -626,3 +626,63 @@ fn after_func_allocates_at_most_once() {
         assert!(on_deadline.stop())
     });
 }
+
+#[test]
+fn on_done_allocates_at_most_once_and_nothing_on_a_never_done_context() {
+    warm_up();
+    let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+
+    // Never done: f is dropped unrun and nothing is allocated (rule 14).
+    for never in [
+        Context::background(),
+        Context::todo(),
+        Context::background().without_cancel(),
+    ] {
+        let r = ran.clone();
+        let on_never = assert_allocs("on_done() on a never-done context", 0, || {
+            never.on_done(move || {
+                r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+        });
+        assert_allocs("OnDone::stop() on a never-done context", 0, || {
+            assert!(on_never.stop())
+        });
+        assert_allocs("dropping it", 0, || drop(on_never));
+    }
+
+    let (ctx, cancel) = Context::background().with_cancel();
+    let r = ran.clone();
+    let stopped = assert_allocs("on_done(): the entry, with the closure", 1, || {
+        ctx.on_done(move || {
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+    });
+    assert_allocs("OnDone::stop()", 0, || assert!(stopped.stop()));
+    assert_allocs("dropping a stopped OnDone", 0, || drop(stopped));
+
+    let r = ran.clone();
+    let layered = ctx.with_value(RequestId(4));
+    let pending = assert_allocs("on_done() on a value layer", 1, || {
+        layered.on_done(move || {
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+    });
+    // f runs inside cancel(), which still allocates nothing.
+    assert_allocs("cancel() running an on_done callback", 0, || {
+        cancel.cancel()
+    });
+    assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_allocs("OnDone::stop() after f ran", 0, || assert!(!pending.stop()));
+    assert_allocs("dropping it", 0, || drop(pending));
+
+    let r = ran.clone();
+    let done_already = assert_allocs("on_done() on a done context", 0, || {
+        ctx.on_done(move || {
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+    });
+    assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_allocs("OnDone::stop() on a done context", 0, || {
+        assert!(!done_already.stop())
+    });
+}

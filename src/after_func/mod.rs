@@ -123,10 +123,12 @@ impl<F: FnOnce() + Send + 'static> AfterEntry<F> {
     }
 }
 
-/// `CallbackVtable::dispatch` for every entry type.
-unsafe fn dispatch_waiter(waiter: *const Waiter) {
+/// `CallbackVtable::dispatch` for every entry type: never runs `f` here,
+/// so it never panics.
+unsafe fn dispatch_waiter(waiter: *const Waiter) -> Result<(), crate::waiters::Panic> {
     // SAFETY: forwarded; the waiter heads an `AfterHeader`.
-    unsafe { runner::dispatch(waiter as *const AfterHeader) }
+    unsafe { runner::dispatch(waiter as *const AfterHeader) };
+    Ok(())
 }
 
 /// Runs a dispatched job and drops what it held: the closure, a deadline
