@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 . ci/lib.sh
 
 # The documented surface is what docs.rs builds (Cargo.toml:
-# package.metadata.docs.rs): the `futures` feature, not the fuzzing hooks.
+# package.metadata.docs.rs): the `futures` and `crossbeam-channel`
+# features, not the fuzzing hooks.
 step "cargo doc -D warnings -D rustdoc::broken_intra_doc_links"
 RUSTDOCFLAGS="-D warnings -D rustdoc::broken_intra_doc_links" \
-    cargo doc --no-deps --features futures -p goctx
+    cargo doc --no-deps --features futures,crossbeam-channel -p goctx
 
 step "cargo package"
 # --allow-dirty: CI's clone is clean, a developer's tree may not be.

@@ -2,9 +2,10 @@
 //! pattern to copy for plain-thread services.
 //!
 //! * One root context is the pool's shutdown switch. Each worker waits in
-//!   `crossbeam_channel::select!` on the job channel *and* on a shutdown
-//!   channel that an `after_func` on the root closes, so an idle worker
-//!   leaves at once, and a busy one sees its job's context cancelled.
+//!   `crossbeam_channel::select!` on the job channel *and* on the root's
+//!   `done().receiver()` (cargo feature `crossbeam-channel`), a channel the
+//!   cancellation itself disconnects, so an idle worker leaves at once, and
+//!   a busy one sees its job's context cancelled.
 //! * Every job runs under its own child context with a per-job timeout; the
 //!   job checks it between steps with `ctx.check()?` and waits with
 //!   `ctx.done().wait_timeout(..)` instead of sleeping.
@@ -16,7 +17,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, select, unbounded};
+use crossbeam_channel::{select, unbounded};
 use goctx::{Cause, Context, ContextError};
 
 /// A job: `steps` units of `step` work each.
@@ -43,20 +44,13 @@ fn run_job(ctx: &Context, job: &Job) -> Result<u32, ContextError> {
     Ok(job.steps)
 }
 
-/// A receiver that disconnects when `ctx` is done, for `select!`: the
-/// sending half lives in an `after_func` callback, which drops it.
-fn closed_when_done(ctx: &Context) -> (Receiver<()>, goctx::AfterFunc) {
-    let (tx, rx) = crossbeam_channel::bounded::<()>(0);
-    let bridge = ctx.after_func(move || drop(tx));
-    (rx, bridge)
-}
-
 fn main() {
     const WORKERS: usize = 4;
     const JOB_TIMEOUT: Duration = Duration::from_millis(40);
 
     let (pool, shutdown) = Context::background().with_cancel_cause();
-    let (shutting_down, _bridge) = closed_when_done(&pool);
+    // Disconnected inside `shutdown.cancel(..)`: no thread, no polling.
+    let shutting_down = pool.done().receiver();
     let (jobs, queue) = unbounded::<Job>();
     let (report, reports) = unbounded::<(u32, Result<u32, ContextError>)>();
 

@@ -30,6 +30,7 @@
 //! | `WithDeadlineCause` / `WithTimeoutCause` | [`with_deadline_cause`](Context::with_deadline_cause) / [`with_timeout_cause`](Context::with_timeout_cause) |
 //! | `ctx.Deadline()`                | [`ctx.deadline()`](Context::deadline)   |
 //! | `AfterFunc(ctx, f)` → `stop()`  | [`ctx.after_func(f)`](Context::after_func) → [`AfterFunc::stop`] |
+//! | (C++ `std::stop_callback`, .NET `Register`) | [`ctx.on_done(f)`](Context::on_done) → [`OnDone`]: `f` runs inside `cancel()` |
 //!
 //! # Threads
 //!
@@ -105,6 +106,10 @@
 //!   10 ms to 1 s) and prints the error once; if no thread can ever be
 //!   started, queued callbacks never run. One more thread, the pool's
 //!   dispatcher, is the only one that starts workers.
+//! * [`on_done`](Context::on_done) callbacks run on the thread that makes
+//!   the context done, inside `cancel()` (or on the timer thread for a
+//!   deadline), as wakers are woken: one allocation to register (none on a
+//!   context that can never be done), none to run or stop; no thread hop.
 //! * Nothing on the paths that derive, cancel, check, wait on or drop a
 //!   context takes a lock: see [`docs::internals`] for the design, its
 //!   state table, invariants, orderings and memory reclamation.
