@@ -790,6 +790,69 @@ fn after_func(c: &mut Criterion) {
     group.finish();
 }
 
+/// `on_done` (API rule 14), with its nearest peers in the same group so
+/// one run compares them:
+///
+/// * `goctx/register_stop`: `on_done` on a live long-lived context, then
+///   `stop()` (which wins): register and withdraw one synchronous callback.
+/// * `goctx/after_func_register_stop`: the same with `after_func` (the
+///   `after_func` group's row, repeated here for a same-run comparison).
+/// * `tokio_util/register_stop`: a fresh `cancelled()` future polled once
+///   with a no-op waker, then dropped (as in the `after_func` group).
+/// * `goctx/register_fire`: derive a child of a live parent, register a
+///   callback on it, cancel the child: `f` has run when `cancel()` returns
+///   (no thread hop, nothing to wait for), then drop the guard.
+fn on_done(c: &mut Criterion) {
+    let (ctx, _keep_live) = Context::background().with_cancel();
+    let token = CancellationToken::new();
+    let mut cx = TaskContext::from_waker(Waker::noop());
+
+    let mut group = c.benchmark_group("on_done");
+    quick(&mut group);
+    let fired_before = FIRED.load(Ordering::Acquire);
+    group.bench_function(BenchmarkId::new(GOCTX, "register_stop"), |b| {
+        b.iter(|| {
+            let on_done = black_box(&ctx).on_done(|| {
+                FIRED.fetch_add(1, Ordering::Release);
+            });
+            assert!(black_box(&on_done).stop());
+        });
+    });
+    group.bench_function(BenchmarkId::new(GOCTX, "after_func_register_stop"), |b| {
+        b.iter(|| {
+            let after = black_box(&ctx).after_func(|| {
+                FIRED.fetch_add(1, Ordering::Release);
+            });
+            assert!(black_box(&after).stop());
+        });
+    });
+    assert_eq!(
+        FIRED.load(Ordering::Acquire),
+        fired_before,
+        "a stopped callback ran"
+    );
+    group.bench_function(BenchmarkId::new(TOKIO, "register_stop"), |b| {
+        b.iter(|| {
+            let cancelled = pin!(black_box(&token).cancelled());
+            assert!(cancelled.poll(&mut cx).is_pending());
+        });
+    });
+    group.bench_function(BenchmarkId::new(GOCTX, "register_fire"), |b| {
+        b.iter(|| {
+            let before = FIRED.load(Ordering::Relaxed);
+            let (child, cancel) = ctx.with_cancel();
+            let on_done = black_box(&child).on_done(|| {
+                FIRED.fetch_add(1, Ordering::Relaxed);
+            });
+            cancel.cancel();
+            // Ran inside `cancel()`: nothing to wait for.
+            assert_ne!(FIRED.load(Ordering::Relaxed), before);
+            drop(on_done);
+        });
+    });
+    group.finish();
+}
+
 // ---------------------------------------------------------------------------
 // Wake-up latency: parked threads and async tasks
 // ---------------------------------------------------------------------------
@@ -1177,6 +1240,7 @@ criterion_group! {
         fanout_cancel,
         with_timeout,
         after_func,
+        on_done,
         cancel_wake,
         cancel_wake_async
 }

@@ -231,18 +231,21 @@ impl CancelNode {
     /// the ~340-byte node on the stack and moving it into a `Box` costs a
     /// `memmove` that showed up as a quarter of `with_cancel` + `cancel`.
     /// The state word's padding stays uninitialised.
+    ///
+    /// `shape` says which allocation: a plain `CancelNode`, or an
+    /// `Extended<X>` whose `ext` the deriving layer writes afterwards.
     fn alloc(
         node: Node,
         deadline: Option<Instant>,
         timer: TimerEntry,
         links: usize,
+        shape: &Shape,
     ) -> *mut CancelNode {
-        let mut boxed = Box::<CancelNode>::new_uninit();
-        let raw = boxed.as_mut_ptr();
-        // SAFETY: `raw` points to an exclusively owned, properly aligned
-        // allocation for a `CancelNode`; every field but the padding inside
-        // `Isolated` (`MaybeUninit`) is written exactly once below, so the
-        // value is fully initialised when we give up the `MaybeUninit`.
+        let raw = (shape.alloc)();
+        // SAFETY: `raw` points to an exclusively owned, properly aligned,
+        // uninitialised allocation that starts with a `CancelNode`; every
+        // field but the padding inside `Isolated` (`MaybeUninit`) is written
+        // exactly once below, so the node is fully initialised after.
         unsafe {
             (&raw mut (*raw).node).write(node);
             (&raw mut (*raw).deadline).write(deadline);
@@ -255,7 +258,7 @@ impl CancelNode {
             (&raw mut (*raw).waiters).write(List::new());
             (&raw mut (*raw).work_next).write(UnsafeCell::new(ptr::null()));
         }
-        Box::into_raw(boxed).cast::<CancelNode>()
+        raw
     }
 
     /// `links`: the memory references the caller wants besides the list's
@@ -267,15 +270,37 @@ impl CancelNode {
         timer: TimerEntry,
         links: usize,
     ) -> NonNull<CancelNode> {
+        CancelNode::derive_shaped(parent, handles, deadline, timer, links, &PLAIN)
+    }
+
+    /// Derives a cancellable child of `parent` allocated as an
+    /// `Extended<X>` (see there), with `deadline` as its earliest deadline
+    /// and no timer of its own. The caller writes `ext` before sharing any
+    /// handle.
+    pub(crate) fn derive_extended(
+        parent: &Repr,
+        handles: usize,
+        deadline: Option<Instant>,
+        shape: &'static Shape,
+    ) -> NonNull<CancelNode> {
+        CancelNode::derive_shaped(parent, handles, deadline, TimerEntry::none(), 1, shape)
+    }
+
+    fn derive_shaped(
+        parent: &Repr,
+        handles: usize,
+        deadline: Option<Instant>,
+        timer: TimerEntry,
+        links: usize,
+        shape: &Shape,
+    ) -> NonNull<CancelNode> {
         let anchor = parent.anchor_ptr().cast::<CancelNode>();
-        let kind = Kind::Cancel {
-            retire: CancelNode::retire,
-        };
         let raw = CancelNode::alloc(
-            Node::new(handles, kind, parent.clone(), ptr::null()),
+            Node::new(handles, shape.kind(), parent.clone(), ptr::null()),
             deadline,
             timer,
             links,
+            shape,
         );
         // SAFETY: `raw` is a fresh, exclusively owned allocation until it is
         // pushed below.
@@ -432,6 +457,33 @@ impl CancelNode {
         self.children.linked()
     }
 
+    /// Cancels with the error and cause of `word`, the done word of a node
+    /// this one does not descend from (a merged context's other parent,
+    /// merge.rs), borrowing its cause box as propagation does. Returns
+    /// whether this call decided the cancellation.
+    ///
+    /// # Safety
+    ///
+    /// `word` is done, and whatever owns its cause box outlives this node
+    /// and every node that may inherit from it (the merged node holds a
+    /// handle on its other parent until it is released).
+    pub(crate) unsafe fn cancel_inherited(&self, word: Word) -> bool {
+        let word = state::inherit(word);
+        // Ordering: AcqRel — as in `cancel`: Release publishes the word (its
+        // borrowed box was published to the caller by the Acquire load of
+        // the other node's word); Acquire orders the list operations after
+        // an earlier cancellation we might race with.
+        if self
+            .state
+            .compare_exchange(state::ACTIVE, word, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        self.after_decided(word);
+        true
+    }
+
     /// Cancels with `error` and `cause` (the error itself when `None`).
     /// Returns whether this call decided the cancellation.
     pub(crate) fn cancel(&self, error: Error, cause: Option<Cause>) -> bool {
@@ -461,6 +513,12 @@ impl CancelNode {
             }
             return false;
         }
+        self.after_decided(word);
+        true
+    }
+
+    /// Steps 2 and 3 of the protocol, for the winner of the CAS to `word`.
+    fn after_decided(&self, word: Word) {
         // SAFETY: the caller holds a handle; the pointer has the provenance
         // of `self`, as every disarm's.
         unsafe { timer::disarm(CancelNode::timer_entry(self)) };
@@ -472,7 +530,6 @@ impl CancelNode {
             unsafe { registered.children.remove(self) };
         }
         self.propagate(state::inherit(word));
-        true
     }
 
     /// Wakes this node's waiters and cancels its subtree with `word`
@@ -626,12 +683,111 @@ impl CancelNode {
         // that brought the count to one, so their holders' accesses happen
         // before the free. Otherwise AcqRel: the last one sees all others.
         if links.load(Ordering::Acquire) == 1 || links.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // SAFETY: last reference; allocated by `Box` in `derive`. The
-            // parent was moved out at release and is `ManuallyDrop`.
-            drop(unsafe { Box::from_raw(this as *mut CancelNode) });
+            // SAFETY: last reference: the memory is ours; `kind` is
+            // immutable.
+            let Kind::Cancel { free, .. } = (unsafe { &(*this).node.kind }) else {
+                unreachable!("a CancelNode's kind is Kind::Cancel")
+            };
+            // SAFETY: last reference; allocated by the shape's `alloc`,
+            // which `free` matches. The parent was moved out at release and
+            // is `ManuallyDrop`.
+            unsafe { free(this.cast_mut().cast()) };
+        }
+    }
+
+    /// `Shape::free` of a plain node.
+    ///
+    /// # Safety
+    ///
+    /// `this` came from `PLAIN`'s `alloc`, and no reference is left.
+    unsafe fn free_plain(this: *mut Node) {
+        // SAFETY: per the contract.
+        drop(unsafe { Box::from_raw(this.cast::<CancelNode>()) });
+    }
+}
+
+/// How a cancel node is allocated, torn down and freed: a plain
+/// `CancelNode`, or an `Extended<X>`.
+pub(crate) struct Shape {
+    /// An uninitialised allocation starting with a `CancelNode`.
+    pub(crate) alloc: fn() -> *mut CancelNode,
+    /// `Kind::Cancel::retire`.
+    pub(crate) retire: unsafe fn(NonNull<Node>, &mut Option<Panic>),
+    /// `Kind::Cancel::free`.
+    pub(crate) free: unsafe fn(*mut Node),
+    /// `Kind::Cancel::merged`.
+    pub(crate) merged: bool,
+}
+
+impl Shape {
+    fn kind(&self) -> Kind {
+        Kind::Cancel {
+            retire: self.retire,
+            free: self.free,
+            merged: self.merged,
         }
     }
 }
+
+/// Every context of `with_cancel`, `with_cancel_cause` and the deadline
+/// variants.
+static PLAIN: Shape = Shape {
+    alloc: || Box::into_raw(Box::<CancelNode>::new_uninit()).cast(),
+    retire: CancelNode::retire,
+    free: CancelNode::free_plain,
+    merged: false,
+};
+
+/// A cancel node followed, in the same allocation, by the data of a layer
+/// above (a merged context's link to its other parent, merge.rs). `ext` is
+/// written by that layer right after the derivation, before any handle is
+/// shared, and dropped first thing at release (`retire`).
+#[repr(C)]
+pub(crate) struct Extended<X> {
+    pub(crate) node: CancelNode,
+    pub(crate) ext: UnsafeCell<core::mem::MaybeUninit<X>>,
+}
+
+impl<X> Extended<X> {
+    /// `Shape::alloc`.
+    pub(crate) fn alloc() -> *mut CancelNode {
+        Box::into_raw(Box::<Extended<X>>::new_uninit()).cast()
+    }
+
+    /// `Shape::retire`: drops `ext` (contained), then retires the node.
+    ///
+    /// # Safety
+    ///
+    /// As `CancelNode::retire`; `this` heads an `Extended<X>` whose `ext`
+    /// was written.
+    pub(crate) unsafe fn retire(this: NonNull<Node>, panic: &mut Option<Panic>) {
+        let extended = this.cast::<Extended<X>>();
+        waiters::contain(panic, || {
+            // SAFETY: written after the derivation, dropped once, here.
+            unsafe {
+                extended
+                    .as_ref()
+                    .ext
+                    .with_mut(|ext| (*ext).assume_init_drop())
+            }
+        });
+        // SAFETY: forwarded.
+        unsafe { CancelNode::retire(this, panic) };
+    }
+
+    /// `Shape::free`.
+    ///
+    /// # Safety
+    ///
+    /// `this` came from `alloc`, and no reference is left (`ext` was
+    /// dropped by `retire`; `MaybeUninit` drops nothing).
+    pub(crate) unsafe fn free(this: *mut Node) {
+        // SAFETY: per the contract.
+        drop(unsafe { Box::from_raw(this.cast::<Extended<X>>()) });
+    }
+}
+
+impl CancelNode {}
 
 /// A handle on a cancellable node: shared by `CancelFunc` and
 /// `CancelCauseFunc`.

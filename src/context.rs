@@ -360,6 +360,46 @@ impl Context {
         OnDone::new(self.anchor_ptr(), f)
     }
 
+    /// A context that is done when this one or `other` is done, or when
+    /// the returned [`CancelFunc`] is called, whichever comes first (C#'s
+    /// linked token source, Folly's `CancellationToken::merge`, Go's
+    /// `AfterFunc` merge example made native). It is a child of this
+    /// context — its values are this context's only — that is also linked
+    /// to `other`: its [`err`](Context::err) and [`cause`](Context::cause)
+    /// come from the first of the three cancellations, its
+    /// [`deadline`](Context::deadline) is the earlier of the two.
+    ///
+    /// Propagation from either parent is synchronous: when `other`'s
+    /// `cancel()` returns, the merged context and its descendants are done
+    /// and their waiters woken, exactly as for this context's `cancel()`.
+    /// Dropping every handle on the merged context withdraws it from
+    /// `other` as well as from this context, so merges that come and go
+    /// under a long-lived `other` use bounded memory. If `other` can never
+    /// be done, `merge` costs what [`with_cancel`](Context::with_cancel)
+    /// costs (one allocation); if it is already done, so is the result.
+    /// Display: this context's string followed by `.Merge(<other>)`.
+    ///
+    /// ```
+    /// use goctx::{Cause, Context};
+    ///
+    /// let (server, shutdown) = Context::background().with_cancel_cause();
+    /// let (client, _hang_up) = Context::background().with_cancel_cause();
+    /// let (request, _cancel) = server.merge(&client);
+    /// assert_eq!(
+    ///     request.to_string(),
+    ///     "context.Background.WithCancel.Merge(context.Background.WithCancel)"
+    /// );
+    /// shutdown.cancel(Cause::msg("shutting down"));
+    /// assert!(request.is_done()); // before `cancel` returned
+    /// assert_eq!(request.cause().unwrap().to_string(), "shutting down");
+    /// assert!(!client.is_done());
+    /// ```
+    #[must_use = "the merged context is dropped at once"]
+    pub fn merge(&self, other: &Context) -> (Context, CancelFunc) {
+        let [ctx, cancel] = handles(crate::merge::derive(&self.0, &other.0));
+        (Context(Repr::Node(ctx)), CancelFunc::new(cancel))
+    }
+
     /// The earliest deadline on the path to the root, if any (Go's
     /// `Deadline`).
     ///
@@ -523,6 +563,12 @@ impl Context {
                     // Alive while `self` is (node invariant 2).
                     let header: &Node = node;
                     segments.push(match header.kind {
+                        Kind::Cancel { merged: true, .. } => {
+                            // SAFETY: the kind says the header starts a
+                            // merged node; alive while `self` is.
+                            let other = unsafe { crate::merge::other_of(node.as_ptr()) };
+                            format!(".Merge({})", Context(other.clone()))
+                        }
                         Kind::Cancel { .. } => {
                             // SAFETY: the kind says the header starts a
                             // `CancelNode`.

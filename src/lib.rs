@@ -132,6 +132,7 @@ mod context;
 mod done;
 mod error;
 mod list;
+mod merge;
 mod node;
 mod on_done;
 mod primitive;

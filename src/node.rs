@@ -47,8 +47,15 @@ pub(crate) enum Kind {
     /// A `CancelNode` (cancel.rs): `with_cancel`, `with_cancel_cause`, the
     /// deadline variants. `retire` tears it down once released.
     Cancel {
-        /// `CancelNode::retire`.
+        /// `CancelNode::retire` (or an extended node's, which also drops
+        /// the layer's data).
         retire: unsafe fn(NonNull<Node>, &mut Option<Panic>),
+        /// Frees the allocation once its memory references are gone: a
+        /// plain `CancelNode`'s box, or an extended one's (cancel.rs).
+        free: unsafe fn(*mut Node),
+        /// A merged context (merge.rs): its allocation carries the other
+        /// parent.
+        merged: bool,
     },
     /// A bare `Node`: `without_cancel`.
     WithoutCancel,
@@ -356,7 +363,7 @@ unsafe fn teardown_chain(mut this: NonNull<Node>, panic: &mut Option<Panic>) {
         // SAFETY: as above; `kind` says which struct the header starts.
         unsafe {
             match this.as_ref().kind {
-                Kind::Cancel { retire } => retire(this, panic),
+                Kind::Cancel { retire, .. } => retire(this, panic),
                 Kind::WithoutCancel => drop(Box::from_raw(this.as_ptr())),
                 // A panicking `T::drop` still frees the box (drop glue
                 // deallocates while unwinding).
