@@ -749,9 +749,14 @@ pub(crate) struct Extended<X> {
 }
 
 impl<X> Extended<X> {
-    /// `Shape::alloc`.
+    /// `Shape::alloc`: the node uninitialised (`CancelNode::alloc` writes
+    /// it), the cell around `ext` made (loom's cell has state of its own).
     pub(crate) fn alloc() -> *mut CancelNode {
-        Box::into_raw(Box::<Extended<X>>::new_uninit()).cast()
+        let raw = Box::into_raw(Box::<Extended<X>>::new_uninit()).cast::<Extended<X>>();
+        // SAFETY: a fresh allocation for an `Extended<X>`, exclusively ours;
+        // the field is written once, in place.
+        unsafe { (&raw mut (*raw).ext).write(UnsafeCell::new(core::mem::MaybeUninit::uninit())) };
+        raw.cast()
     }
 
     /// `Shape::retire`: drops `ext` (contained), then retires the node.
