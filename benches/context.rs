@@ -853,6 +853,45 @@ fn on_done(c: &mut Criterion) {
     group.finish();
 }
 
+/// `merge` (API rule 15) against `with_cancel`, in one group:
+///
+/// * `goctx/with_cancel_drop`: derive a child of a live long-lived context
+///   and drop it (the context and its `CancelFunc`).
+/// * `goctx/merge_drop`: merge a live long-lived context with another live
+///   long-lived one and drop the result: the derivation, the registration
+///   with `other`, and the withdrawal from both at release.
+/// * `goctx/merge_never_done_drop`: the same with `other` a context that
+///   can never be done (`background()`): nothing to register there.
+/// * `goctx/other_cancel_is_done`: merge, cancel `other` (a fresh child of
+///   a long-lived context each time), check the merged context is done:
+///   the cost class of a child's cancellation.
+fn merge(c: &mut Criterion) {
+    let (ctx, _keep_ctx) = Context::background().with_cancel();
+    let (other, _keep_other) = Context::background().with_cancel();
+    let never = Context::background();
+
+    let mut group = c.benchmark_group("merge");
+    quick(&mut group);
+    group.bench_function(BenchmarkId::new(GOCTX, "with_cancel_drop"), |b| {
+        b.iter(|| drop(black_box(&ctx).with_cancel()));
+    });
+    group.bench_function(BenchmarkId::new(GOCTX, "merge_drop"), |b| {
+        b.iter(|| drop(black_box(&ctx).merge(black_box(&other))));
+    });
+    group.bench_function(BenchmarkId::new(GOCTX, "merge_never_done_drop"), |b| {
+        b.iter(|| drop(black_box(&ctx).merge(black_box(&never))));
+    });
+    group.bench_function(BenchmarkId::new(GOCTX, "other_cancel_is_done"), |b| {
+        b.iter(|| {
+            let (other, cancel_other) = other.with_cancel();
+            let (merged, _cancel) = ctx.merge(&other);
+            cancel_other.cancel();
+            assert!(black_box(&merged).is_done());
+        });
+    });
+    group.finish();
+}
+
 // ---------------------------------------------------------------------------
 // Wake-up latency: parked threads and async tasks
 // ---------------------------------------------------------------------------
@@ -1241,6 +1280,7 @@ criterion_group! {
         with_timeout,
         after_func,
         on_done,
+        merge,
         cancel_wake,
         cancel_wake_async
 }

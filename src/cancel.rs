@@ -23,6 +23,13 @@
 //! push finds the list closed, the anchor is already done and the child
 //! cancels itself with the anchor's word before the derivation returns.
 //!
+//! A node's allocation has a [`Shape`]: a plain `CancelNode`, or an
+//! [`Extended`] one followed by a layer's data (a merged context's link to
+//! its other parent, `merge.rs`), torn down and freed through the
+//! function pointers of its `Kind::Cancel`. A merged node is also cancelled
+//! by `cancel_inherited`, with the done word of a node it does not descend
+//! from (its cause box borrowed, as propagation borrows an ancestor's).
+//!
 //! # Invariants
 //!
 //! 1. The state word goes `0 → done` once (state-table in `state.rs`).

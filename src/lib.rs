@@ -31,6 +31,8 @@
 //! | `ctx.Deadline()`                | [`ctx.deadline()`](Context::deadline)   |
 //! | `AfterFunc(ctx, f)` → `stop()`  | [`ctx.after_func(f)`](Context::after_func) → [`AfterFunc::stop`] |
 //! | (C++ `std::stop_callback`, .NET `Register`) | [`ctx.on_done(f)`](Context::on_done) → [`OnDone`]: `f` runs inside `cancel()` |
+//! | `AfterFunc` merge example (C# linked tokens) | [`ctx.merge(&other)`](Context::merge) → `(Context, CancelFunc)` |
+//! | `case <-ctx.Done():` in a `select` | `recv(ctx.done().receiver())` in `crossbeam_channel::select!` (feature `crossbeam-channel`) |
 //!
 //! # Threads
 //!
