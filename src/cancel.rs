@@ -55,7 +55,7 @@ use crossbeam_epoch::Guard;
 
 use crate::error::{Cause, Error};
 use crate::list::{Entry, Link, List, release_link_from};
-use crate::node::{Kind, Node, NodeRef, Repr};
+use crate::node::{Kind, Merged, Node, NodeRef, Repr};
 use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::state::{self, CauseBox, Pending, Word};
@@ -280,11 +280,11 @@ impl CancelNode {
         CancelNode::derive_shaped(parent, handles, deadline, timer, links, &PLAIN)
     }
 
-    /// Derives a cancellable child of `parent` allocated as an
-    /// `Extended<X>` (see there), with `deadline` as its earliest deadline
-    /// and no timer of its own. The caller writes `ext` before sharing any
-    /// handle.
-    pub(crate) fn derive_extended(
+    /// Derives a cancellable child of `parent` allocated per `shape` (an
+    /// `Extended<X>`, whose `ext` the caller writes before sharing any
+    /// handle, or a marked plain node), with `deadline` as its earliest
+    /// deadline and no timer of its own.
+    pub(crate) fn derive_with_shape(
         parent: &Repr,
         handles: usize,
         deadline: Option<Instant>,
@@ -702,6 +702,11 @@ impl CancelNode {
         }
     }
 
+    /// `Shape::alloc` of a plain node.
+    fn alloc_plain() -> *mut CancelNode {
+        Box::into_raw(Box::<CancelNode>::new_uninit()).cast()
+    }
+
     /// `Shape::free` of a plain node.
     ///
     /// # Safety
@@ -723,7 +728,7 @@ pub(crate) struct Shape {
     /// `Kind::Cancel::free`.
     pub(crate) free: unsafe fn(*mut Node),
     /// `Kind::Cancel::merged`.
-    pub(crate) merged: bool,
+    pub(crate) merged: Merged,
 }
 
 impl Shape {
@@ -738,12 +743,19 @@ impl Shape {
 
 /// Every context of `with_cancel`, `with_cancel_cause` and the deadline
 /// variants.
-static PLAIN: Shape = Shape {
-    alloc: || Box::into_raw(Box::<CancelNode>::new_uninit()).cast(),
-    retire: CancelNode::retire,
-    free: CancelNode::free_plain,
-    merged: false,
-};
+static PLAIN: Shape = Shape::plain(Merged::No);
+
+impl Shape {
+    /// A plain `CancelNode` allocation, marked `merged`.
+    pub(crate) const fn plain(merged: Merged) -> Shape {
+        Shape {
+            alloc: CancelNode::alloc_plain,
+            retire: CancelNode::retire,
+            free: CancelNode::free_plain,
+            merged,
+        }
+    }
+}
 
 /// A cancel node followed, in the same allocation, by the data of a layer
 /// above (a merged context's link to its other parent, merge.rs). `ext` is

@@ -8,7 +8,7 @@ use crate::after_func::AfterFunc;
 use crate::cancel::{CancelCauseFunc, CancelFunc, CancelNode};
 use crate::done::Done;
 use crate::error::{Cause, Error};
-use crate::node::{self, Kind, Node, NodeRef, Repr};
+use crate::node::{self, Kind, Merged, Node, NodeRef, Repr};
 use crate::on_done::OnDone;
 use crate::timer::TimerOwner;
 use crate::value::{ValueNode, value_of};
@@ -563,12 +563,23 @@ impl Context {
                     // Alive while `self` is (node invariant 2).
                     let header: &Node = node;
                     segments.push(match header.kind {
-                        Kind::Cancel { merged: true, .. } => {
+                        Kind::Cancel {
+                            merged: Merged::Node,
+                            ..
+                        } => {
                             // SAFETY: the kind says the header starts a
                             // merged node; alive while `self` is.
                             let other = unsafe { crate::merge::other_of(node.as_ptr()) };
                             format!(".Merge({})", Context(other.clone()))
                         }
+                        Kind::Cancel {
+                            merged: Merged::Background,
+                            ..
+                        } => ".Merge(context.Background)".to_owned(),
+                        Kind::Cancel {
+                            merged: Merged::Todo,
+                            ..
+                        } => ".Merge(context.TODO)".to_owned(),
                         Kind::Cancel { .. } => {
                             // SAFETY: the kind says the header starts a
                             // `CancelNode`.

@@ -31,13 +31,15 @@
 //!    thread: timer invariant 6): a last handle goes to an after-func
 //!    worker, as the timer's does.
 //! 5. If `other` can never be done, nothing is registered (the `OnDone` is
-//!    idle): the merge costs one allocation, as `with_cancel`. If it is done
+//!    idle): the merge costs one allocation, as `with_cancel`; with a root
+//!    (`background()`, `todo()`) it *is* `with_cancel`'s allocation, only
+//!    marked for `Display` (`Merged::Background`/`Todo`). If `other` is done
 //!    already, the callback runs before `merge` returns: the result is done.
 
 use core::ptr::NonNull;
 
 use crate::cancel::{CancelNode, Extended, Shape};
-use crate::node::{Node, NodeRef, Repr};
+use crate::node::{Merged, Node, NodeRef, Repr};
 use crate::on_done::OnDone;
 
 /// What a merged node carries beside its `CancelNode`.
@@ -52,8 +54,12 @@ static MERGED: Shape = Shape {
     alloc: Extended::<Merge>::alloc,
     retire: Extended::<Merge>::retire,
     free: Extended::<Merge>::free,
-    merged: true,
+    merged: Merged::Node,
 };
+
+/// Merges with a root: nothing to carry, a plain allocation (invariant 5).
+static WITH_BACKGROUND: Shape = Shape::plain(Merged::Background);
+static WITH_TODO: Shape = Shape::plain(Merged::Todo);
 
 /// Derives the merged child of `ctx` and `other`, with two handles.
 pub(crate) fn derive(ctx: &Repr, other: &Repr) -> NonNull<CancelNode> {
@@ -64,7 +70,15 @@ pub(crate) fn derive(ctx: &Repr, other: &Repr) -> NonNull<CancelNode> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let raw = CancelNode::derive_extended(ctx, 2, deadline, &MERGED);
+    match other {
+        // Invariant 5: exactly what `with_cancel` does, marked for Display.
+        Repr::Background => {
+            return CancelNode::derive_with_shape(ctx, 2, deadline, &WITH_BACKGROUND);
+        }
+        Repr::Todo => return CancelNode::derive_with_shape(ctx, 2, deadline, &WITH_TODO),
+        Repr::Node(_) => {}
+    }
+    let raw = CancelNode::derive_with_shape(ctx, 2, deadline, &MERGED);
     // SAFETY: we hold the two handles just created.
     let node = unsafe { raw.as_ref() };
     let link = if other_anchor.is_null() {
@@ -102,7 +116,7 @@ pub(crate) fn derive(ctx: &Repr, other: &Repr) -> NonNull<CancelNode> {
 ///
 /// # Safety
 ///
-/// `node` is alive, its kind is `Kind::Cancel` with `merged` set.
+/// `node` is alive, its kind is `Kind::Cancel` with `Merged::Node`.
 pub(crate) unsafe fn other_of<'a>(node: NonNull<Node>) -> &'a Repr {
     // SAFETY: per the contract, the node heads an `Extended<Merge>` whose
     // `ext` was written before any handle was shared, and is dropped only

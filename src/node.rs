@@ -53,9 +53,8 @@ pub(crate) enum Kind {
         /// Frees the allocation once its memory references are gone: a
         /// plain `CancelNode`'s box, or an extended one's (cancel.rs).
         free: unsafe fn(*mut Node),
-        /// A merged context (merge.rs): its allocation carries the other
-        /// parent.
-        merged: bool,
+        /// Whether this is a merged context (merge.rs), and with what.
+        merged: Merged,
     },
     /// A bare `Node`: `without_cancel`.
     WithoutCancel,
@@ -64,6 +63,19 @@ pub(crate) enum Kind {
         type_id: TypeId,
         vtable: &'static ValueVtable,
     },
+}
+
+/// What a cancel node was merged with (merge.rs), for `Display`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Merged {
+    /// Not a merged context.
+    No,
+    /// With `background()` (or `todo()`): a plain allocation, as
+    /// `with_cancel`'s, since nothing links it to a root.
+    Background,
+    Todo,
+    /// With a derived context: the allocation carries it (`Extended`).
+    Node,
 }
 
 /// The per-`T` operations of a value node.

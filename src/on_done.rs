@@ -236,10 +236,13 @@ unsafe fn settle(header: *const OnDoneHeader, bits: usize) {
 /// Waits until `f` is settled, unless the calling thread is running it
 /// (invariant 4). Parks; never spins.
 fn wait_settled(entry: &OnDoneHeader) {
-    let token = current_token();
     // Ordering: Acquire — pairs with the Release half of `settle`, so what
     // `f` did happens before our return.
     let mut progress = entry.progress.load(Ordering::Acquire);
+    if progress & SETTLED != 0 {
+        return;
+    }
+    let token = current_token();
     loop {
         if progress & SETTLED != 0 || (progress & RUNNING != 0 && progress & TOKEN_MASK == token) {
             return;
@@ -483,6 +486,15 @@ impl OnDone {
 
 impl Drop for OnDone {
     fn drop(&mut self) {
+        // Ordering: Relaxed — only a winning `stop` clears it, and it ran on
+        // this thread or on one that synchronised with us since (we have
+        // `&mut self`).
+        if !self.entry.is_null() && self.node.load(Ordering::Relaxed).is_null() {
+            // A `stop` won already: nothing to stop or wait for.
+            // SAFETY: our reference (invariant 5), given up once.
+            unsafe { Waiter::release_ref(self.entry as *const Waiter) };
+            return;
+        }
         let (_, panic) = self.stop_inner();
         self.release();
         if let Some(payload) = panic

@@ -104,6 +104,7 @@ fn never_done_other_is_with_cancel() {
     let (ctx, cancel) = Context::background().with_cancel();
     for other in [
         Context::background(),
+        Context::todo(),
         Context::todo().with_value(Theirs(1)),
         ctx.without_cancel(),
     ] {

@@ -422,3 +422,17 @@ fn debug_shows_the_state() {
     );
     cancel.cancel();
 }
+
+#[test]
+fn on_done_has_the_promised_traits() {
+    fn send_sync_debug<T: Send + Sync + std::fmt::Debug>() {}
+    send_sync_debug::<OnDone>();
+    // `Sync`: stops from several threads at once (see
+    // `concurrent_stops_all_wait_for_running_f`); `Send`: moved into `f`'s
+    // own thread.
+    let (ctx, cancel) = Context::background().with_cancel();
+    let on_done = ctx.on_done(|| {});
+    let stopped = thread::spawn(move || on_done.stop()).join().unwrap();
+    assert!(stopped);
+    cancel.cancel();
+}
