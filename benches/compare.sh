@@ -319,6 +319,14 @@ row("`after_func/register_stop` (tokio: `cancelled()` polled once, dropped)",
 row("`after_func/register_fire` (tokio: `spawn_fire`)", "AfterFuncRegisterFire",
     "after_func/goctx/register_fire", "after_func/tokio_util/spawn_fire",
     "after_func/register_fire")
+row("`on_done/register_stop` (Go: `AfterFunc` + `stop`; tokio: `cancelled()` polled once, dropped)",
+    "AfterFuncRegisterStop", "on_done/goctx/register_stop", "on_done/tokio_util/register_stop")
+row("`on_done/after_func_register_stop` (the after_func row, same group)", None,
+    "on_done/goctx/after_func_register_stop")
+row("`on_done/register_fire`: derive, register, cancel (`f` ran inside `cancel()`)", None,
+    "on_done/goctx/register_fire")
+for p in ("with_cancel_drop", "merge_drop", "merge_never_done_drop", "other_cancel_is_done"):
+    row(f"`merge/{p}`", None, f"merge/goctx/{p}")
 
 # ALLOCS scenarios whose name differs from the row's.
 alias = {
