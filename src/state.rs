@@ -31,8 +31,11 @@
 //! only by the node's own destructor, which frees an `OWNED` pointer).
 //!
 //! A *borrowed* pointer (no `OWNED`) always points into the `CauseBox` owned
-//! by an ancestor of this node. Every node keeps its parent alive until the
-//! node itself is released, so the box outlives every node that borrows it.
+//! by an ancestor of this node — or, for a merged context (`merge.rs`) and
+//! its descendants, by its other parent or one of that one's ancestors.
+//! Every node keeps its parent alive until the node itself is released (and
+//! a merged node its other parent), so the box outlives every node that
+//! borrows it.
 
 use core::ptr;
 
