@@ -35,12 +35,15 @@ valgrind --version
 # - deadline's dropped_deadline_contexts_are_released checks memory
 #   *accounting* (live bytes back within a slack once the timer thread has
 #   caught up), which a serialised timer thread misses (once 1492208 bytes
-#   against a 786432 slack); it runs natively in `cargo test`.
+#   against a 786432 slack); it runs natively in `cargo test`;
+# - merge's churned_merges_under_a_long_lived_other_use_flat_memory: 2*10^5
+#   merges in a debug build, and live-bytes accounting, as above.
 declare -A SKIPS=(
     [scale]="--skip million_"
     [churn]="--skip million_child_cycles_from_two_threads"
     [deadline]="--skip a_million_deadlines_all_expire --skip cancel_and_expiry_first_one_wins --skip dropped_deadline_contexts_are_released"
     [timer_wheel]="--skip parked_deadlines_do_not_delay_short_ones"
+    [merge]="--skip churned_merges_under_a_long_lived_other_use_flat_memory"
 )
 
 # The test executables of this build, as "name<TAB>path" (a failed build
