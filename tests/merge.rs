@@ -296,3 +296,30 @@ fn churned_merges_under_a_long_lived_other_use_flat_memory() {
     cancel_other.cancel();
     assert!(merged.is_done());
 }
+
+#[test]
+fn a_panic_in_the_merged_subtree_resumes_in_others_canceller() {
+    let _shared = shared();
+    let (ctx, _a) = Context::background().with_cancel();
+    let (other, cancel_other) = Context::background().with_cancel();
+    let (merged, _c) = ctx.merge(&other);
+    let (child, _d) = merged.with_cancel();
+    let (sibling, _e) = other.with_cancel();
+    let _panics = child.on_done(|| panic!("callback in the merged subtree"));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let _runs = {
+        let ran = ran.clone();
+        merged.on_done(move || {
+            ran.fetch_add(1, Ordering::SeqCst);
+        })
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cancel_other.cancel()));
+    let payload = outcome.expect_err("the panic resumes in other's canceller");
+    assert_eq!(
+        payload.downcast_ref::<&str>(),
+        Some(&"callback in the merged subtree")
+    );
+    assert!(merged.is_done() && child.is_done() && sibling.is_done());
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    assert!(!ctx.is_done());
+}
