@@ -112,6 +112,9 @@
 //!   the context done, inside `cancel()` (or on the timer thread for a
 //!   deadline), as wakers are woken: one allocation to register (none on a
 //!   context that can never be done), none to run or stop; no thread hop.
+//! * [`merge`](Context::merge): one allocation plus the on-done entry on
+//!   `other` (none when `other` can never be done); `other`'s `cancel()`
+//!   cancels the merged subtree inside it, as a child's.
 //! * Nothing on the paths that derive, cancel, check, wait on or drop a
 //!   context takes a lock: see [`docs::internals`] for the design, its
 //!   state table, invariants, orderings and memory reclamation.

@@ -23,6 +23,10 @@
 //! * values and deadlines are what the path to the root says;
 //! * every after-func runs at most once, after its context is done, never on
 //!   a soak thread, and iff `stop()` returned false (API.md 8);
+//! * every on-done callback runs at most once, after its context is done,
+//!   never after a `stop()` that returned true, and a `stop()` or drop of
+//!   its guard that did not prevent it returns only once it has returned
+//!   (API.md 14), whichever thread ran it (a canceller, the timer);
 //! * timed waits never give up early and see a done context as done.
 //!
 //! At the end everything is stopped and dropped, and nothing is left: the
@@ -263,6 +267,8 @@ struct Stats {
     polls_pending: AtomicU64,
     afters: AtomicU64,
     stopped: AtomicU64,
+    on_dones: AtomicU64,
+    on_dones_stopped: AtomicU64,
     ran: AtomicU64,
     expired_seen: AtomicU64,
 }
@@ -833,6 +839,73 @@ fn stop_after(shared: &Shared, rng: &mut Rng) {
     stop_one(shared, rec);
 }
 
+/// Registers an on-done callback on a random context, then stops it or
+/// drops its guard at once, while other threads (and the timer) cancel.
+fn on_done_stop(shared: &Shared, rng: &mut Rng) {
+    let (ctx, meta) = pick_source(shared, rng);
+    let probe = Arc::new(Probe {
+        id: next_id(),
+        ran: AtomicUsize::new(0),
+        stopped: AtomicBool::new(false),
+        finished: AtomicBool::new(false),
+    });
+    let f = {
+        let probe = Arc::clone(&probe);
+        let done = ctx.done();
+        move || {
+            let id = probe.id;
+            if probe.ran.fetch_add(1, SeqCst) != 0 {
+                violation(format!("on-done {id} ran twice"));
+            }
+            if probe.stopped.load(SeqCst) {
+                violation(format!("on-done {id} ran after stop() returned true"));
+            }
+            if !done.is_done() {
+                violation(format!("on-done {id} ran before its context was done"));
+            }
+            // A window for a stop on another thread to wait in.
+            thread::yield_now();
+            probe.finished.store(true, SeqCst);
+        }
+    };
+    let on_done = ctx.on_done(f);
+    bump(&shared.stats.on_dones);
+    if rng.chance(50) {
+        thread::yield_now();
+    }
+    let id = probe.id;
+    if rng.chance(50) {
+        if on_done.stop() {
+            probe.stopped.store(true, SeqCst);
+            bump(&shared.stats.on_dones_stopped);
+            assert_eq!(
+                probe.ran.load(SeqCst),
+                0,
+                "on-done {id}: stop() true but it ran"
+            );
+        } else {
+            assert!(
+                !meta.never_done,
+                "on-done {id}: stop() false on a never-done context"
+            );
+            assert!(
+                probe.finished.load(SeqCst),
+                "on-done {id}: stop() returned false before f returned"
+            );
+        }
+        assert!(
+            !on_done.stop(),
+            "on-done {id}: a second stop() returned true"
+        );
+    } else {
+        drop(on_done);
+        assert!(
+            probe.ran.load(SeqCst) == 0 || probe.finished.load(SeqCst),
+            "on-done {id}: the guard's drop returned before f returned"
+        );
+    }
+}
+
 /// Drops the after-funcs that ran; fails on one overdue.
 fn reap(shared: &Shared) {
     let now = Instant::now();
@@ -885,7 +958,8 @@ fn soak_thread(shared: &Shared, seed: u64) {
             42..=49 => drop_slot(shared, &mut rng),
             50..=53 => copy_slot(shared, &mut rng),
             54..=71 => check_slot(shared, &mut rng),
-            72..=80 => wait(shared, &mut rng),
+            72..=78 => wait(shared, &mut rng),
+            79..=80 => on_done_stop(shared, &mut rng),
             81..=85 => poll(shared, &mut rng),
             86..=91 => register_after(shared, &mut rng),
             92..=97 => stop_after(shared, &mut rng),
@@ -1039,7 +1113,8 @@ impl Drop for Shared {
         eprintln!(
             "soak: {} ops: {} derived, {} cancels, {} checks ({} strict child checks, {} \
              eventual, {} wake checks), {} waits ({} timed out), {} pending polls, {} \
-             after-funcs ({} stopped, {} ran), {} deadline expiries seen",
+             after-funcs ({} stopped, {} ran), {} on-dones ({} stopped), {} deadline \
+             expiries seen",
             g(&s.ops),
             g(&s.derived),
             g(&s.cancels),
@@ -1053,6 +1128,8 @@ impl Drop for Shared {
             g(&s.afters),
             g(&s.stopped),
             g(&s.ran),
+            g(&s.on_dones),
+            g(&s.on_dones_stopped),
             g(&s.expired_seen),
         );
     }
