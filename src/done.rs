@@ -73,6 +73,16 @@ impl Done {
         })
     }
 
+    /// The anchor as the pointer stored in the node (with its allocation's
+    /// provenance, so handles may be made from it), or null: for layers
+    /// that register on it (`receiver.rs`).
+    #[cfg_attr(not(feature = "crossbeam-channel"), allow(dead_code))]
+    pub(crate) fn anchor_ptr(&self) -> *const CancelNode {
+        self.anchor
+            .as_ref()
+            .map_or(core::ptr::null(), |node| node.as_ptr().as_ptr().cast())
+    }
+
     /// Whether the context is done (one atomic load).
     ///
     /// ```
@@ -255,60 +265,5 @@ impl fmt::Debug for Done {
             .field("cancellable", &self.anchor.is_some())
             .field("done", &self.is_done())
             .finish()
-    }
-}
-
-/// With the `crossbeam-channel` feature: `select!` on a context beside
-/// other channels.
-#[cfg(feature = "crossbeam-channel")]
-impl Done {
-    /// A receiver that is disconnected once the context is done (`recv`
-    /// returns `Err`, and a `select!` arm on it fires): Go's
-    /// `case <-ctx.Done():` for [`crossbeam_channel::select!`]. Built on
-    /// [`Context::on_done`](crate::Context::on_done): the sending side is
-    /// dropped by the cancellation itself (inside `cancel()`, or on the
-    /// timer thread for a deadline) — no worker thread, no polling. Nothing
-    /// is ever sent. On a context that can never be done it is
-    /// [`crossbeam_channel::never()`] (and allocates nothing).
-    ///
-    /// The sending side lives in the context: if the context is freed
-    /// without ever being done — every handle on it (clones, `Done`s,
-    /// cancel handles, descendants) dropped, so that nothing can make it
-    /// done any more — the receiver is disconnected too. Keep a handle
-    /// while selecting if the two must be told apart.
-    ///
-    /// ```
-    /// use crossbeam_channel::{select, unbounded};
-    /// use goctx::Context;
-    ///
-    /// let (ctx, cancel) = Context::background().with_cancel();
-    /// let (jobs_tx, jobs) = unbounded::<u32>();
-    /// let worker = std::thread::spawn({
-    ///     let done = ctx.done().receiver();
-    ///     move || {
-    ///         let mut sum = 0;
-    ///         loop {
-    ///             select! {
-    ///                 recv(jobs) -> job => sum += job.unwrap(),
-    ///                 recv(done) -> _ => return sum,
-    ///             }
-    ///         }
-    ///     }
-    /// });
-    /// jobs_tx.send(2).unwrap();
-    /// cancel.cancel();
-    /// let sum = worker.join().unwrap();
-    /// assert!(sum == 0 || sum == 2);
-    /// assert!(ctx.done().receiver().recv().is_err());
-    /// ```
-    pub fn receiver(&self) -> crossbeam_channel::Receiver<core::convert::Infallible> {
-        let Some(anchor) = &self.anchor else {
-            return crossbeam_channel::never();
-        };
-        let (tx, rx) = crossbeam_channel::bounded(0);
-        // The anchor pointer with its allocation's provenance; our handle
-        // keeps the node alive during the call.
-        crate::on_done::OnDone::new(anchor.as_ptr().as_ptr().cast(), move || drop(tx)).detach();
-        rx
     }
 }

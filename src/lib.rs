@@ -141,6 +141,8 @@ mod merge;
 mod node;
 mod on_done;
 mod primitive;
+#[cfg(feature = "crossbeam-channel")]
+mod receiver;
 mod state;
 mod timer;
 mod value;

@@ -4,16 +4,16 @@
 //! [`crate::list`]). Cancellation closes the list — one swap takes the whole
 //! set — and notifies every entry that has not given up.
 //!
-//! * **Blocking waits** use a per-thread cached entry: once a thread has
-//!   waited, later untimed waits reuse it and allocate nothing. The entry is
-//!   reused only when no list holds a reference to it any more.
-//! * **Async waits** (`Done` as a `Future`) allocate one entry on their first
-//!   pending poll and keep it for the life of that `Done`.
 //! * **Callbacks** (`WaiterKind::Callback`) are claimed like a task's waker
 //!   cell and dispatched through their vtable: an after-func entry goes to
 //!   the worker pool (`after_func/`), an on-done entry runs its `f` on the
 //!   notifying thread (`on_done.rs`, which also parks its stoppers on a
 //!   waiter set of its own with `park_on`).
+//! * **Blocking waits** use a per-thread cached entry: once a thread has
+//!   waited, later untimed waits reuse it and allocate nothing. The entry is
+//!   reused only when no list holds a reference to it any more.
+//! * **Async waits** (`Done` as a `Future`) allocate one entry on their first
+//!   pending poll and keep it for the life of that `Done`.
 //! * A waiter that gives up (a timed-out wait, a dropped future) removes its
 //!   entry logically; the list unlinks it later (amortised) and drops it.
 //!   A dropped future also drops its waker at once.
