@@ -63,6 +63,14 @@
 //!    synchronously, so every later frame of that thread is nested in it)
 //!    and returns at once. Before `RUNNING` is set the claimant runs only
 //!    goctx code, so a stopper on the claimant's thread cannot exist then.
+//!    The stopper takes its token *before* it reads the runner's, and reads
+//!    it with its `fetch_or(WAITING)` (a read-modify-write reads the latest
+//!    value): a runner that has exited — the only one whose token a live
+//!    thread can share, its thread-local's memory reused — settled before
+//!    exiting, before the stopper's token existed, so the stopper sees
+//!    `SETTLED`, never a stale `RUNNING` with an equal token. (The loom
+//!    model `on_done_two_stops_race_cancel` found that ordering needed at 3
+//!    preemptions: loom's thread-locals are boxed lazily.)
 //! 5. References on the entry: the `OnDone` (until dropped or detached),
 //!    the waiter list while linked, and the notifier while it runs `f`
 //!    (the one `dispatch` is handed), so `stoppers` outlives its close.
@@ -82,7 +90,8 @@
 //!   stopper's Acquire load that sees it (the `stop_callback` guarantee:
 //!   what `f` uses may be freed once `stop()` returns); Acquire sees a
 //!   stopper's `WAITING`, totally ordered with it (invariant 3).
-//! * `WAITING`: AcqRel — the other half of invariant 3.
+//! * `WAITING`: AcqRel — the other half of invariant 3; it is also how a
+//!   stopper reads the runner's token (invariant 4).
 
 use core::fmt;
 use core::ptr::{self, NonNull};
@@ -238,26 +247,24 @@ unsafe fn settle(header: *const OnDoneHeader, bits: usize) {
 fn wait_settled(entry: &OnDoneHeader) {
     // Ordering: Acquire — pairs with the Release half of `settle`, so what
     // `f` did happens before our return.
-    let mut progress = entry.progress.load(Ordering::Acquire);
-    if progress & SETTLED != 0 {
+    if entry.progress.load(Ordering::Acquire) & SETTLED != 0 {
         return;
     }
+    // Our token exists before we read a runner's (invariant 4).
     let token = current_token();
     loop {
-        if progress & SETTLED != 0 || (progress & RUNNING != 0 && progress & TOKEN_MASK == token) {
-            return;
-        }
         // Ordering: AcqRel — invariant 3, totally ordered with `settle`'s
-        // `fetch_or`; Acquire as above when it already happened.
+        // `fetch_or`; Acquire as above when it already happened. A
+        // read-modify-write reads the latest value, never a stale one.
         let prev = entry.progress.fetch_or(WAITING, Ordering::AcqRel);
-        if prev & SETTLED != 0 {
+        if prev & SETTLED != 0 || (prev & RUNNING != 0 && prev & TOKEN_MASK == token) {
+            // Settled, or we are inside `f` (announcing ourselves there
+            // only costs `settle` an empty close).
             return;
         }
         // Returns once `stoppers` is closed (after `SETTLED`): at once if
         // it already is.
         waiters::park_on(&entry.stoppers, None);
-        // Ordering: Acquire — as above.
-        progress = entry.progress.load(Ordering::Acquire);
     }
 }
 
