@@ -172,12 +172,14 @@ impl CancelNode {
     /// The clock is read after the node is built, as Go's
     /// `time.Until(d) <= 0` check: a deadline that has passed by then,
     /// however short the timeout, is done before the derivation returns
-    /// (API rule 7). `read`, a reading the caller took just before
-    /// (`with_timeout`'s), stands in for that reading when the deadline lies
-    /// more than `CLOCK_SLACK` after it: building the node takes well under
-    /// that, and a thread preempted for longer between the two points is
-    /// indistinguishable from one preempted right after the check, which Go
-    /// has too. So long timeouts skip a clock read; short ones never do.
+    /// (API rule 7). `timeout`: the caller (`with_timeout`) made `deadline`
+    /// as a clock reading it took just before plus `timeout`; that reading
+    /// stands in for a new one when `timeout` exceeds `CLOCK_SLACK`:
+    /// building the node takes well under that, and a thread preempted for
+    /// longer between the two points is indistinguishable from one
+    /// preempted right after the check, which Go has too. So long timeouts
+    /// skip a clock read and the wheel's placement a second clock
+    /// subtraction; short ones never do.
     ///
     /// `timer_owner` is how the timer treats the node
     /// (`CancelNode::timer_owner`).
@@ -186,7 +188,7 @@ impl CancelNode {
         handles: usize,
         deadline: Instant,
         cause: Option<Cause>,
-        read: Option<Instant>,
+        timeout: Option<core::time::Duration>,
         timer_owner: &'static TimerOwner,
     ) -> NonNull<CancelNode> {
         // The memory starts with the wheel list's reference counted (invariant
@@ -200,15 +202,17 @@ impl CancelNode {
         );
         // SAFETY: we hold the handles just created.
         let node = unsafe { raw.as_ref() };
-        let now = match read {
-            Some(read) if deadline.saturating_duration_since(read) > CLOCK_SLACK => read,
-            _ => Instant::now(),
+        // How far the deadline lies after a clock reading taken during the
+        // derivation; zero once it has passed (`time.Until(d) <= 0`).
+        let remaining = match timeout {
+            Some(timeout) if timeout > CLOCK_SLACK => timeout,
+            _ => deadline.saturating_duration_since(Instant::now()),
         };
-        if !node.is_done() && deadline > now {
+        if !node.is_done() && !remaining.is_zero() {
             let entry = CancelNode::timer_entry(raw.as_ptr());
             // SAFETY: a deadline entry, with the node's provenance; the
             // wheel's reference, counted at construction.
-            unsafe { timer::arm(entry, deadline, now) };
+            unsafe { timer::arm(entry, deadline, remaining) };
             // A cancellation that ran before `ARMED` was visible could not
             // disarm: do it for it.
             if node.is_done() {

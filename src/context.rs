@@ -228,7 +228,7 @@ impl Context {
     pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelFunc) {
         let now = Instant::now();
         match now.checked_add(timeout) {
-            Some(deadline) => self.deadline_node(deadline, None, Some(now)),
+            Some(deadline) => self.deadline_node(deadline, None, Some(timeout)),
             None => self.with_cancel(),
         }
     }
@@ -255,23 +255,24 @@ impl Context {
     ) -> (Context, CancelFunc) {
         let now = Instant::now();
         match now.checked_add(timeout) {
-            Some(deadline) => self.deadline_node(deadline, Some(cause.into()), Some(now)),
+            Some(deadline) => self.deadline_node(deadline, Some(cause.into()), Some(timeout)),
             None => self.with_cancel(),
         }
     }
 
-    /// `read`: a clock reading the caller took just before (see
-    /// `CancelNode::derive_deadline`).
+    /// `timeout`: `deadline` is a clock reading the caller took just before
+    /// plus this (see `CancelNode::derive_deadline`).
     fn deadline_node(
         &self,
         deadline: Instant,
         cause: Option<Cause>,
-        read: Option<Instant>,
+        timeout: Option<Duration>,
     ) -> (Context, CancelFunc) {
         if self.deadline().is_some_and(|current| current <= deadline) {
             return self.with_cancel();
         }
-        let node = CancelNode::derive_deadline(&self.0, 2, deadline, cause, read, &DEADLINE_TIMER);
+        let node =
+            CancelNode::derive_deadline(&self.0, 2, deadline, cause, timeout, &DEADLINE_TIMER);
         let [ctx, cancel] = handles(node);
         (Context(Repr::Node(ctx)), CancelFunc::new(cancel))
     }
