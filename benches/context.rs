@@ -815,24 +815,24 @@ trait AsyncSignal: Signal {
 struct GoctxSignal(Context, CancelFunc);
 
 impl Signal for GoctxSignal {
-    type Waiter = Done;
+    type Waiter = Done<'static>;
     fn new() -> Self {
         let (ctx, cancel) = Context::background().with_cancel();
         GoctxSignal(ctx, cancel)
     }
-    fn waiter(&self) -> Done {
-        self.0.done()
+    fn waiter(&self) -> Done<'static> {
+        self.0.done_owned()
     }
     fn fire(&self) {
         self.1.cancel();
     }
-    fn block(waiter: Done) {
+    fn block(waiter: Done<'static>) {
         waiter.wait();
     }
 }
 
 impl AsyncSignal for GoctxSignal {
-    fn wait_async(waiter: Done) -> impl Future<Output = ()> + Send + Unpin + 'static {
+    fn wait_async(waiter: Done<'static>) -> impl Future<Output = ()> + Send + Unpin + 'static {
         waiter
     }
 }

@@ -248,21 +248,25 @@ fn cancel_of_a_tree_with_a_blocked_waiter_allocates_nothing() {
     // Blocked waiters: on the root, on a grandchild, and an async-free
     // timed wait that would run for a minute.
     let start = Arc::new(Barrier::new(4));
-    let waiters: Vec<_> = [root.done(), tree[0].0.done(), tree[tree.len() - 1].0.done()]
-        .into_iter()
-        .enumerate()
-        .map(|(i, done)| {
-            let start = Arc::clone(&start);
-            thread::spawn(move || {
-                start.wait();
-                if i == 2 {
-                    assert!(done.wait_timeout(Duration::from_secs(60)));
-                } else {
-                    done.wait();
-                }
-            })
+    let waiters: Vec<_> = [
+        root.done_owned(),
+        tree[0].0.done_owned(),
+        tree[tree.len() - 1].0.done_owned(),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, done)| {
+        let start = Arc::clone(&start);
+        thread::spawn(move || {
+            start.wait();
+            if i == 2 {
+                assert!(done.wait_timeout(Duration::from_secs(60)));
+            } else {
+                done.wait();
+            }
         })
-        .collect();
+    })
+    .collect();
     start.wait();
     // Give the waiters time to park (the count is the canceller's either
     // way; this makes `cancel()` take the wake-up path).
@@ -354,7 +358,7 @@ fn dropping_allocates_nothing() {
 
     // A child with a Done handle and a value layer, dropped piecewise.
     let (child, child_cancel) = parent.with_cancel_cause();
-    let done = child.done();
+    let done = child.done_owned();
     let valued = child.with_value(Other(3));
     assert_allocs("dropping a child, its Done and value layer", 0, || {
         drop(child);
