@@ -338,7 +338,8 @@ const SELECT_LOOP_THREADS: usize = 8;
 ///
 /// And [`SELECT_LOOP_THREADS`] threads each looping over one shared live
 /// context (throughput, as `run_parallel`): `goctx/done_is_done` is
-/// `ctx.done().is_done()` (reads only), `goctx/done_owned_is_done` the same
+/// `ctx.done().is_done()` (reads only), `goctx/is_done` the one-load floor,
+/// `goctx/done_owned_is_done` the same
 /// through `done_owned()` (two contended reference-count RMWs: what
 /// `done()` cost before it borrowed), `tokio_util/is_cancelled`.
 fn select_loop(c: &mut Criterion) {
@@ -380,6 +381,15 @@ fn select_loop(c: &mut Criterion) {
             });
         },
     );
+    group.bench_function(BenchmarkId::new(GOCTX, format!("is_done/{threads}")), |b| {
+        b.iter_custom(|iters| {
+            run_parallel(SELECT_LOOP_THREADS, iters, |n| {
+                for _ in 0..n {
+                    assert!(!black_box(&ctx).is_done());
+                }
+            })
+        });
+    });
     group.bench_function(
         BenchmarkId::new(GOCTX, format!("done_owned_is_done/{threads}")),
         |b| {

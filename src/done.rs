@@ -351,9 +351,22 @@ impl Clone for Done<'_> {
 }
 
 impl Drop for Done<'_> {
+    /// Inline: a `Done` that never registered (`ctx.done().is_done()`, a
+    /// blocking wait) drops with one test.
+    #[inline]
     fn drop(&mut self) {
         // An owned anchor's handle is given up after this, when the field
         // is dropped.
+        if self.task.is_some() {
+            self.withdraw_slow();
+        }
+    }
+}
+
+impl Done<'_> {
+    /// Withdraws the registered waiter entry (a dropped pending future).
+    #[cold]
+    fn withdraw_slow(&mut self) {
         if let Some(task) = self.task.take()
             && let Some(node) = self.anchor.node()
         {

@@ -35,8 +35,11 @@
 //!    closer after setting `NOTIFIED` while `REGISTERING` was clear. The two
 //!    `fetch_or`s are totally ordered, so at most one holds it. A closer
 //!    that found `REGISTERING` set never comes back, so the poller that
-//!    then sees `NOTIFIED` in its clearing `fetch_and` keeps the cell; and
-//!    an entry no list holds (count 1) is its owner's alone (invariant 4).
+//!    then sees `NOTIFIED` in its clearing `fetch_and` keeps the cell; a
+//!    withdrawing owner whose `remove` marked the entry before any closer
+//!    froze it holds the cell too (a closer never notifies a removed
+//!    entry); and an entry no list holds (count 1) is its owner's alone
+//!    (invariant 4).
 //! 2. An entry is reused (blocking waits) only when its count is 1: no list
 //!    and no deferred release can touch it.
 //! 3. The closer notifies a thread entry and drops the list's reference in a
@@ -662,24 +665,28 @@ impl TaskWaiter {
         }
     }
 
-    /// Gives the entry up: drops its waker now, removes it from `list`.
+    /// Gives the entry up: removes it from `list` and, unless a closer got
+    /// to it first, drops its waker now.
     ///
     /// # Safety
     ///
     /// `list` is the list this entry was registered on, and it is alive.
     pub(crate) unsafe fn cancel(self, list: &WaiterList) {
         let this = self.0;
-        // SAFETY: our reference keeps the entry alive.
-        let entry = unsafe { &*this };
-        // Ordering: AcqRel — invariant 1.
-        let prev = entry.state.fetch_or(REGISTERING, Ordering::AcqRel);
-        if prev & NOTIFIED == 0 {
-            // SAFETY: we hold the cell (invariant 1) and keep it: no closer
-            // will touch it, since REGISTERING stays set.
+        // SAFETY: registered on `list`, alive (our reference).
+        if unsafe { list.remove(this) } {
+            // Our mark came before any closer's freeze (list invariant 2),
+            // so no closer will notify the entry: the cell is ours
+            // (invariant 1), with no `REGISTERING` claim (one RMW less on
+            // the `select!`-loop path). Otherwise the closer froze it first
+            // and notifies it: it takes the waker (a spurious wake-up of a
+            // task that dropped its future, which futures allow) or finds a
+            // poll's `REGISTERING`, which no `Done` leaves set.
+            // SAFETY: our reference keeps the entry alive.
+            let entry = unsafe { &*this };
+            // SAFETY: see above — no other party touches the cell.
             let waker = entry.waker.with_mut(|cell| unsafe { (*cell).take() });
             drop(waker);
-            // SAFETY: registered on `list`, alive.
-            unsafe { list.remove(this) };
         }
         // Usually unlinked by the `remove` above (our entry at the head), so
         // free for the next `register` of this thread.
