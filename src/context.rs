@@ -18,8 +18,8 @@ use crate::value::{ValueNode, value_of};
 /// `Context` is cheap to clone (one reference-count increment at most) and
 /// `Send + Sync`. The roots [`background`](Context::background) and
 /// [`todo`](Context::todo) allocate nothing; each derived context is one
-/// allocation. A derived context is freed when its last clone, `Done`,
-/// cancel handle and descendant is dropped — no `cancel()` needed.
+/// allocation. A derived context is freed when its last clone, owned
+/// `Done`, cancel handle and descendant is dropped — no `cancel()` needed.
 ///
 /// ```
 /// use goctx::{Context, Error};
