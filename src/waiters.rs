@@ -16,7 +16,8 @@
 //!   steady state (invariant 4).
 //! * A waiter that gives up (a timed-out wait, a dropped future) removes its
 //!   entry logically; the list unlinks it later (amortised) and drops it.
-//!   A dropped future also drops its waker at once.
+//!   A dropped future also drops its waker at once (unless a cancellation
+//!   froze its entry first: that one wakes the waker and drops it).
 //!
 //! # The entry's state word
 //!
