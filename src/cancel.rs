@@ -35,7 +35,8 @@
 //!    both are gone; the list's reference outlives every reader of the chain
 //!    (see `list.rs`).
 //! 4. A released node may still be reached through a frozen chain. Work done
-//!    on it then is harmless: it has no waiters (a `Done` holds a handle), no
+//!    on it then is harmless: it has no waiters (a `Done` holds a handle or
+//!    borrows a context that holds one), no
 //!    live children (a child holds a handle), and nobody reads its cause.
 //! 5. A registered node's `registered` list belongs to an ancestor, alive
 //!    until the node is released (node invariant 2).
@@ -590,7 +591,8 @@ impl CancelNode {
         }
         // SAFETY: the memory is valid until `release_memory` below.
         unsafe { timer::disarm(CancelNode::timer_entry(this.as_ptr())) };
-        // No thread or task can be waiting (a `Done` holds a handle); what
+        // No thread or task can be waiting (a `Done` holds a handle, or
+        // borrows a context that does); what
         // is left is withdrawn entries and callbacks whose `AfterFunc` was
         // dropped — the context can no longer be done, so they never run.
         if !node.waiters.is_empty()

@@ -18,8 +18,8 @@ use crate::value::{ValueNode, value_of};
 /// `Context` is cheap to clone (one reference-count increment at most) and
 /// `Send + Sync`. The roots [`background`](Context::background) and
 /// [`todo`](Context::todo) allocate nothing; each derived context is one
-/// allocation. A derived context is freed when its last clone, `Done`,
-/// cancel handle and descendant is dropped — no `cancel()` needed.
+/// allocation. A derived context is freed when its last clone, owned
+/// `Done`, cancel handle and descendant is dropped — no `cancel()` needed.
 ///
 /// ```
 /// use goctx::{Context, Error};
@@ -330,8 +330,12 @@ impl Context {
         self.anchor().and_then(CancelNode::deadline)
     }
 
-    /// A handle to wait on this context (Go's `Done`). It never completes
-    /// for a context that can never be done. Allocates nothing.
+    /// A handle to wait on this context (Go's `Done`), borrowing it: making
+    /// and dropping it costs no reference count and writes no shared memory,
+    /// so `ctx.done()` in a loop (`select!` on it, `is_done()` on it) stays
+    /// on the reader's cache line. It never completes for a context that
+    /// can never be done. Allocates nothing. To store it, move it into a
+    /// thread or spawn a task on it, use [`done_owned`](Context::done_owned).
     ///
     /// ```
     /// let (ctx, cancel) = goctx::Context::background().with_cancel();
@@ -341,10 +345,30 @@ impl Context {
     /// ```
     #[inline]
     #[must_use = "done() only makes a handle: wait on it or await it"]
-    pub fn done(&self) -> Done {
+    pub fn done(&self) -> Done<'_> {
+        // SAFETY: the anchor lives as long as `self` (node invariants 2 and
+        // 4), and the pointer is the one stored in the node.
+        unsafe { Done::borrowed(self.0.anchor_ptr()) }
+    }
+
+    /// A `Done` that keeps this context's cancellable node alive by itself
+    /// (one reference count), for storing it, moving it into a thread or
+    /// spawning a task on it. Same as `ctx.done().into_owned()`. Allocates
+    /// nothing.
+    ///
+    /// ```
+    /// let (ctx, cancel) = goctx::Context::background().with_cancel();
+    /// let done = ctx.done_owned();
+    /// let waiter = std::thread::spawn(move || done.wait());
+    /// cancel.cancel();
+    /// waiter.join().unwrap();
+    /// ```
+    #[inline]
+    #[must_use = "done_owned() only makes a handle: wait on it or await it"]
+    pub fn done_owned(&self) -> Done<'static> {
         let anchor = NonNull::new(self.0.anchor_ptr().cast_mut());
         // SAFETY: the anchor lives as long as `self` (node invariant 4).
-        Done::new(anchor.map(|anchor| unsafe { NodeRef::acquire(anchor) }))
+        Done::owned(anchor.map(|anchor| unsafe { NodeRef::acquire(anchor) }))
     }
 
     /// `None` while the context is running; afterwards why it is done

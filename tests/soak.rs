@@ -199,7 +199,7 @@ enum Canceller {
 /// A `Done` future polled once and left pending, with the flag its waker
 /// sets.
 struct PendingPoll {
-    fut: Done,
+    fut: Done<'static>,
     flag: Arc<Flag>,
 }
 
@@ -726,7 +726,7 @@ fn poll(shared: &Shared, rng: &mut Rng) {
     let mut p = match e.pending.take() {
         Some(p) if rng.chance(50) => p,
         _ => PendingPoll {
-            fut: e.ctx.done(),
+            fut: e.ctx.done_owned(),
             flag: Arc::default(),
         },
     };
@@ -753,7 +753,7 @@ fn register_after(shared: &Shared, rng: &mut Rng) {
     });
     let f = {
         let probe = Arc::clone(&probe);
-        let done = ctx.done();
+        let done = ctx.done_owned();
         let tracked = tracked(What::AfterFunc);
         move || {
             let _tracked = tracked;
