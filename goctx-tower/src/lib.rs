@@ -7,6 +7,11 @@
 //!   timeout, whichever is earlier), cancelled with a [`RequestEnd`] cause
 //!   saying why: the caller went away, the handler finished, the server is
 //!   shutting down, or a deadline passed.
+//! * [`ClientLayer`] makes an outgoing request carrying a context (in its
+//!   extensions) inherit it: `grpc-timeout` is set to the remaining time,
+//!   a context already done fails the call at once, and a context done
+//!   during the call abandons it (the inner future is dropped) with a
+//!   [`ClientError::Context`] carrying `err()` and `cause()`.
 //! * [`parse_grpc_timeout`] and [`format_grpc_timeout`] speak the header's
 //!   wire format.
 //!
@@ -27,11 +32,13 @@
 //! ```
 
 mod body;
+mod client;
 mod end;
 mod server;
 mod timeout;
 
 pub use body::ServerBody;
+pub use client::{ClientError, ClientFuture, ClientLayer, ContextClient};
 pub use end::{RequestEnd, Shutdown, shutdown_tree};
 pub use server::{ContextFuture, ContextService, ServerLayer};
 pub use timeout::{
