@@ -31,6 +31,8 @@
 //! # let _ = outgoing(&Request::new(()));
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod body;
 mod client;
 mod end;

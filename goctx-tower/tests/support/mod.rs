@@ -72,3 +72,59 @@ pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
         Err(_) => panic!("hung for {HANG_GUARD:?}: {what}"),
     }
 }
+
+/// Serves `service` over HTTP/1 on 127.0.0.1 (a port the OS picks), one
+/// task per connection, until the runtime stops. Returns the address.
+pub async fn serve<S, B>(service: S) -> std::net::SocketAddr
+where
+    S: tower_service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper_util::service::TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                // A connection's error (the peer hung up) ends its task.
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A real hyper client (pooled connections, HTTP/1).
+pub type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<Bytes>,
+>;
+
+pub fn http_client() -> HttpClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// A GET of `http://{addr}{path}` carrying `ctx`.
+pub fn get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    ctx: Option<&goctx::Context>,
+) -> http::Request<http_body_util::Full<Bytes>> {
+    let mut request = http::Request::get(format!("http://{addr}{path}"))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    if let Some(ctx) = ctx {
+        request.extensions_mut().insert(ctx.clone());
+    }
+    request
+}
