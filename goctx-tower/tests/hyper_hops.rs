@@ -183,19 +183,25 @@ async fn a_caller_going_away_is_seen_two_hops_down() {
     // B: waits until its context is done.
     let (b_tx, mut b_rx) = unbounded_channel();
     let b = serve(ServerLayer::new(Context::background()).layer(until_done(b_tx))).await;
-    // A: calls B with its own context; reports its context.
+    // A: calls B with its own context, in a task of its own (so it is A's
+    // context, not the drop of A's handler future, that stops the call);
+    // reports its context and how the call ended.
     let (a_tx, mut a_rx) = unbounded_channel();
+    let (call_tx, mut call_rx) = unbounded_channel();
     let client = ClientLayer::new().layer(http_client());
     let a = serve(ServerLayer::new(Context::background()).layer(service_fn(
         move |request: Request<Incoming>| {
             let mut client = client.clone();
             let ctx = request.extensions().get::<Context>().unwrap().clone();
             a_tx.send(ctx.clone()).unwrap();
+            let call_tx = call_tx.clone();
+            let call = tokio::spawn(async move {
+                let result = client.call(get(b, "/", Some(&ctx))).await;
+                call_tx.send(result.map(drop)).unwrap();
+            });
             async move {
-                match client.call(get(b, "/", Some(&ctx))).await {
-                    Ok(_) => ok("B answered".into()),
-                    Err(err) => ok(format!("abandoned: {err}")),
-                }
+                let _ = call.await;
+                ok(String::new())
             }
         },
     )))
@@ -210,7 +216,21 @@ async fn a_caller_going_away_is_seen_two_hops_down() {
     let a_latency = hung_up.elapsed();
     within("B to see A's call abandoned", at_b.done()).await;
     let b_latency = hung_up.elapsed();
-    println!("client hung up -> A's context done {a_latency:?}, -> B's {b_latency:?}");
+    let call = within("A's call to B to be abandoned", call_rx.recv())
+        .await
+        .unwrap();
+    let c_latency = hung_up.elapsed();
+    println!(
+        "client hung up -> A's context done {a_latency:?}, A's call abandoned {c_latency:?}, \
+         B's context done {b_latency:?}"
+    );
+    let err = call.unwrap_err();
+    assert_eq!(err.err(), Some(Error::Canceled));
+    assert_eq!(
+        err.cause().unwrap().downcast_ref::<RequestEnd>(),
+        Some(&RequestEnd::CallerGone),
+        "A's call ended with A's context's cause"
+    );
     assert_eq!(
         end_of(&at_a),
         Some((Error::Canceled, RequestEnd::CallerGone))
