@@ -15,6 +15,24 @@
 //! * [`parse_grpc_timeout`] and [`format_grpc_timeout`] speak the header's
 //!   wire format.
 //!
+//! # Lifetime of a request's context
+//!
+//! | event                                            | `err()`            | `cause()`                       |
+//! |--------------------------------------------------|--------------------|---------------------------------|
+//! | the server-wide context is cancelled             | its error          | its cause ([`RequestEnd::ServerShutdown`] through [`Shutdown`](crate::Shutdown)) |
+//! | the caller's `grpc-timeout` passes               | `DeadlineExceeded` | [`RequestEnd::CallerDeadline`]  |
+//! | the server's per-request timeout passes          | `DeadlineExceeded` | [`RequestEnd::ServerTimeout`]   |
+//! | the response future is dropped before it is ready| `Canceled`         | [`RequestEnd::CallerGone`]      |
+//! | the response body is dropped before its end      | `Canceled`         | [`RequestEnd::CallerGone`]      |
+//! | the inner service fails, or the body ends or fails | `Canceled`       | [`RequestEnd::HandlerFinished`] |
+//!
+//! The first of these wins (goctx's rule: first cancellation decides). The
+//! context lives until the response *body* is complete, not just its head,
+//! so a streaming handler (a gRPC server stream) still sees the caller go
+//! away.
+//!
+//! # Calling the next service
+//!
 //! A handler that calls another service passes its context on by putting
 //! it in the outgoing request's extensions:
 //!
@@ -30,6 +48,15 @@
 //! }
 //! # let _ = outgoing(&Request::new(()));
 //! ```
+//!
+//! A call awaited inside the handler's own future is dropped with it when
+//! the caller goes away (hyper drops the handler's future); the client
+//! layer's race is what stops a call whose context ends otherwise: a
+//! deadline, a shutdown, or work handed to a task of its own.
+//!
+//! With axum, `axum::Extension<goctx::Context>` extracts the request's
+//! context (any `Clone` extension is extractable), so no extractor of this
+//! crate is needed.
 
 #![forbid(unsafe_code)]
 

@@ -1,21 +1,7 @@
 //! The server layer: a context per request, from the server-wide context and
 //! the caller's `grpc-timeout`, ended with a cause saying why.
 //!
-//! # Lifetime of a request's context
-//!
-//! | event                                            | `err()`            | `cause()`                       |
-//! |--------------------------------------------------|--------------------|---------------------------------|
-//! | the server-wide context is cancelled             | its error          | its cause ([`RequestEnd::ServerShutdown`] through [`Shutdown`](crate::Shutdown)) |
-//! | the caller's `grpc-timeout` passes               | `DeadlineExceeded` | [`RequestEnd::CallerDeadline`]  |
-//! | the server's per-request timeout passes          | `DeadlineExceeded` | [`RequestEnd::ServerTimeout`]   |
-//! | the response future is dropped before it is ready| `Canceled`         | [`RequestEnd::CallerGone`]      |
-//! | the response body is dropped before its end      | `Canceled`         | [`RequestEnd::CallerGone`]      |
-//! | the inner service fails, or the body ends or fails | `Canceled`       | [`RequestEnd::HandlerFinished`] |
-//!
-//! The first of these wins (goctx's rule: first cancellation decides). The
-//! context lives until the response *body* is complete, not just its head,
-//! so a streaming handler (a gRPC server stream) still sees the caller go
-//! away.
+//! (The lifetime of a request's context is tabled in the crate docs.)
 
 use core::future::Future;
 use core::pin::Pin;
@@ -37,8 +23,8 @@ use crate::timeout::{GRPC_TIMEOUT, TimeoutError, parse_grpc_timeout};
 /// extensions: a child of the server-wide context, with the deadline the
 /// caller sent in `grpc-timeout` (or the server's per-request timeout, if
 /// set and earlier), cancelled when the caller goes away, when the handler
-/// finishes, or when the server shuts down (see the module table in the
-/// crate docs for the causes).
+/// finishes, or when the server shuts down (see the table in the
+/// [crate docs](crate) for the causes).
 ///
 /// A malformed `grpc-timeout` is answered without calling the inner
 /// service: `400 Bad Request` with the reason as a text body, or, for a
@@ -49,16 +35,41 @@ use crate::timeout::{GRPC_TIMEOUT, TimeoutError, parse_grpc_timeout};
 /// ```
 /// use goctx::Context;
 /// use goctx_tower::{ServerLayer, shutdown_tree};
+/// use http::{Request, Response};
+/// use http_body_util::BodyExt;
 /// use std::time::Duration;
 /// use tower_layer::Layer;
+/// use tower_service::Service;
 ///
+/// /// A handler that reads its request's context.
+/// #[derive(Clone)]
+/// struct Handler;
+///
+/// impl Service<Request<()>> for Handler {
+///     type Response = Response<String>;
+///     type Error = std::convert::Infallible;
+///     type Future = std::future::Ready<Result<Response<String>, Self::Error>>;
+///
+///     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+///         std::task::Poll::Ready(Ok(()))
+///     }
+///
+///     fn call(&mut self, request: Request<()>) -> Self::Future {
+///         let ctx = request.extensions().get::<Context>().unwrap();
+///         let remaining = ctx.deadline().unwrap() - std::time::Instant::now();
+///         std::future::ready(Ok(Response::new(format!("{}", remaining <= Duration::from_millis(250)))))
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let (server_ctx, shutdown) = shutdown_tree(&Context::background());
-/// let layer = ServerLayer::new(server_ctx).timeout(Duration::from_secs(30));
-/// # let handler = tower_service_fn();
-/// let service = layer.layer(handler);
-/// // ... serve `service`; on SIGTERM:
+/// let mut service = ServerLayer::new(server_ctx).timeout(Duration::from_secs(30)).layer(Handler);
+/// let request = Request::builder().header("grpc-timeout", "250m").body(()).unwrap();
+/// let response = service.call(request).await.unwrap();
+/// assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "true");
+/// // ... and on SIGTERM, every request in flight ends with RequestEnd::ServerShutdown:
 /// shutdown.shutdown();
-/// # fn tower_service_fn() {}
+/// # });
 /// ```
 #[derive(Clone, Debug)]
 pub struct ServerLayer {
