@@ -19,7 +19,7 @@
 //!
 //! | event                                            | `err()`            | `cause()`                       |
 //! |--------------------------------------------------|--------------------|---------------------------------|
-//! | the server-wide context is cancelled             | its error          | its cause ([`RequestEnd::ServerShutdown`] through [`Shutdown`](crate::Shutdown)) |
+//! | the server-wide context is cancelled             | its error          | its cause ([`RequestEnd::ServerShutdown`] through [`Shutdown`]) |
 //! | the caller's `grpc-timeout` passes               | `DeadlineExceeded` | [`RequestEnd::CallerDeadline`]  |
 //! | the server's per-request timeout passes          | `DeadlineExceeded` | [`RequestEnd::ServerTimeout`]   |
 //! | the response future is dropped before it is ready| `Canceled`         | [`RequestEnd::CallerGone`]      |
