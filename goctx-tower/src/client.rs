@@ -30,6 +30,10 @@ use crate::timeout::{GRPC_TIMEOUT, format_grpc_timeout, parse_grpc_timeout};
 ///
 /// A request without a context passes through untouched.
 ///
+/// The inner service's future must be `Send + 'static`: a call with a
+/// context is raced in a boxed future that owns the context (one
+/// allocation per call).
+///
 /// ```
 /// use goctx::Context;
 /// use goctx_tower::{ClientError, ClientLayer};
