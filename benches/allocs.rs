@@ -220,6 +220,23 @@ fn check_canceled_done() {
     });
 }
 
+/// A `select!`-loop iteration on a live context: a fresh `ctx.done()`
+/// polled pending once, then dropped (API rule 13). tokio-util: a fresh
+/// `cancelled()` future, the same way.
+fn select_loop() {
+    let (ctx, _keep_live) = Context::background().with_cancel();
+    let mut cx = TaskContext::from_waker(Waker::noop());
+    simple("select_loop", GOCTX, || {
+        let done = pin!(black_box(&ctx).done());
+        assert!(done.poll(&mut cx).is_pending());
+    });
+    let token = CancellationToken::new();
+    simple("select_loop", TOKIO, || {
+        let cancelled = pin!(black_box(&token).cancelled());
+        assert!(cancelled.poll(&mut cx).is_pending());
+    });
+}
+
 /// Derive a child of a live parent and drop it without cancelling.
 fn child_create_drop() {
     let (parent, _keep_live) = Context::background().with_cancel();
@@ -303,6 +320,7 @@ fn main() {
     deep_value();
     err_ok();
     check_canceled_done();
+    select_loop();
     child_create_drop();
     after_func();
 }

@@ -270,6 +270,14 @@ row("`context_cancel_done/is_done` (2 threads)", "ContextCancelDone",
     "context_cancel_done/goctx/is_done", "context_cancel_done/tokio_util/is_cancelled")
 row("`context_cancel_done/done_handle` (2 threads)", "ContextCancelDone",
     "context_cancel_done/goctx/done_handle")
+row("`select_loop` (fresh `done()` polled pending, dropped; tokio: `cancelled()`)", None,
+    "select_loop/goctx/done", "select_loop/tokio_util/cancelled", "select_loop")
+row("`select_loop/done_owned` (tokio: `cancelled()`)", None,
+    "select_loop/goctx/done_owned", "select_loop/tokio_util/cancelled")
+row("`select_loop/done_is_done` (8 threads, one context; tokio: `is_cancelled()`)", None,
+    "select_loop/goctx/done_is_done/threads=8", "select_loop/tokio_util/is_cancelled/threads=8")
+row("`select_loop/done_owned_is_done` (8 threads, one context)", None,
+    "select_loop/goctx/done_owned_is_done/threads=8", "select_loop/tokio_util/is_cancelled/threads=8")
 # The busy work allocates nothing: one ALLOCS scenario serves all four rows.
 row("`common_parent_cancel` (2 threads)", "CommonParentCancel",
     "common_parent_cancel/goctx", "common_parent_cancel/tokio_util", "common_parent_cancel")

@@ -218,8 +218,8 @@ fn err(c: &mut Criterion) {
 ///
 /// * `goctx/err`: `ctx.err()`;
 /// * `goctx/done`: `ctx.done().is_done()` — like Go's `Done()` it fetches the
-///   handle each time, which here costs a reference-count increment and
-///   decrement;
+///   handle each time; `done()` borrows the context (API rule 13), so that
+///   is one more load, no reference count;
 /// * `goctx/done_poll`: `ctx.done()` polled once as a future, the closest
 ///   analogue of Go's `select { case <-ctx.Done(): default: }`;
 /// * `goctx/is_done`: `ctx.is_done()`, one load;
@@ -266,9 +266,9 @@ fn check_canceled(c: &mut Criterion) {
 
 /// Go's `ContextCancelDone`: 2 threads poll one live context's `Done()`
 /// (read-only sharing; the not-done branch). `goctx/done` fetches the handle
-/// each time as Go's `Done()` does, so both threads write the node's
-/// reference count; `goctx/is_done` and `goctx/done_handle` (each thread
-/// fetches its `Done` once) only read.
+/// each time as Go's `Done()` does (a borrow: no shared write, API rule 13);
+/// `goctx/is_done` and `goctx/done_handle` (each thread fetches its `Done`
+/// once) only read as well.
 fn context_cancel_done(c: &mut Criterion) {
     let (ctx, _keep_live) = Context::background().with_cancel();
     let token = CancellationToken::new();
@@ -312,6 +312,108 @@ fn context_cancel_done(c: &mut Criterion) {
             })
         });
     });
+    group.finish();
+}
+
+/// A waker whose clones are reference counts, as a runtime's are.
+struct CountedNoopWake;
+
+impl Wake for CountedNoopWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+/// Threads in `select_loop`'s shared-context rows.
+const SELECT_LOOP_THREADS: usize = 8;
+
+/// One iteration of a `select!` loop on a live context (API rule 13): a
+/// fresh `Done` polled once — pending, so its waker is registered — then
+/// dropped, which withdraws it; the same with tokio-util's `cancelled()`.
+///
+/// * `goctx/done`: `ctx.done()` (borrowed; its waiter entry comes from the
+///   thread's spares and goes back there, no allocation);
+/// * `goctx/done_owned`: `ctx.done_owned()`, which also takes and gives back
+///   a reference count;
+/// * `tokio_util/cancelled`: `token.cancelled()`, registered and withdrawn
+///   under the token's mutex.
+///
+/// And [`SELECT_LOOP_THREADS`] threads each looping over one shared live
+/// context (throughput, as `run_parallel`): `goctx/done_is_done` is
+/// `ctx.done().is_done()` (reads only), `goctx/is_done` the one-load floor,
+/// `goctx/done_owned_is_done` the same
+/// through `done_owned()` (two contended reference-count RMWs: what
+/// `done()` cost before it borrowed), `tokio_util/is_cancelled`.
+fn select_loop(c: &mut Criterion) {
+    let (ctx, _keep_live) = Context::background().with_cancel();
+    let token = CancellationToken::new();
+    let waker = Waker::from(Arc::new(CountedNoopWake));
+    let mut cx = TaskContext::from_waker(&waker);
+
+    let mut group = c.benchmark_group("select_loop");
+    quick(&mut group);
+    group.bench_function(BenchmarkId::new(GOCTX, "done"), |b| {
+        b.iter(|| {
+            let done = pin!(black_box(&ctx).done());
+            assert!(done.poll(&mut cx).is_pending());
+        });
+    });
+    group.bench_function(BenchmarkId::new(GOCTX, "done_owned"), |b| {
+        b.iter(|| {
+            let done = pin!(black_box(&ctx).done_owned());
+            assert!(done.poll(&mut cx).is_pending());
+        });
+    });
+    group.bench_function(BenchmarkId::new(TOKIO, "cancelled"), |b| {
+        b.iter(|| {
+            let cancelled = pin!(black_box(&token).cancelled());
+            assert!(cancelled.poll(&mut cx).is_pending());
+        });
+    });
+    let threads = format!("threads={SELECT_LOOP_THREADS}");
+    group.bench_function(
+        BenchmarkId::new(GOCTX, format!("done_is_done/{threads}")),
+        |b| {
+            b.iter_custom(|iters| {
+                run_parallel(SELECT_LOOP_THREADS, iters, |n| {
+                    for _ in 0..n {
+                        assert!(!black_box(&ctx).done().is_done());
+                    }
+                })
+            });
+        },
+    );
+    group.bench_function(BenchmarkId::new(GOCTX, format!("is_done/{threads}")), |b| {
+        b.iter_custom(|iters| {
+            run_parallel(SELECT_LOOP_THREADS, iters, |n| {
+                for _ in 0..n {
+                    assert!(!black_box(&ctx).is_done());
+                }
+            })
+        });
+    });
+    group.bench_function(
+        BenchmarkId::new(GOCTX, format!("done_owned_is_done/{threads}")),
+        |b| {
+            b.iter_custom(|iters| {
+                run_parallel(SELECT_LOOP_THREADS, iters, |n| {
+                    for _ in 0..n {
+                        assert!(!black_box(&ctx).done_owned().is_done());
+                    }
+                })
+            });
+        },
+    );
+    group.bench_function(
+        BenchmarkId::new(TOKIO, format!("is_cancelled/{threads}")),
+        |b| {
+            b.iter_custom(|iters| {
+                run_parallel(SELECT_LOOP_THREADS, iters, |n| {
+                    for _ in 0..n {
+                        assert!(!black_box(&token).is_cancelled());
+                    }
+                })
+            });
+        },
+    );
     group.finish();
 }
 
@@ -917,24 +1019,24 @@ trait AsyncSignal: Signal {
 struct GoctxSignal(Context, CancelFunc);
 
 impl Signal for GoctxSignal {
-    type Waiter = Done;
+    type Waiter = Done<'static>;
     fn new() -> Self {
         let (ctx, cancel) = Context::background().with_cancel();
         GoctxSignal(ctx, cancel)
     }
-    fn waiter(&self) -> Done {
-        self.0.done()
+    fn waiter(&self) -> Done<'static> {
+        self.0.done_owned()
     }
     fn fire(&self) {
         self.1.cancel();
     }
-    fn block(waiter: Done) {
+    fn block(waiter: Done<'static>) {
         waiter.wait();
     }
 }
 
 impl AsyncSignal for GoctxSignal {
-    fn wait_async(waiter: Done) -> impl Future<Output = ()> + Send + Unpin + 'static {
+    fn wait_async(waiter: Done<'static>) -> impl Future<Output = ()> + Send + Unpin + 'static {
         waiter
     }
 }
@@ -1272,6 +1374,7 @@ criterion_group! {
         err,
         check_canceled,
         context_cancel_done,
+        select_loop,
         common_parent_cancel,
         cancel_tree,
         deep_value,

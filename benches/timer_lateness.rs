@@ -476,7 +476,7 @@ fn run(sc: &Scenario) -> bool {
     let waiters: Vec<_> = wait_set
         .iter()
         .map(|&i| {
-            let done = contexts[i].0.done();
+            let done = contexts[i].0.done_owned();
             thread::spawn(move || {
                 done.wait();
                 (i, now_ns())
@@ -492,7 +492,7 @@ fn run(sc: &Scenario) -> bool {
     let tasks: Vec<_> = task_set
         .iter()
         .map(|&i| {
-            let done = contexts[i].0.done();
+            let done = contexts[i].0.done_owned();
             runtime.spawn(async move {
                 done.await;
                 (i, now_ns())

@@ -284,7 +284,7 @@ fn main() -> ExitCode {
     // Dedicated waiters first, so they are parked long before shutdown.
     let parked: Vec<_> = (0..PARKED_WAITERS)
         .map(|_| {
-            let done = root.done();
+            let done = root.done_owned();
             thread::spawn(move || {
                 done.wait();
                 Instant::now()
@@ -293,7 +293,7 @@ fn main() -> ExitCode {
         .collect();
     let pending: Vec<_> = (0..ASYNC_WAITERS)
         .map(|_| {
-            let done = root.done();
+            let done = root.done_owned();
             rt.spawn(async move {
                 done.await;
                 Instant::now()

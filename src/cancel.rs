@@ -42,7 +42,8 @@
 //!    both are gone; the list's reference outlives every reader of the chain
 //!    (see `list.rs`).
 //! 4. A released node may still be reached through a frozen chain. Work done
-//!    on it then is harmless: it has no waiters (a `Done` holds a handle), no
+//!    on it then is harmless: it has no waiters (a `Done` holds a handle or
+//!    borrows a context that holds one), no
 //!    live children (a child holds a handle), and nobody reads its cause.
 //! 5. A registered node's `registered` list belongs to an ancestor, alive
 //!    until the node is released (node invariant 2).
@@ -179,12 +180,14 @@ impl CancelNode {
     /// The clock is read after the node is built, as Go's
     /// `time.Until(d) <= 0` check: a deadline that has passed by then,
     /// however short the timeout, is done before the derivation returns
-    /// (API rule 7). `read`, a reading the caller took just before
-    /// (`with_timeout`'s), stands in for that reading when the deadline lies
-    /// more than `CLOCK_SLACK` after it: building the node takes well under
-    /// that, and a thread preempted for longer between the two points is
-    /// indistinguishable from one preempted right after the check, which Go
-    /// has too. So long timeouts skip a clock read; short ones never do.
+    /// (API rule 7). `timeout`: the caller (`with_timeout`) made `deadline`
+    /// as a clock reading it took just before plus `timeout`; that reading
+    /// stands in for a new one when `timeout` exceeds `CLOCK_SLACK`:
+    /// building the node takes well under that, and a thread preempted for
+    /// longer between the two points is indistinguishable from one
+    /// preempted right after the check, which Go has too. So long timeouts
+    /// skip a clock read and the wheel's placement a second clock
+    /// subtraction; short ones never do.
     ///
     /// `timer_owner` is how the timer treats the node
     /// (`CancelNode::timer_owner`).
@@ -193,7 +196,7 @@ impl CancelNode {
         handles: usize,
         deadline: Instant,
         cause: Option<Cause>,
-        read: Option<Instant>,
+        timeout: Option<core::time::Duration>,
         timer_owner: &'static TimerOwner,
     ) -> NonNull<CancelNode> {
         // The memory starts with the wheel list's reference counted (invariant
@@ -207,15 +210,17 @@ impl CancelNode {
         );
         // SAFETY: we hold the handles just created.
         let node = unsafe { raw.as_ref() };
-        let now = match read {
-            Some(read) if deadline.saturating_duration_since(read) > CLOCK_SLACK => read,
-            _ => Instant::now(),
+        // How far the deadline lies after a clock reading taken during the
+        // derivation; zero once it has passed (`time.Until(d) <= 0`).
+        let remaining = match timeout {
+            Some(timeout) if timeout > CLOCK_SLACK => timeout,
+            _ => deadline.saturating_duration_since(Instant::now()),
         };
-        if !node.is_done() && deadline > now {
+        if !node.is_done() && !remaining.is_zero() {
             let entry = CancelNode::timer_entry(raw.as_ptr());
             // SAFETY: a deadline entry, with the node's provenance; the
             // wheel's reference, counted at construction.
-            unsafe { timer::arm(entry, deadline, now) };
+            unsafe { timer::arm(entry, deadline, remaining) };
             // A cancellation that ran before `ARMED` was visible could not
             // disarm: do it for it.
             if node.is_done() {
@@ -650,7 +655,8 @@ impl CancelNode {
         }
         // SAFETY: the memory is valid until `release_memory` below.
         unsafe { timer::disarm(CancelNode::timer_entry(this.as_ptr())) };
-        // No thread or task can be waiting (a `Done` holds a handle); what
+        // No thread or task can be waiting (a `Done` holds a handle, or
+        // borrows a context that does); what
         // is left is withdrawn entries and callbacks whose `AfterFunc` was
         // dropped — the context can no longer be done, so they never run.
         if !node.waiters.is_empty()

@@ -76,7 +76,7 @@ impl Context {
     /// ```
     pub fn run_until_done<F: Future>(&self, fut: F) -> RunUntilDone<F> {
         RunUntilDone {
-            done: self.done(),
+            done: self.done_owned(),
             fut: Some(fut),
         }
     }
@@ -102,7 +102,7 @@ impl Context {
 /// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct RunUntilDone<F> {
-    done: Done,
+    done: Done<'static>,
     /// `None` once finished (the output was taken or the context won).
     fut: Option<F>,
 }

@@ -19,8 +19,8 @@ use crate::value::{ValueNode, value_of};
 /// `Context` is cheap to clone (one reference-count increment at most) and
 /// `Send + Sync`. The roots [`background`](Context::background) and
 /// [`todo`](Context::todo) allocate nothing; each derived context is one
-/// allocation. A derived context is freed when its last clone, `Done`,
-/// cancel handle and descendant is dropped — no `cancel()` needed.
+/// allocation. A derived context is freed when its last clone, owned
+/// `Done`, cancel handle and descendant is dropped — no `cancel()` needed.
 ///
 /// ```
 /// use goctx::{Context, Error};
@@ -229,7 +229,7 @@ impl Context {
     pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelFunc) {
         let now = Instant::now();
         match now.checked_add(timeout) {
-            Some(deadline) => self.deadline_node(deadline, None, Some(now)),
+            Some(deadline) => self.deadline_node(deadline, None, Some(timeout)),
             None => self.with_cancel(),
         }
     }
@@ -256,23 +256,24 @@ impl Context {
     ) -> (Context, CancelFunc) {
         let now = Instant::now();
         match now.checked_add(timeout) {
-            Some(deadline) => self.deadline_node(deadline, Some(cause.into()), Some(now)),
+            Some(deadline) => self.deadline_node(deadline, Some(cause.into()), Some(timeout)),
             None => self.with_cancel(),
         }
     }
 
-    /// `read`: a clock reading the caller took just before (see
-    /// `CancelNode::derive_deadline`).
+    /// `timeout`: `deadline` is a clock reading the caller took just before
+    /// plus this (see `CancelNode::derive_deadline`).
     fn deadline_node(
         &self,
         deadline: Instant,
         cause: Option<Cause>,
-        read: Option<Instant>,
+        timeout: Option<Duration>,
     ) -> (Context, CancelFunc) {
         if self.deadline().is_some_and(|current| current <= deadline) {
             return self.with_cancel();
         }
-        let node = CancelNode::derive_deadline(&self.0, 2, deadline, cause, read, &DEADLINE_TIMER);
+        let node =
+            CancelNode::derive_deadline(&self.0, 2, deadline, cause, timeout, &DEADLINE_TIMER);
         let [ctx, cancel] = handles(node);
         (Context(Repr::Node(ctx)), CancelFunc::new(cancel))
     }
@@ -417,8 +418,12 @@ impl Context {
         self.anchor().and_then(CancelNode::deadline)
     }
 
-    /// A handle to wait on this context (Go's `Done`). It never completes
-    /// for a context that can never be done. Allocates nothing.
+    /// A handle to wait on this context (Go's `Done`), borrowing it: making
+    /// and dropping it costs no reference count and writes no shared memory,
+    /// so `ctx.done()` in a loop (`select!` on it, `is_done()` on it) stays
+    /// on the reader's cache line. It never completes for a context that
+    /// can never be done. Allocates nothing. To store it, move it into a
+    /// thread or spawn a task on it, use [`done_owned`](Context::done_owned).
     ///
     /// ```
     /// let (ctx, cancel) = goctx::Context::background().with_cancel();
@@ -428,10 +433,30 @@ impl Context {
     /// ```
     #[inline]
     #[must_use = "done() only makes a handle: wait on it or await it"]
-    pub fn done(&self) -> Done {
+    pub fn done(&self) -> Done<'_> {
+        // SAFETY: the anchor lives as long as `self` (node invariants 2 and
+        // 4), and the pointer is the one stored in the node.
+        unsafe { Done::borrowed(self.0.anchor_ptr()) }
+    }
+
+    /// A `Done` that keeps this context's cancellable node alive by itself
+    /// (one reference count), for storing it, moving it into a thread or
+    /// spawning a task on it. Same as `ctx.done().into_owned()`. Allocates
+    /// nothing.
+    ///
+    /// ```
+    /// let (ctx, cancel) = goctx::Context::background().with_cancel();
+    /// let done = ctx.done_owned();
+    /// let waiter = std::thread::spawn(move || done.wait());
+    /// cancel.cancel();
+    /// waiter.join().unwrap();
+    /// ```
+    #[inline]
+    #[must_use = "done_owned() only makes a handle: wait on it or await it"]
+    pub fn done_owned(&self) -> Done<'static> {
         let anchor = NonNull::new(self.0.anchor_ptr().cast_mut());
         // SAFETY: the anchor lives as long as `self` (node invariant 4).
-        Done::new(anchor.map(|anchor| unsafe { NodeRef::acquire(anchor) }))
+        Done::owned(anchor.map(|anchor| unsafe { NodeRef::acquire(anchor) }))
     }
 
     /// `None` while the context is running; afterwards why it is done

@@ -3,21 +3,28 @@
 
 use core::fmt;
 use core::future::Future;
+use core::marker::PhantomData;
 use core::pin::Pin;
+use core::ptr::NonNull;
 use core::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use crate::cancel::CancelNode;
 use crate::error::ContextError;
-use crate::node::NodeRef;
+use crate::node::{Node, NodeRef};
 use crate::primitive::thread;
 use crate::waiters::{TaskWaiter, park_on};
 
 /// Waits for a context to be done: Go's `ctx.Done()` channel.
 ///
-/// Holds the context's cancellable node alive (not the whole context). A
-/// `Done` of a context that can never be done (`background()`, `todo()`,
-/// `without_cancel()` and their value children) never completes.
+/// [`ctx.done()`](crate::Context::done) gives a `Done<'_>` that borrows the
+/// context: making and dropping it touches no shared memory (no reference
+/// count). [`ctx.done_owned()`](crate::Context::done_owned) and
+/// [`into_owned`](Done::into_owned) give a `Done<'static>` that holds the
+/// context's cancellable node alive (not the whole context), to store it,
+/// move it into a thread or spawn a task on it. A `Done` of a context that
+/// can never be done (`background()`, `todo()`, `without_cancel()` and their
+/// value children) never completes.
 ///
 /// * [`wait`](Done::wait) parks the calling thread until done;
 /// * [`wait_timeout`](Done::wait_timeout) / [`wait_deadline`](Done::wait_deadline)
@@ -25,8 +32,10 @@ use crate::waiters::{TaskWaiter, park_on};
 /// * `.await` resolves when done, on any executor.
 ///
 /// Untimed blocking waits allocate nothing once the thread has waited
-/// before; an awaited `Done` allocates one waiter entry on its first pending
-/// poll. A timed-out wait or a dropped future withdraws its entry.
+/// before. An awaited `Done` takes a waiter entry on its first pending poll
+/// from a few spares its thread keeps, and gives it back when dropped: a
+/// `select!` loop on `ctx.done()` allocates nothing in steady state. A
+/// timed-out wait or a dropped future withdraws its entry.
 ///
 /// ```
 /// use goctx::Context;
@@ -39,25 +48,94 @@ use crate::waiters::{TaskWaiter, park_on};
 /// done.wait();
 /// assert!(done.is_done());
 /// ```
+///
+/// Moving one into a thread takes an owned `Done`:
+///
+/// ```
+/// let (ctx, cancel) = goctx::Context::background().with_cancel();
+/// let done = ctx.done_owned();
+/// drop(ctx); // `done` keeps what it waits on alive
+/// let waiter = std::thread::spawn(move || done.wait());
+/// cancel.cancel();
+/// waiter.join().unwrap();
+/// ```
 #[must_use = "a Done does nothing unless waited on or polled"]
-pub struct Done {
-    /// A handle on the context's anchor, a `CancelNode`.
-    anchor: Option<NodeRef>,
+pub struct Done<'a> {
+    anchor: Anchor<'a>,
     task: Option<TaskWaiter>,
     /// The future has returned `Ready` (for `FusedFuture`).
     finished: bool,
 }
 
-// `Send + Sync` through `NodeRef` and `TaskWaiter`.
+/// What a `Done` waits on: the context's anchor, a `CancelNode`.
+enum Anchor<'a> {
+    /// The context can never be done.
+    Never,
+    /// The anchor of a context borrowed for `'a`, which keeps it alive
+    /// (node invariants 2 and 4). The pointer is the one stored in the
+    /// node, with the anchor allocation's provenance (`Repr::anchor_ptr`),
+    /// so `into_owned` may make a handle from it.
+    Borrowed(NonNull<Node>, PhantomData<&'a Node>),
+    /// A counted handle on the anchor.
+    Owned(NodeRef),
+}
+
+// SAFETY: `Borrowed` is a shared borrow of a node (`&'a Node` in
+// substance), and nodes are `Sync` (see `NodeRef`'s impls in node.rs);
+// `Owned` is a `NodeRef`, which is `Send + Sync`.
+unsafe impl Send for Anchor<'_> {}
+// SAFETY: as above; `&Anchor` only gives `&Node`.
+unsafe impl Sync for Anchor<'_> {}
+
+impl Anchor<'_> {
+    /// The node waited on, if any.
+    #[inline]
+    fn node(&self) -> Option<&CancelNode> {
+        let node = match self {
+            Anchor::Never => return None,
+            Anchor::Borrowed(node, _) => *node,
+            Anchor::Owned(node) => node.as_ptr(),
+        };
+        // SAFETY: the borrowed context or our handle keeps the node alive
+        // while `self` is; it heads a `CancelNode`.
+        Some(unsafe { node.cast::<CancelNode>().as_ref() })
+    }
+}
+
+impl Clone for Anchor<'_> {
+    fn clone(&self) -> Self {
+        match self {
+            Anchor::Never => Anchor::Never,
+            Anchor::Borrowed(node, _) => Anchor::Borrowed(*node, PhantomData),
+            Anchor::Owned(node) => Anchor::Owned(node.clone()),
+        }
+    }
+}
+
+// `Send + Sync` through `Anchor` and `TaskWaiter`.
 
 // See the `UnwindSafe` impls of `Context`.
-impl std::panic::UnwindSafe for Done {}
-impl std::panic::RefUnwindSafe for Done {}
+impl std::panic::UnwindSafe for Done<'_> {}
+impl std::panic::RefUnwindSafe for Done<'_> {}
 
-impl Done {
-    /// A `Done` holding one handle on `anchor` (taken by the caller), or a
-    /// `Done` that never completes.
-    pub(crate) fn new(anchor: Option<NodeRef>) -> Done {
+impl<'a> Done<'a> {
+    /// A `Done` borrowing `anchor` (a `CancelNode`'s header, as stored in a
+    /// node), or one that never completes if it is null. Takes no handle.
+    ///
+    /// # Safety
+    ///
+    /// `anchor` is null or stays alive for `'a` (the caller borrows a
+    /// context whose anchor it is, node invariants 2 and 4).
+    #[inline]
+    pub(crate) unsafe fn borrowed(anchor: *const Node) -> Done<'a> {
+        Done::with_anchor(match NonNull::new(anchor.cast_mut()) {
+            Some(node) => Anchor::Borrowed(node, PhantomData),
+            None => Anchor::Never,
+        })
+    }
+
+    #[inline]
+    fn with_anchor(anchor: Anchor<'a>) -> Done<'a> {
         Done {
             anchor,
             task: None,
@@ -67,10 +145,7 @@ impl Done {
 
     #[inline]
     fn node(&self) -> Option<&CancelNode> {
-        self.anchor.as_ref().map(|node| {
-            // SAFETY: our handle keeps the node alive; it heads a `CancelNode`.
-            unsafe { node.as_ptr().cast::<CancelNode>().as_ref() }
-        })
+        self.anchor.node()
     }
 
     /// The anchor as the pointer stored in the node (with its allocation's
@@ -78,11 +153,58 @@ impl Done {
     /// that register on it (`receiver.rs`).
     #[cfg_attr(not(feature = "crossbeam-channel"), allow(dead_code))]
     pub(crate) fn anchor_ptr(&self) -> *const CancelNode {
-        self.anchor
-            .as_ref()
-            .map_or(core::ptr::null(), |node| node.as_ptr().as_ptr().cast())
+        match &self.anchor {
+            Anchor::Never => core::ptr::null(),
+            Anchor::Borrowed(node, _) => node.as_ptr().cast_const().cast(),
+            Anchor::Owned(node) => node.as_ptr().as_ptr().cast_const().cast(),
+        }
     }
 
+    /// A `Done` that holds the context's cancellable node alive itself, for
+    /// storing, moving into a thread or spawning a task on it. Takes one
+    /// reference count if this one borrows; a registered waiter entry moves
+    /// along.
+    ///
+    /// ```
+    /// fn watch(done: goctx::Done<'static>) -> std::thread::JoinHandle<()> {
+    ///     std::thread::spawn(move || done.wait())
+    /// }
+    ///
+    /// let (ctx, cancel) = goctx::Context::background().with_cancel();
+    /// let watcher = watch(ctx.done().into_owned());
+    /// cancel.cancel();
+    /// watcher.join().unwrap();
+    /// ```
+    pub fn into_owned(mut self) -> Done<'static> {
+        let anchor = match core::mem::replace(&mut self.anchor, Anchor::Never) {
+            Anchor::Never => Anchor::Never,
+            // SAFETY: the borrowed context keeps the node alive (node
+            // invariant 2), and the pointer has its allocation's provenance.
+            Anchor::Borrowed(node, _) => Anchor::Owned(unsafe { NodeRef::acquire(node) }),
+            Anchor::Owned(node) => Anchor::Owned(node),
+        };
+        // The entry stays registered on the same node's list, which the
+        // new handle keeps alive; `self` drops with nothing left to do.
+        Done {
+            anchor,
+            task: self.task.take(),
+            finished: self.finished,
+        }
+    }
+}
+
+impl Done<'static> {
+    /// A `Done` holding one handle on `anchor` (taken by the caller), or a
+    /// `Done` that never completes.
+    pub(crate) fn owned(anchor: Option<NodeRef>) -> Done<'static> {
+        Done::with_anchor(match anchor {
+            Some(node) => Anchor::Owned(node),
+            None => Anchor::Never,
+        })
+    }
+}
+
+impl Done<'_> {
     /// Whether the context is done (one atomic load).
     ///
     /// ```
@@ -170,16 +292,16 @@ impl Done {
     }
 }
 
-impl Future for Done {
+impl Future for Done<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
         let this = self.get_mut();
-        let Some(anchor) = &this.anchor else {
+        // `anchor` and `task` are disjoint fields: the node stays borrowed
+        // while the entry changes.
+        let Some(node) = this.anchor.node() else {
             return Poll::Pending;
         };
-        // SAFETY: our handle keeps the node alive; it heads a `CancelNode`.
-        let node = unsafe { anchor.as_ptr().cast::<CancelNode>().as_ref() };
         if node.is_done() {
             if let Some(task) = this.task.take() {
                 task.finish();
@@ -225,33 +347,49 @@ impl Future for Done {
 /// # }
 /// ```
 #[cfg(feature = "futures")]
-impl futures_core::future::FusedFuture for Done {
+impl futures_core::future::FusedFuture for Done<'_> {
     fn is_terminated(&self) -> bool {
         self.finished
     }
 }
 
-impl Clone for Done {
-    fn clone(&self) -> Done {
-        Done::new(self.anchor.clone())
+impl Clone for Done<'_> {
+    /// Another `Done` on the same context: a borrowing one costs nothing, an
+    /// owned one takes a reference count. The clone has no waiter entry of
+    /// its own until polled.
+    fn clone(&self) -> Self {
+        Done::with_anchor(self.anchor.clone())
     }
 }
 
-impl Drop for Done {
+impl Drop for Done<'_> {
+    /// Inline: a `Done` that never registered (`ctx.done().is_done()`, a
+    /// blocking wait) drops with one test.
+    #[inline]
     fn drop(&mut self) {
-        // The handle in `anchor` is given up after this, when the field is
-        // dropped.
-        if let Some(anchor) = &self.anchor
-            && let Some(task) = self.task.take()
-        {
-            // SAFETY: registered on this node's waiter list, a `CancelNode`'s;
-            // our handle keeps it alive.
-            unsafe { task.cancel(&anchor.as_ptr().cast::<CancelNode>().as_ref().waiters) };
+        // An owned anchor's handle is given up after this, when the field
+        // is dropped.
+        if self.task.is_some() {
+            self.withdraw_slow();
         }
     }
 }
 
-impl Done {
+impl Done<'_> {
+    /// Withdraws the registered waiter entry (a dropped pending future).
+    #[cold]
+    fn withdraw_slow(&mut self) {
+        if let Some(task) = self.task.take()
+            && let Some(node) = self.anchor.node()
+        {
+            // SAFETY: registered on this node's waiter list (`into_owned`
+            // keeps the node); alive through `anchor`.
+            unsafe { task.cancel(&node.waiters) };
+        }
+    }
+}
+
+impl Done<'_> {
     /// The context's error and cause, once done.
     pub(crate) fn error(&self) -> Option<ContextError> {
         let node = self.node()?;
@@ -259,11 +397,50 @@ impl Done {
     }
 }
 
-impl fmt::Debug for Done {
+impl fmt::Debug for Done<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Done")
-            .field("cancellable", &self.anchor.is_some())
+            .field("cancellable", &!matches!(self.anchor, Anchor::Never))
+            .field("owned", &matches!(self.anchor, Anchor::Owned(_)))
             .field("done", &self.is_done())
             .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::Context;
+
+    /// The handle count of `ctx`'s anchor.
+    fn handles(ctx: &Context) -> usize {
+        ctx.anchor().expect("cancellable").node.handle_count()
+    }
+
+    /// API rule 13: `done()` borrows, taking no handle; `done_owned()`,
+    /// `into_owned()` and cloning an owned `Done` take one each, given
+    /// back on drop.
+    #[test]
+    fn done_takes_no_handle_and_done_owned_takes_one() {
+        let (ctx, cancel) = Context::background().with_cancel();
+        let before = handles(&ctx);
+        let done = ctx.done();
+        let borrowed_clone = done.clone();
+        assert_eq!(handles(&ctx), before, "done() and its clone take no handle");
+        let owned = ctx.done_owned();
+        assert_eq!(handles(&ctx), before + 1, "done_owned() takes one");
+        let owned_clone = owned.clone();
+        let into = borrowed_clone.into_owned();
+        assert_eq!(handles(&ctx), before + 3);
+        drop((owned, owned_clone, into));
+        assert_eq!(handles(&ctx), before);
+        // Through a value layer: still the anchor, still no handle.
+        let valued = ctx.with_value(7u8);
+        let before = handles(&ctx);
+        let via_value = valued.done();
+        assert_eq!(handles(&ctx), before);
+        cancel.cancel();
+        assert!(done.is_done() && via_value.is_done());
+        drop((done, via_value));
+        assert_eq!(handles(&ctx), before);
     }
 }

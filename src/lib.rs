@@ -13,7 +13,7 @@
 //! | `WithCancelCause(p)`            | [`p.with_cancel_cause()`](Context::with_cancel_cause) |
 //! | `WithValue(p, k, v)`            | [`p.with_value(v)`](Context::with_value) (the key is `v`'s type) |
 //! | `WithoutCancel(p)`              | [`p.without_cancel()`](Context::without_cancel) |
-//! | `ctx.Done()`                    | [`ctx.done()`](Context::done) → [`Done`] |
+//! | `ctx.Done()`                    | [`ctx.done()`](Context::done) → [`Done<'_>`](Done) (borrows); [`ctx.done_owned()`](Context::done_owned) → `Done<'static>` to keep or move |
 //! | `<-ctx.Done()`                  | `ctx.done().wait()` or `ctx.done().await` |
 //! | `select` with a timer           | [`Done::wait_timeout`], [`Done::wait_deadline`] |
 //! | `ctx.Err()`                     | [`ctx.err()`](Context::err) → `Option<`[`Error`]`>` |
@@ -91,6 +91,11 @@
 //!   derived context: one allocation (registration with the parent
 //!   included). `cancel()`: no allocation; it wakes every waiter of the
 //!   subtree before returning.
+//! * `ctx.done()` borrows the context: no reference count, no shared
+//!   write, no allocation (`done_owned()` takes one reference count). An
+//!   awaited `Done` takes a waiter entry from a few spares its thread keeps
+//!   and gives it back when dropped: a `select!` loop on `ctx.done()`
+//!   allocates nothing in steady state.
 //! * A deadline context is the same one allocation (its timer entry lives in
 //!   the node); one shared timer thread, started by the first deadline
 //!   context, expires deadlines.

@@ -250,6 +250,13 @@ impl Node {
         &self.parent
     }
 
+    /// The handle count, for unit tests (`done.rs`: `done()` takes none).
+    #[cfg(test)]
+    pub(crate) fn handle_count(&self) -> usize {
+        // Ordering: Relaxed — read on the only thread that uses the node.
+        self.handles.load(Ordering::Relaxed)
+    }
+
     /// Takes one more handle (`NodeRef::clone`, `NodeRef::acquire`).
     #[inline]
     fn acquire(&self) {

@@ -9,7 +9,7 @@ use crate::on_done::OnDone;
 
 /// With the `crossbeam-channel` feature: `select!` on a context beside
 /// other channels.
-impl Done {
+impl Done<'_> {
     /// A receiver that is disconnected once the context is done (`recv`
     /// returns `Err`, and a `select!` arm on it fires): Go's
     /// `case <-ctx.Done():` for [`crossbeam_channel::select!`]. Built on

@@ -119,6 +119,7 @@
 //!    relinking CAS fails, and it withdraws the entry itself).
 
 use core::ptr::NonNull;
+use core::time::Duration;
 use std::time::Instant;
 
 use crate::error::Cause;
@@ -285,11 +286,14 @@ unsafe fn release_memory(entry: NonNull<TimerEntry>) {
 /// pointer with its node's provenance; the caller holds handles on the node
 /// and gives the wheel (or, under loom, the test) one memory reference it
 /// counted for it (invariant 2).
-pub(crate) unsafe fn arm(entry: NonNull<TimerEntry>, deadline: Instant, now: Instant) {
+///
+/// `remaining`: how far `deadline` lies after the caller's latest clock
+/// reading (not zero); the wheel places the entry by it.
+pub(crate) unsafe fn arm(entry: NonNull<TimerEntry>, deadline: Instant, remaining: Duration) {
     // SAFETY: the node's memory is kept alive by the caller's reference,
     // which the timer now owns. `submit` sets `ARMED` once the entry is
     // linked, so a disarm never removes an entry that is not linked yet.
-    unsafe { imp::submit(entry, deadline, now) };
+    unsafe { imp::submit(entry, deadline, remaining) };
 }
 
 /// Disarms the timer `entry` if it is armed (invariant 1). Called on every
@@ -689,10 +693,14 @@ mod imp {
     ///
     /// `node` is armed and the caller gives the list the memory reference
     /// it took for it.
-    pub(super) unsafe fn submit(node: NonNull<TimerEntry>, deadline: Instant, now: Instant) {
+    pub(super) unsafe fn submit(node: NonNull<TimerEntry>, deadline: Instant, remaining: Duration) {
         let timer = timer();
         let when = timer.nanos(deadline);
-        let slot = slot_of(when, timer.nanos(now));
+        // The caller's clock reading, from `remaining` rather than a second
+        // `Instant` subtraction (it only places the entry; a reading from
+        // before the wheel's base counts as the base).
+        let remaining = u64::try_from(remaining.as_nanos()).unwrap_or(u64::MAX);
+        let slot = slot_of(when, when.saturating_sub(remaining));
         // (A thread-local destructor arming a deadline gets stripe 0.)
         let stripe = STRIPE.try_with(|stripe| *stripe).unwrap_or(0);
         // SAFETY: the reference keeps the node valid.
@@ -884,7 +892,11 @@ mod imp {
     /// # Safety
     ///
     /// As the std `submit`: the test's `ArmedTimer` takes the reference.
-    pub(super) unsafe fn submit(node: NonNull<TimerEntry>, _deadline: Instant, _now: Instant) {
+    pub(super) unsafe fn submit(
+        node: NonNull<TimerEntry>,
+        _deadline: Instant,
+        _remaining: core::time::Duration,
+    ) {
         // SAFETY: the caller's reference keeps the node valid.
         let entry = unsafe { node.as_ref() };
         // Ordering: Relaxed — the test's hooks run on this thread or after

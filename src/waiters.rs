@@ -12,11 +12,17 @@
 //! * **Blocking waits** use a per-thread cached entry: once a thread has
 //!   waited, later untimed waits reuse it and allocate nothing. The entry is
 //!   reused only when no list holds a reference to it any more.
-//! * **Async waits** (`Done` as a `Future`) allocate one entry on their first
-//!   pending poll and keep it for the life of that `Done`.
+//! * **Async waits** (`Done` as a `Future`) take an entry on their first
+//!   pending poll and keep it for the life of that `Done`. The entry comes
+//!   from the polling thread's spares (`SPARE_TASKS`, a few entries per
+//!   thread) when one is free, and goes back to the spares of the thread
+//!   that drops the `Done`: a `select!` loop that makes a fresh `done()`,
+//!   polls it pending and drops it on every iteration allocates nothing in
+//!   steady state (invariant 4).
 //! * A waiter that gives up (a timed-out wait, a dropped future) removes its
 //!   entry logically; the list unlinks it later (amortised) and drops it.
-//!   A dropped future also drops its waker at once.
+//!   A dropped future also drops its waker at once (unless a cancellation
+//!   froze its entry first: that one wakes the waker and drops it).
 //!
 //! # The entry's state word
 //!
@@ -33,13 +39,32 @@
 //!    holder of the cell: a poller between setting and clearing
 //!    `REGISTERING` (and only if `NOTIFIED` was clear when it set it), or the
 //!    closer after setting `NOTIFIED` while `REGISTERING` was clear. The two
-//!    `fetch_or`s are totally ordered, so at most one holds it.
+//!    `fetch_or`s are totally ordered, so at most one holds it. A closer
+//!    that found `REGISTERING` set never comes back, so the poller that
+//!    then sees `NOTIFIED` in its clearing `fetch_and` keeps the cell; a
+//!    withdrawing owner whose `remove` marked the entry before any closer
+//!    froze it holds the cell too (a closer never notifies a removed
+//!    entry); and an entry no list holds (count 1) is its owner's alone
+//!    (invariant 4).
 //! 2. An entry is reused (blocking waits) only when its count is 1: no list
 //!    and no deferred release can touch it.
 //! 3. The closer notifies a thread entry and drops the list's reference in a
 //!    single `fetch_sub` when it may release immediately, so a thread that
 //!    sees `NOTIFIED` also sees its entry free for reuse: untimed waits on
 //!    the steady path allocate nothing.
+//! 4. A task entry is taken from a thread's spares only when its count is 1
+//!    (as in invariant 2): the list has given up its reference — unlinked
+//!    by the withdrawing `remove` (at the head, the usual case), by a
+//!    cleanup pass or an epoch-deferred release, or released by the closer
+//!    after notifying — so no closer, cleanup pass or deferred release can
+//!    still read its link or its waker cell. The Acquire load of that count
+//!    pairs with the AcqRel decrement that gave the list's reference up.
+//!    A spare may still be linked (count 2, withdrawn but not yet
+//!    unlinked): it is skipped, and evicted (its reference dropped, the
+//!    list frees it) when a returning entry needs its slot. A spare's
+//!    waker cell is empty: withdrawing drops the waker, the closer takes
+//!    it, and a poll that holds the cell when the closer comes (so the
+//!    closer skips it) drops it; taking a spare overwrites the cell anyway.
 
 use core::ptr;
 use core::task::{Context as TaskContext, Poll, Waker};
@@ -450,7 +475,124 @@ pub(crate) fn park_on(list: &WaiterList, deadline: Option<Instant>) -> bool {
     })
 }
 
-/// The async half: one entry per `Done` future.
+/// How many spare task entries a thread keeps (invariant 4): one per
+/// `Done` a task on this thread typically has pending at once, plus room
+/// for entries that are withdrawn but not yet unlinked.
+const SPARE_TASK_ENTRIES: usize = 4;
+
+/// The calling thread's spare task entries: each slot owns one reference,
+/// or is null (invariant 4).
+struct SpareTasks([core::cell::Cell<*const Waiter>; SPARE_TASK_ENTRIES]);
+
+impl Drop for SpareTasks {
+    fn drop(&mut self) {
+        // loom drops a thread's thread-locals in hash-map order, so a
+        // destructor here that touched a modelled atomic would make the
+        // schedule differ between runs next to crossbeam-epoch's own
+        // thread-local ("is the model fully deterministic?"). Under loom the
+        // spares are leaked instead (plain memory: no waker, no loom `Arc`).
+        if cfg!(loom) {
+            return;
+        }
+        for slot in &self.0 {
+            let waiter = slot.get();
+            if !waiter.is_null() {
+                // SAFETY: the slot owns one reference.
+                unsafe { Waiter::release_ref(waiter) };
+            }
+        }
+    }
+}
+
+#[cfg(not(loom))]
+thread_local! {
+    static SPARE_TASKS: SpareTasks =
+        const { SpareTasks([const { core::cell::Cell::new(ptr::null()) }; SPARE_TASK_ENTRIES]) };
+}
+
+// loom's `thread_local!` has no `const` initialisers.
+#[cfg(loom)]
+thread_local! {
+    static SPARE_TASKS: SpareTasks =
+        SpareTasks([const { core::cell::Cell::new(ptr::null()) }; SPARE_TASK_ENTRIES]);
+}
+
+/// Whether no list holds a reference on `waiter` any more: its count is 1,
+/// the caller's (invariant 4).
+///
+/// # Safety
+///
+/// The caller owns a reference on `waiter`.
+#[inline]
+unsafe fn is_unshared(waiter: *const Waiter) -> bool {
+    // SAFETY: the caller's reference keeps the entry alive.
+    let entry = unsafe { &*waiter };
+    // Ordering: Acquire — pairs with the AcqRel decrement that gave up the
+    // list's reference (`release_ref`), so the closer's, the cleanup
+    // passes' and the remover's accesses to the entry happen before ours.
+    entry.state.load(Ordering::Acquire) / REF == 1
+}
+
+/// A spare task entry of this thread that no list holds any more, with one
+/// reference (ours) and a clean state word; `None` if there is none.
+#[inline]
+fn take_spare_task() -> Option<*const Waiter> {
+    let spare = SPARE_TASKS
+        .try_with(|spares| {
+            spares.0.iter().find_map(|slot| {
+                let waiter = slot.get();
+                // SAFETY: the slot owns a reference.
+                (!waiter.is_null() && unsafe { is_unshared(waiter) }).then(|| {
+                    slot.set(ptr::null());
+                    waiter
+                })
+            })
+        })
+        .ok()
+        .flatten()?;
+    // SAFETY: the count is 1 and that reference is ours (invariant 4): the
+    // entry is exclusively ours until we push it. Clears `NOTIFIED` and
+    // `REGISTERING` from its last use.
+    // Ordering: Relaxed — published by the push's Release CAS.
+    unsafe { (*spare).state.store(REF, Ordering::Relaxed) };
+    Some(spare)
+}
+
+/// Gives a task entry (the caller's reference on it) back to this thread's
+/// spares: into an empty slot, else in place of a spare that a list still
+/// holds (whose reference is dropped: the list frees it). With no room, or
+/// while the thread-local is being destroyed, the reference is dropped.
+fn recycle_task(waiter: *const Waiter) {
+    let kept = SPARE_TASKS
+        .try_with(|spares| {
+            let slot = spares
+                .0
+                .iter()
+                .find(|slot| slot.get().is_null())
+                .or_else(|| {
+                    spares.0.iter().find(|slot| {
+                        // SAFETY: the slot owns a reference.
+                        !unsafe { is_unshared(slot.get()) }
+                    })
+                });
+            slot.map(|slot| {
+                let evicted = slot.replace(waiter);
+                if !evicted.is_null() {
+                    // SAFETY: the slot's reference, given up.
+                    unsafe { Waiter::release_ref(evicted) };
+                }
+            })
+            .is_some()
+        })
+        .unwrap_or(false);
+    if !kept {
+        // SAFETY: the caller's reference, given up.
+        unsafe { Waiter::release_ref(waiter) };
+    }
+}
+
+/// The async half: one entry per `Done` future, taken from the thread's
+/// spares and given back to them (invariant 4).
 #[derive(Debug)]
 pub(crate) struct TaskWaiter(*const Waiter);
 
@@ -460,19 +602,39 @@ unsafe impl Send for TaskWaiter {}
 unsafe impl Sync for TaskWaiter {}
 
 impl TaskWaiter {
-    /// Registers a new entry with `waker`. `Err` means the list is closed
-    /// (the node is done).
+    /// Registers an entry with `waker`: a spare of this thread, or a new
+    /// one. `Err` means the list is closed (the node is done).
     pub(crate) fn register(list: &WaiterList, waker: &Waker) -> Result<TaskWaiter, ()> {
-        let waiter = Waiter::alloc(WaiterKind::Task(waker.clone()));
-        // SAFETY: fresh entry, exclusively ours.
-        unsafe { (*waiter).state.store(2 * REF, Ordering::Relaxed) };
+        let waiter = match take_spare_task() {
+            Some(waiter) => {
+                // SAFETY: our reference keeps the entry alive.
+                let entry = unsafe { &*waiter };
+                // SAFETY: exclusively ours (invariant 4): no list holds it,
+                // so nobody else reads the cell.
+                let old = entry
+                    .waker
+                    .with_mut(|cell| unsafe { (*cell).replace(waker.clone()) });
+                drop(old);
+                waiter
+            }
+            None => Waiter::alloc(WaiterKind::Task(waker.clone())),
+        };
+        // SAFETY: exclusively ours (count 1, our reference).
+        let entry = unsafe { &*waiter };
+        // The list's reference, counted before linking.
+        // Ordering: Relaxed — published by the push's Release CAS.
+        entry.state.store(2 * REF, Ordering::Relaxed);
         // SAFETY: valid and unlinked; kept alive by our reference and the
         // list's.
         match unsafe { list.push(waiter) } {
             Ok(()) => Ok(TaskWaiter(waiter)),
             Err(_) => {
-                // SAFETY: never linked: we hold both references.
-                drop(unsafe { Box::from_raw(waiter as *mut Waiter) });
+                // Never linked: still exclusively ours.
+                entry.state.store(REF, Ordering::Relaxed);
+                // SAFETY: exclusively ours.
+                let waker = entry.waker.with_mut(|cell| unsafe { (*cell).take() });
+                drop(waker);
+                recycle_task(waiter);
                 Err(())
             }
         }
@@ -503,39 +665,50 @@ impl TaskWaiter {
         // closer that came while we held it (it did not take the waker).
         let prev = entry.state.fetch_and(!REGISTERING, Ordering::AcqRel);
         if prev & NOTIFIED != 0 {
+            // The closer came while we held the cell and left the waker:
+            // nobody else touches the cell again (notified once; withdrawing
+            // is ours), so drop it now rather than keep it in a spare
+            // (invariant 4).
+            // SAFETY: invariant 1 — the closer gave the cell up for good.
+            let waker = entry.waker.with_mut(|cell| unsafe { (*cell).take() });
+            drop(waker);
             Poll::Ready(())
         } else {
             Poll::Pending
         }
     }
 
-    /// Gives the entry up: drops its waker now, removes it from `list`.
+    /// Gives the entry up: removes it from `list` and, unless a closer got
+    /// to it first, drops its waker now.
     ///
     /// # Safety
     ///
     /// `list` is the list this entry was registered on, and it is alive.
     pub(crate) unsafe fn cancel(self, list: &WaiterList) {
         let this = self.0;
-        // SAFETY: our reference keeps the entry alive.
-        let entry = unsafe { &*this };
-        // Ordering: AcqRel — invariant 1.
-        let prev = entry.state.fetch_or(REGISTERING, Ordering::AcqRel);
-        if prev & NOTIFIED == 0 {
-            // SAFETY: we hold the cell (invariant 1) and keep it: no closer
-            // will touch it, since REGISTERING stays set.
+        // SAFETY: registered on `list`, alive (our reference).
+        if unsafe { list.remove(this) } {
+            // Our mark came before any closer's freeze (list invariant 2),
+            // so no closer will notify the entry: the cell is ours
+            // (invariant 1), with no `REGISTERING` claim (one RMW less on
+            // the `select!`-loop path). Otherwise the closer froze it first
+            // and notifies it: it takes the waker (a spurious wake-up of a
+            // task that dropped its future, which futures allow) or finds a
+            // poll's `REGISTERING`, which no `Done` leaves set.
+            // SAFETY: our reference keeps the entry alive.
+            let entry = unsafe { &*this };
+            // SAFETY: see above — no other party touches the cell.
             let waker = entry.waker.with_mut(|cell| unsafe { (*cell).take() });
             drop(waker);
-            // SAFETY: registered on `list`, alive.
-            unsafe { list.remove(this) };
         }
-        // SAFETY: our reference, given up.
-        unsafe { Waiter::release_ref(this) };
+        // Usually unlinked by the `remove` above (our entry at the head), so
+        // free for the next `register` of this thread.
+        recycle_task(this);
     }
 
-    /// Drops the entry after it was notified (nothing left to withdraw).
+    /// Gives the entry back after it was notified (nothing left to
+    /// withdraw).
     pub(crate) fn finish(self) {
-        let this = self.0;
-        // SAFETY: our reference, given up.
-        unsafe { Waiter::release_ref(this) };
+        recycle_task(self.0);
     }
 }

@@ -2,7 +2,8 @@
 //! "Types": roots allocate nothing, one allocation per derived context,
 //! deadline contexts included, `cancel()` allocates nothing, untimed waits
 //! allocate nothing once the thread has waited before, an after-func is at
-//! most one allocation and stopping it none).
+//! most one allocation and stopping it none; API.md rule 13: `done()` and a
+//! `select!`-loop iteration on it allocate nothing in steady state).
 //!
 //! The counting allocator counts only allocations made by the thread that
 //! is inside [`count`], so tests running in parallel, helper threads and the
@@ -10,11 +11,14 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::future::Future;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Barrier, mpsc};
+use std::task::{Context as TaskContext, Wake, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use goctx::{Context, Error};
+use goctx::{Context, Done, Error};
 
 /// Counts allocations (including reallocations) of the current thread while
 /// its `ENABLED` flag is set.
@@ -248,21 +252,25 @@ fn cancel_of_a_tree_with_a_blocked_waiter_allocates_nothing() {
     // Blocked waiters: on the root, on a grandchild, and an async-free
     // timed wait that would run for a minute.
     let start = Arc::new(Barrier::new(4));
-    let waiters: Vec<_> = [root.done(), tree[0].0.done(), tree[tree.len() - 1].0.done()]
-        .into_iter()
-        .enumerate()
-        .map(|(i, done)| {
-            let start = Arc::clone(&start);
-            thread::spawn(move || {
-                start.wait();
-                if i == 2 {
-                    assert!(done.wait_timeout(Duration::from_secs(60)));
-                } else {
-                    done.wait();
-                }
-            })
+    let waiters: Vec<_> = [
+        root.done_owned(),
+        tree[0].0.done_owned(),
+        tree[tree.len() - 1].0.done_owned(),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, done)| {
+        let start = Arc::clone(&start);
+        thread::spawn(move || {
+            start.wait();
+            if i == 2 {
+                assert!(done.wait_timeout(Duration::from_secs(60)));
+            } else {
+                done.wait();
+            }
         })
-        .collect();
+    })
+    .collect();
     start.wait();
     // Give the waiters time to park (the count is the canceller's either
     // way; this makes `cancel()` take the wake-up path).
@@ -354,7 +362,7 @@ fn dropping_allocates_nothing() {
 
     // A child with a Done handle and a value layer, dropped piecewise.
     let (child, child_cancel) = parent.with_cancel_cause();
-    let done = child.done();
+    let done = child.done_owned();
     let valued = child.with_value(Other(3));
     assert_allocs("dropping a child, its Done and value layer", 0, || {
         drop(child);
@@ -423,6 +431,89 @@ fn blocking_wait_allocates_nothing_on_the_steady_path() {
     assert_allocs("wait_timeout() on a done context", 0, || {
         assert!(ctx.done().wait_timeout(Duration::from_secs(1)));
     });
+}
+
+/// A waker whose clones are reference counts (as a runtime's are): made
+/// outside the counted regions.
+struct NoopWake;
+
+impl Wake for NoopWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+/// One iteration of a `select!` loop on `done`: polled once, pending (its
+/// waker registered), then dropped (withdrawn).
+fn select_iteration(done: Done<'_>, waker: &Waker) {
+    let mut done = pin!(done);
+    let poll = done.as_mut().poll(&mut TaskContext::from_waker(waker));
+    assert!(poll.is_pending());
+}
+
+/// API rule 13: `ctx.done()` borrows (making and dropping one allocates
+/// nothing), and a `select!`-loop iteration — a fresh `Done` polled pending
+/// once, then dropped — allocates nothing in steady state, with `done()` and
+/// with `done_owned()`, also with another task's future pending on the same
+/// context. At bdad359 every such iteration allocated one waiter entry.
+#[test]
+fn select_loop_iteration_allocates_nothing_in_steady_state() {
+    warm_up();
+    let waker = Waker::from(Arc::new(NoopWake));
+    let (parent, cancel) = Context::background().with_cancel();
+    let ctx = parent.with_value(RequestId(1));
+    assert_allocs("ctx.done() made and dropped", 0, || drop(ctx.done()));
+    assert_allocs("ctx.done().is_done()", 0, || assert!(!ctx.done().is_done()));
+
+    // Warm-up: the thread's first pending poll may allocate its spare entry.
+    select_iteration(ctx.done(), &waker);
+    let borrowed: Vec<usize> = (0..100)
+        .map(|_| count(|| select_iteration(ctx.done(), &waker)).1)
+        .collect();
+    assert_eq!(borrowed, vec![0; 100], "select! iterations on ctx.done()");
+    let owned: Vec<usize> = (0..100)
+        .map(|_| count(|| select_iteration(ctx.done_owned(), &waker)).1)
+        .collect();
+    assert_eq!(
+        owned,
+        vec![0; 100],
+        "select! iterations on ctx.done_owned()"
+    );
+
+    // Another future stays pending on the same context (registered before
+    // the loop, on another thread): the loop's entry is still withdrawn at
+    // once and reused.
+    let mut other = parent.done_owned();
+    let other_waker = Waker::from(Arc::new(NoopWake));
+    let mut other = thread::spawn(move || {
+        let poll = Pin::new(&mut other).poll(&mut TaskContext::from_waker(&other_waker));
+        assert!(poll.is_pending());
+        other
+    })
+    .join()
+    .unwrap();
+    let shared: Vec<usize> = (0..100)
+        .map(|_| count(|| select_iteration(ctx.done(), &waker)).1)
+        .collect();
+    assert_eq!(
+        shared,
+        vec![0; 100],
+        "select! iterations beside a pending future"
+    );
+
+    // The loop ends when the context is done; the pending future is woken.
+    cancel.cancel();
+    let mut done = ctx.done();
+    assert_allocs("polling ctx.done() once it is done", 0, || {
+        assert!(
+            Pin::new(&mut done)
+                .poll(&mut TaskContext::from_waker(&waker))
+                .is_ready()
+        );
+    });
+    assert!(
+        Pin::new(&mut other)
+            .poll(&mut TaskContext::from_waker(&waker))
+            .is_ready()
+    );
 }
 
 #[test]

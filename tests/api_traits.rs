@@ -19,6 +19,7 @@ fn clone_debug<T: Clone + Debug>() {}
 fn public_types_have_the_promised_traits() {
     send_sync::<Context>();
     send_sync::<Done>();
+    send_sync::<Done<'static>>();
     send_sync::<CancelFunc>();
     send_sync::<CancelCauseFunc>();
     send_sync::<Error>();
@@ -114,4 +115,27 @@ fn disarmed_guard_does_not_cancel() {
     let cancel = cancel.guard().disarm();
     cancel.cancel();
     assert_eq!(ctx.err(), Some(Error::Canceled));
+}
+
+/// API rule 13: `done()` borrows the context (so it moves into a scoped
+/// thread), `done_owned()` and `into_owned()` give a `Done<'static>` that
+/// outlives every clone of the context.
+#[test]
+fn borrowed_and_owned_done() {
+    let (ctx, cancel) = Context::background().with_cancel();
+    std::thread::scope(|scope| {
+        let borrowed = ctx.done();
+        let waiter = scope.spawn(move || borrowed.wait());
+        cancel.cancel();
+        waiter.join().unwrap();
+    });
+
+    let (ctx, cancel) = Context::background().with_cancel();
+    let owned: Done<'static> = ctx.done_owned();
+    let into: Done<'static> = ctx.done().into_owned();
+    drop(ctx);
+    let waiter = std::thread::spawn(move || owned.wait());
+    cancel.cancel();
+    waiter.join().unwrap();
+    assert!(into.is_done());
 }

@@ -181,6 +181,75 @@ fn dropped_future_leaves_no_waiter_behind() {
     );
 }
 
+/// Waiter entries are reused (API rule 13: a thread keeps spares): an entry
+/// that was notified, one withdrawn at the head of the list and one
+/// withdrawn behind another entry each serve a later future on another
+/// context, which is woken exactly once, while none of the earlier wakers
+/// is woken again or kept.
+#[test]
+fn reused_waiter_entries_wake_only_their_new_future() {
+    let first = Arc::new(CountingWaker::default());
+    let first_waker = Waker::from(Arc::clone(&first));
+    // Notified, then dropped without a second poll.
+    let (a, cancel_a) = Context::background().with_cancel();
+    let mut notified = a.done();
+    assert_eq!(poll_once(&mut notified, &first_waker), Poll::Pending);
+    cancel_a.cancel();
+    assert_eq!(first.wakes(), 1);
+    drop(notified);
+
+    // Withdrawn behind a later entry (left linked, marked), and at the
+    // head (unlinked at once).
+    let (b, cancel_b) = Context::background().with_cancel();
+    let withdrawn = Arc::new(CountingWaker::default());
+    let withdrawn_waker = Waker::from(Arc::clone(&withdrawn));
+    let mut behind = b.done();
+    let mut ahead = b.done();
+    assert_eq!(poll_once(&mut behind, &withdrawn_waker), Poll::Pending);
+    assert_eq!(poll_once(&mut ahead, &withdrawn_waker), Poll::Pending);
+    drop(behind);
+    drop(ahead);
+    for _ in 0..10 {
+        let mut done = b.done();
+        assert_eq!(poll_once(&mut done, &withdrawn_waker), Poll::Pending);
+    }
+
+    // New futures on a third context, on this thread's reused entries, and
+    // one moved to another thread to be dropped there.
+    let (c, cancel_c) = Context::background().with_cancel();
+    let later: Vec<_> = (0..3).map(|_| Arc::new(CountingWaker::default())).collect();
+    let mut futures: Vec<_> = later
+        .iter()
+        .map(|waker| {
+            let mut done = c.done_owned();
+            let waker = Waker::from(Arc::clone(waker));
+            assert_eq!(poll_once(&mut done, &waker), Poll::Pending);
+            done
+        })
+        .collect();
+    let moved = futures.pop().unwrap();
+    thread::spawn(move || drop(moved)).join().unwrap();
+    cancel_b.cancel();
+    cancel_c.cancel();
+    assert_eq!(first.wakes(), 1, "a notified entry's old waker woke again");
+    assert_eq!(withdrawn.wakes(), 0, "a withdrawn future was woken");
+    assert_eq!(later[0].wakes(), 1);
+    assert_eq!(later[1].wakes(), 1);
+    assert_eq!(
+        later[2].wakes(),
+        0,
+        "the future dropped on another thread was woken"
+    );
+    for waker in [&first, &withdrawn] {
+        // No entry, spare or linked, still holds a clone of an old waker.
+        assert_eq!(Arc::strong_count(waker), 2);
+    }
+    for mut done in futures {
+        assert_eq!(poll_once(&mut done, Waker::noop()), Poll::Ready(()));
+    }
+    drop((a, b));
+}
+
 #[test]
 fn dropping_futures_while_cancelling_never_hangs() {
     let (ctx, cancel) = Context::background().with_cancel();

@@ -252,7 +252,7 @@ fn churn_with_concurrent_timed_waits() {
     // timeouts (a done check), some that register, park and give up.
     let waiters: Vec<_> = (0..2)
         .map(|t| {
-            let done = parent.done();
+            let done = parent.done_owned();
             let go = Arc::clone(&go);
             thread::spawn(move || {
                 go.wait();
@@ -274,7 +274,7 @@ fn churn_with_concurrent_timed_waits() {
     // An untimed waiter and an async-free deadline waiter, woken by cancel.
     let blocked: Vec<_> = (0..2)
         .map(|t| {
-            let done = parent.done();
+            let done = parent.done_owned();
             let go = Arc::clone(&go);
             thread::spawn(move || {
                 go.wait();

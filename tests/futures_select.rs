@@ -63,7 +63,7 @@ fn run_until_done_in_futures_select() {
     let (ctx, _cancel) = Context::background().with_cancel();
     let mut work = std::pin::pin!(ctx.run_until_done(async { 5 }));
     assert!(!work.is_terminated());
-    let mut never = Context::background().done();
+    let mut never = Context::background().done_owned();
     let got = block_on(async {
         futures_util::select_biased! {
             r = work => r.unwrap(),

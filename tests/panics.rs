@@ -55,7 +55,7 @@ fn panicking_waker_does_not_half_cancel() {
 
     // A parked thread on the child.
     let waiter = {
-        let done = child.done();
+        let done = child.done_owned();
         std::thread::spawn(move || {
             done.wait_timeout(Duration::from_secs(if cfg!(miri) { 600 } else { 10 }))
         })

@@ -203,7 +203,7 @@ enum Canceller {
 /// A `Done` future polled once and left pending, with the flag its waker
 /// sets.
 struct PendingPoll {
-    fut: Done,
+    fut: Done<'static>,
     flag: Arc<Flag>,
 }
 
@@ -732,7 +732,7 @@ fn poll(shared: &Shared, rng: &mut Rng) {
     let mut p = match e.pending.take() {
         Some(p) if rng.chance(50) => p,
         _ => PendingPoll {
-            fut: e.ctx.done(),
+            fut: e.ctx.done_owned(),
             flag: Arc::default(),
         },
     };
@@ -759,7 +759,7 @@ fn register_after(shared: &Shared, rng: &mut Rng) {
     });
     let f = {
         let probe = Arc::clone(&probe);
-        let done = ctx.done();
+        let done = ctx.done_owned();
         let tracked = tracked(What::AfterFunc);
         move || {
             let _tracked = tracked;
@@ -851,7 +851,7 @@ fn on_done_stop(shared: &Shared, rng: &mut Rng) {
     });
     let f = {
         let probe = Arc::clone(&probe);
-        let done = ctx.done();
+        let done = ctx.done_owned();
         move || {
             let id = probe.id;
             if probe.ran.fetch_add(1, SeqCst) != 0 {

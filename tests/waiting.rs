@@ -100,12 +100,12 @@ fn unbounded_limits_wait_for_cancel() {
     let (results, all_results) = mpsc::channel();
     let waiters = [
         thread::spawn({
-            let done = ctx.done();
+            let done = ctx.done_owned();
             let results = results.clone();
             move || results.send(("wait_timeout(MAX)", done.wait_timeout(Duration::MAX)))
         }),
         thread::spawn({
-            let done = ctx.done();
+            let done = ctx.done_owned();
             move || results.send(("wait_deadline(far)", done.wait_deadline(far_future)))
         }),
     ];
@@ -154,7 +154,7 @@ fn many_timed_out_waits_then_cancel_still_wakes() {
     // Waits long enough to register before giving up, from several threads.
     let timed_out: Vec<_> = (0..2)
         .map(|_| {
-            let done = ctx.done();
+            let done = ctx.done_owned();
             thread::spawn(move || {
                 for _ in 0..if cfg!(miri) { 10 } else { 500 } {
                     assert!(!done.wait_timeout(Duration::from_micros(20)));
@@ -171,7 +171,7 @@ fn many_timed_out_waits_then_cancel_still_wakes() {
 
     let (woken, final_woken) = mpsc::channel();
     let final_waiter = thread::spawn({
-        let done = ctx.done();
+        let done = ctx.done_owned();
         move || {
             done.wait();
             woken.send(()).expect("the test is listening");
@@ -194,7 +194,7 @@ fn short_timed_waits_racing_cancel_all_finish() {
     let (ctx, cancel) = Context::background().with_cancel();
     let (finished, all_finished) = mpsc::channel();
     for _ in 0..THREADS {
-        let done = ctx.done();
+        let done = ctx.done_owned();
         let finished = finished.clone();
         thread::spawn(move || {
             while !done.wait_timeout(Duration::from_micros(50)) {
@@ -242,7 +242,7 @@ fn done_of_value_and_without_cancel_children() {
 
     // Only its own cancel ends it.
     let waiter = thread::spawn({
-        let done = detached_child.done();
+        let done = detached_child.done_owned();
         move || done.wait_timeout(QUIESCENT)
     });
     cancel_detached_child.cancel();

@@ -17,7 +17,7 @@ use support::model;
 fn blocking_waiter_races_cancel() {
     model("blocking_waiter_races_cancel", || {
         let (ctx, cancel) = Context::background().with_cancel();
-        let done = ctx.done();
+        let done = ctx.done_owned();
         let waiter = thread::spawn(move || done.wait());
         cancel.cancel();
         waiter.join().unwrap();
@@ -30,7 +30,7 @@ fn blocking_waiter_races_cancel() {
 fn async_waiter_races_cancel() {
     model("async_waiter_races_cancel", || {
         let (ctx, cancel) = Context::background().with_cancel();
-        let done = ctx.done();
+        let done = ctx.done_owned();
         let waiter = thread::spawn(move || loom::future::block_on(done));
         cancel.cancel();
         waiter.join().unwrap();
@@ -42,8 +42,8 @@ fn async_waiter_races_cancel() {
 fn two_waiters_one_cancel() {
     model("two_waiters_one_cancel", || {
         let (ctx, cancel) = Context::background().with_cancel();
-        let a = ctx.done();
-        let b = ctx.done();
+        let a = ctx.done_owned();
+        let b = ctx.done_owned();
         let ta = thread::spawn(move || a.wait());
         let tb = thread::spawn(move || loom::future::block_on(b));
         cancel.cancel();
@@ -59,8 +59,8 @@ fn two_waiters_one_cancel() {
 fn dropped_future_races_cancel() {
     model("dropped_future_races_cancel", || {
         let (ctx, cancel) = Context::background().with_cancel();
-        let quitter = ctx.done();
-        let stayer = ctx.done();
+        let quitter = ctx.done_owned();
+        let stayer = ctx.done_owned();
         let t = thread::spawn(move || {
             let mut fut = pin!(quitter);
             let mut cx = TaskContext::from_waker(Waker::noop());
@@ -80,7 +80,7 @@ fn dropped_future_races_cancel() {
 fn repoll_races_cancel() {
     model("repoll_races_cancel", || {
         let (ctx, cancel) = Context::background().with_cancel();
-        let done = ctx.done();
+        let done = ctx.done_owned();
         let t = thread::spawn(move || {
             let mut fut = pin!(done);
             let mut cx = TaskContext::from_waker(Waker::noop());

@@ -256,8 +256,9 @@ impl TrackedList {
             // link reference keeps it alive.
             // Ordering: Relaxed — as `Owner::clone`.
             entry.refs.fetch_add(1, Ordering::Relaxed);
-            // SAFETY: `raw` is the pointer the list stored, from
-            // `Arc::into_raw` in `push` (full provenance: the new owner may
+            // SAFETY: `raw` carries the provenance the list exposed at the
+            // push, that of `Arc::into_raw` in `push` (full provenance, list
+            // invariant 8: the new owner may
             // be the one that frees, which a pointer made from `entry`, a
             // shared reference, must not do); the link reference's strong
             // count keeps it alive while we add one for the new owner.
