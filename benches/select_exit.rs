@@ -16,8 +16,9 @@
 //!
 //! Each round uses a fresh context. The worker is one long-lived thread,
 //! handed each round's body over a channel; the main thread waits until
-//! the worker has started the body, then sleeps [`SETTLE`] so that it is
-//! blocked before the cancel. Latencies are reported as p50/p99/max over
+//! the worker has started the body, then sleeps [`SETTLE`] plus a random
+//! 0–[`JITTER`] (so that the cancel falls at a random phase of a polling
+//! period) before the cancel. Latencies are reported as p50/p99/max over
 //! the rounds.
 //!
 //! ```text
@@ -33,11 +34,21 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{RecvTimeoutError, select, unbounded};
 use goctx::{CancelFunc, Context};
 
+/// splitmix64, shared with the tests: deterministic spread without a `rand`
+/// dependency.
+#[path = "../tests/support/rng.rs"]
+mod rng;
+
+use rng::Rng;
+
 /// Rounds per row unless given as the first argument.
 const DEFAULT_ROUNDS: usize = 2000;
 /// How long the main thread sleeps once the worker started a round's body,
 /// so that the worker is blocked when `cancel()` is called.
 const SETTLE: Duration = Duration::from_micros(200);
+/// Upper bound (µs) of the random extra sleep before each cancel: one
+/// polling period of the slower poll, so its phase is uniform.
+const JITTER: u64 = 1000;
 /// A callback or worker that has not reported after this long is a failure.
 const GIVE_UP: Duration = Duration::from_secs(10);
 
@@ -74,7 +85,7 @@ impl Worker {
 
     /// One round: hands `body` over, lets it block, cancels, returns the
     /// latency from just before `cancel()` to the body's `Instant`.
-    fn round(&self, body: Body, cancel: CancelFunc) -> Duration {
+    fn round(&self, body: Body, cancel: CancelFunc, rng: &mut Rng) -> Duration {
         let started = Arc::new(AtomicBool::new(false));
         self.bodies
             .send((body, started.clone()))
@@ -83,7 +94,7 @@ impl Worker {
             std::hint::spin_loop();
             thread::yield_now();
         }
-        thread::sleep(SETTLE);
+        thread::sleep(SETTLE + rng.micros(JITTER));
         let t0 = Instant::now();
         cancel.cancel();
         let t1 = self.exits.recv_timeout(GIVE_UP).expect("worker exited");
@@ -172,6 +183,7 @@ fn wait_body(ctx: &Context) -> Body {
 
 fn select_exit(rounds: usize, worker: &Worker) -> Vec<Row> {
     let (_jobs_tx, jobs) = unbounded::<u32>();
+    let mut rng = Rng::from_clock();
     type Make<'a> = Box<dyn Fn(&Context) -> Body + 'a>;
     let signals: Vec<(String, Make)> = vec![
         (
@@ -202,7 +214,7 @@ fn select_exit(rounds: usize, worker: &Worker) -> Vec<Row> {
                 .map(|_| {
                     let (ctx, cancel) = Context::background().with_cancel();
                     let body = make(&ctx);
-                    worker.round(body, cancel)
+                    worker.round(body, cancel, &mut rng)
                 })
                 .collect();
             Row {
@@ -291,7 +303,9 @@ fn main() {
         cpu_model(),
         thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("rounds: {rounds}, settle before cancel: {SETTLE:?}; latencies in µs\n");
+    println!(
+        "rounds: {rounds}, settle before cancel: {SETTLE:?} + U(0, {JITTER} µs); latencies in µs\n"
+    );
     println!("| bench | signal | rounds | p50 µs | p99 µs | max µs |");
     println!("|---|---|---:|---:|---:|---:|");
     let begin = Instant::now();
