@@ -203,6 +203,24 @@ struct After {
     holds: Tri,
 }
 
+/// An `on_done` registration (API.md 14).
+#[derive(Debug)]
+struct OnDoneReg {
+    anchor: Option<usize>,
+    /// Whether the `OnDone` holds its anchor: only when it registered, i.e.
+    /// the context was not done yet (`Maybe` under a near deadline).
+    holds: Tri,
+    /// The `OnDone` is still held.
+    handle: bool,
+    /// A `stop()` was called.
+    stop_called: bool,
+    /// A `stop()` returned true: `f` must never run.
+    stopped: bool,
+    /// Once stopped, dropped, or seen run: the run count can no longer
+    /// change.
+    frozen: Option<usize>,
+}
+
 /// Whether an after-func holds its anchor: its `AfterFunc` does while held
 /// (until a `stop()` that returns true gives it up); the pending entry
 /// itself does only when a deadline is on the anchor's path, until the
@@ -253,6 +271,7 @@ pub(crate) enum Verdict {
 pub(crate) struct Model {
     nodes: Vec<Node>,
     afters: Vec<After>,
+    on_dones: Vec<OnDoneReg>,
     clock: u64,
 }
 
@@ -274,6 +293,7 @@ impl Model {
         Model {
             nodes: vec![root(Kind::Background), root(Kind::Todo)],
             afters: Vec::new(),
+            on_dones: Vec::new(),
             clock: 0,
         }
     }
@@ -568,6 +588,15 @@ impl Model {
                 alive[anchor] = alive[anchor].or(after_holds(after, done[anchor], deadline));
             }
         }
+        // A held `OnDone` that registered holds its anchor (as a `Done`).
+        for on_done in &self.on_dones {
+            if let Some(anchor) = on_done.anchor
+                && on_done.handle
+                && !on_done.stopped
+            {
+                alive[anchor] = alive[anchor].or(on_done.holds);
+            }
+        }
         // Children come after their parents in the arena.
         for index in (0..self.nodes.len()).rev() {
             if self.nodes[index].near.is_some() && alive[index] == Tri::No {
@@ -731,6 +760,137 @@ impl Model {
                 };
                 after.orphaned = after.orphaned.or(released);
             }
+        }
+    }
+
+    /// An `on_done` on context `node`; returns its index. The caller checks
+    /// [`Model::check_on_done`] right after it returns: `f` has run before
+    /// `on_done` returned iff the context was done.
+    pub(crate) fn on_done(&mut self, node: usize) -> usize {
+        let anchor = self.nodes[node].anchor;
+        let holds = match anchor.map(|a| self.done(a)) {
+            None | Some(Tri::Yes) => Tri::No,
+            Some(Tri::No) => Tri::Yes,
+            Some(Tri::Maybe) => Tri::Maybe,
+        };
+        self.on_dones.push(OnDoneReg {
+            anchor,
+            holds,
+            handle: true,
+            stop_called: false,
+            stopped: false,
+            frozen: None,
+        });
+        self.on_dones.len() - 1
+    }
+
+    /// Checks and records what `OnDone::stop()` returned, with the run
+    /// count right after it returned (it waits for a running `f`): true
+    /// exactly when `f` had not run and the context was not done (the first
+    /// call on a never-done context is true too); false means `f` has run,
+    /// or an earlier `stop()` came first.
+    pub(crate) fn stop_on_done(
+        &mut self,
+        index: usize,
+        returned: bool,
+        runs: usize,
+    ) -> Result<(), String> {
+        let reg = &self.on_dones[index];
+        let expected = if reg.stop_called {
+            Some(false)
+        } else {
+            match reg.anchor {
+                None => Some(true),
+                Some(anchor) => self.exact_state(anchor).map(|state| state.is_none()),
+            }
+        };
+        let first = !reg.stop_called;
+        let reg = &mut self.on_dones[index];
+        reg.stop_called = true;
+        reg.stopped |= returned;
+        if let Some(expected) = expected
+            && expected != returned
+        {
+            return Err(format!(
+                "on-done {index}: stop() returned {returned}, expected {expected}"
+            ));
+        }
+        match (first, returned, runs) {
+            (_, true, 0) | (false, false, _) => {}
+            (true, false, 1) if reg.anchor.is_some() => {}
+            _ => {
+                return Err(format!(
+                    "on-done {index}: stop() returned {returned} with f run {runs} times"
+                ));
+            }
+        }
+        reg.frozen.get_or_insert(runs);
+        Ok(())
+    }
+
+    /// Records that an `OnDone` was dropped (which stops `f`, waiting for
+    /// it if running) with `f` run `runs` times: the count is final.
+    pub(crate) fn drop_on_done(&mut self, index: usize, runs: usize) {
+        let reg = &mut self.on_dones[index];
+        reg.handle = false;
+        if runs == 0 {
+            reg.stopped = true;
+        }
+        reg.frozen.get_or_insert(runs);
+    }
+
+    /// Checks an `on_done` callback's run count: at most once; never once
+    /// stopped or dropped unrun; never for a never-done context; on an
+    /// exact path (no near deadline) exactly once iff the context is done,
+    /// so at once when registered on a done context and inside the
+    /// `cancel()` that made it done.
+    pub(crate) fn check_on_done(&mut self, index: usize, runs: usize) -> Result<(), String> {
+        let reg = &self.on_dones[index];
+        if runs > 1 {
+            return Err(format!("on-done {index}: f ran {runs} times"));
+        }
+        if let Some(frozen) = reg.frozen {
+            if runs != frozen {
+                return Err(format!(
+                    "on-done {index}: f ran {runs} times, {frozen} when it was settled"
+                ));
+            }
+            return Ok(());
+        }
+        let Some(anchor) = reg.anchor else {
+            return if runs == 0 {
+                Ok(())
+            } else {
+                Err(format!("on-done {index}: f ran on a context never done"))
+            };
+        };
+        let expected = match self.done(anchor) {
+            Tri::Yes if self.exact_state(anchor).is_some() => Some(1),
+            Tri::No => Some(0),
+            _ => None,
+        };
+        if let Some(expected) = expected
+            && runs != expected
+        {
+            return Err(format!(
+                "on-done {index}: f ran {runs} times, the model says {expected}"
+            ));
+        }
+        if runs == 1 {
+            self.on_dones[index].frozen = Some(1);
+        }
+        Ok(())
+    }
+
+    /// The `on_done` registrations whose `f` must run once every near
+    /// deadline has passed (held, not stopped, context done by then).
+    pub(crate) fn on_done_runs_eventually(&self, index: usize) -> bool {
+        let reg = &self.on_dones[index];
+        match reg.anchor {
+            Some(anchor) if reg.handle && !reg.stopped => {
+                self.earliest(anchor).is_some() || self.has_near(anchor)
+            }
+            _ => false,
         }
     }
 
