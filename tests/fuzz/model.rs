@@ -137,6 +137,8 @@ pub(crate) enum Derive {
         expiry: Expiry,
         cause: Option<CauseId>,
     },
+    /// `parent.merge(&other)` (API.md 15).
+    Merge { other: usize },
 }
 
 /// What a node is, which is also its segment of `Display`.
@@ -153,6 +155,11 @@ pub(crate) enum Kind {
         id: u32,
     },
     WithoutCancel,
+    /// Merged with context `other` at logical time `at` (`.Merge(..)`).
+    Merge {
+        other: usize,
+        at: u64,
+    },
 }
 
 /// A cancellation aimed at a node: the first `cancel()` on it, or the
@@ -337,6 +344,19 @@ impl Model {
                 node.deadline = None;
                 node.cancels = 0;
             }
+            Derive::Merge { other } => {
+                // API.md 15: the earlier deadline; cancellable, a child of
+                // `parent` that `other`'s cancellation also reaches.
+                let theirs = self.nodes[other].deadline;
+                node.deadline = match (inherited, theirs) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                node.kind = Kind::Merge {
+                    other,
+                    at: self.tick(),
+                };
+            }
             Derive::Deadline { at, expiry, cause } => {
                 // API.md 7: a parent deadline not after `at` makes this a
                 // plain `with_cancel` child.
@@ -376,7 +396,10 @@ impl Model {
     }
 
     pub(crate) fn is_cancellable(&self, node: usize) -> bool {
-        matches!(self.nodes[node].kind, Kind::Cancel | Kind::Deadline)
+        matches!(
+            self.nodes[node].kind,
+            Kind::Cancel | Kind::Deadline | Kind::Merge { .. }
+        )
     }
 
     pub(crate) fn contexts(&self, node: usize) -> usize {
@@ -430,12 +453,59 @@ impl Model {
         kinds
     }
 
+    /// The cancellable node on whose path a cancellation of `node` also
+    /// lands by a merge link: `other`'s anchor, for a merged node.
+    fn link(&self, node: usize) -> Option<usize> {
+        match self.nodes[node].kind {
+            Kind::Merge { other, .. } => self.nodes[other].anchor,
+            _ => None,
+        }
+    }
+
     /// The cancellable nodes whose cancellation reaches `node`: its anchor,
-    /// the anchor's nearest cancellable ancestor, and so on.
-    fn path(&self, node: usize) -> impl Iterator<Item = usize> + '_ {
-        std::iter::successors(self.nodes[node].anchor, |&c| {
-            self.nodes[c].parent.and_then(|p| self.nodes[p].anchor)
-        })
+    /// the anchor's nearest cancellable ancestor, and so on, and through a
+    /// merged node also `other`'s path (API.md 15).
+    fn path(&self, node: usize) -> std::vec::IntoIter<usize> {
+        let mut path = Vec::new();
+        let mut todo: Vec<usize> = self.nodes[node].anchor.into_iter().collect();
+        while let Some(c) = todo.pop() {
+            if path.contains(&c) {
+                continue;
+            }
+            path.push(c);
+            todo.extend(self.nodes[c].parent.and_then(|p| self.nodes[p].anchor));
+            todo.extend(self.link(c));
+        }
+        path.into_iter()
+    }
+
+    /// The cancellation that makes cancellable `node` done, keyed by when it
+    /// reached `node`: a cancellation of `other` that came before the
+    /// merge reaches the merged node at the merge, after its parent's
+    /// (which the derivation inherits first).
+    fn earliest_key(&self, node: usize) -> Option<(u64, u8, State)> {
+        let own = self.nodes[node].first_event.map(|e| (e.at, 0, e.state));
+        let up = self.nodes[node]
+            .parent
+            .and_then(|p| self.nodes[p].anchor)
+            .and_then(|a| self.earliest_key(a));
+        let linked = match self.nodes[node].kind {
+            Kind::Merge { at: merged, .. } => self
+                .link(node)
+                .and_then(|a| self.earliest_key(a))
+                .map(|(at, rank, state)| {
+                    if at < merged {
+                        (merged, 1, state)
+                    } else {
+                        (at, rank, state)
+                    }
+                }),
+            _ => None,
+        };
+        [own, up, linked]
+            .into_iter()
+            .flatten()
+            .min_by_key(|&(at, rank, _)| (at, rank))
     }
 
     fn has_near(&self, node: usize) -> bool {
@@ -444,9 +514,9 @@ impl Model {
 
     /// The earliest cancellation on `node`'s path.
     fn earliest(&self, node: usize) -> Option<Event> {
-        self.path(node)
-            .filter_map(|p| self.nodes[p].first_event)
-            .min_by_key(|event| event.at)
+        let anchor = self.nodes[node].anchor?;
+        self.earliest_key(anchor)
+            .map(|(at, _, state)| Event { at, state })
     }
 
     /// The state of `node`, if no near deadline on its path makes it
@@ -597,14 +667,22 @@ impl Model {
                 alive[anchor] = alive[anchor].or(on_done.holds);
             }
         }
-        // Children come after their parents in the arena.
+        // Children come after their parents (and merged nodes after
+        // `other`) in the arena.
         for index in (0..self.nodes.len()).rev() {
-            if self.nodes[index].near.is_some() && alive[index] == Tri::No {
-                // The timer thread holds an expiring node for a moment.
+            let timer = self.nodes[index].near.is_some()
+                || self.link(index).is_some_and(|a| self.has_near(a));
+            if timer && alive[index] == Tri::No {
+                // The timer thread holds an expiring node (or a merged node
+                // its expiry cancels) for a moment.
                 alive[index] = Tri::Maybe;
             }
             if let Some(parent) = self.nodes[index].parent {
                 alive[parent] = alive[parent].or(alive[index]);
+            }
+            // A merged node holds `other` (src/merge.rs).
+            if let Kind::Merge { other, .. } = self.nodes[index].kind {
+                alive[other] = alive[other].or(alive[index]);
             }
         }
         alive
@@ -686,11 +764,11 @@ impl Model {
         self.afters[after].handle = held;
     }
 
-    /// Whether a deadline (near or far) is on `node`'s cancellation path:
-    /// then a pending after-func keeps the context alive until it runs.
+    /// Whether `node` has a deadline (near or far, its own, inherited or
+    /// merged): then a pending after-func keeps the context alive until it
+    /// runs.
     fn deadline_on_path(&self, node: usize) -> bool {
-        self.path(node)
-            .any(|p| self.nodes[p].kind == Kind::Deadline)
+        self.nodes[node].deadline.is_some()
     }
 
     /// Checks and records what `stop()` returned (API.md 8).

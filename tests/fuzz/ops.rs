@@ -7,8 +7,8 @@
 //! # Input format
 //!
 //! Operations follow one another until the input ends; each is an opcode
-//! byte and its operand bytes: 252 to 255 are the `on_done` operations
-//! below, any other byte is taken `% 12`. `ctx` picks among the nodes held by
+//! byte and its operand bytes: 252 to 255 are the `on_done` and `merge`
+//! operations below, any other byte is taken `% 12`. `ctx` picks among the nodes held by
 //! a context (`% count`, in creation order: 0 `background`, 1 `todo`, 2 the
 //! run's long-lived `base = background.with_cancel()`, then derived ones),
 //! `cancel` among nodes held by a cancel handle, `after` among after-funcs
@@ -29,11 +29,12 @@
 //! | 9  | ctx | `done().wait_timeout(Duration::ZERO)` |
 //! | 10 | ctx, n | `done().wait_timeout(n × 20 µs)` (at most 20 ms of waiting a run) |
 //! | 11 | ctx | `Display`, and `Done`'s `is_done()`, `receiver()` and `Debug` |
-//! | 252, 255 | ctx | `on_done(f)` (`f` counts its runs) |
+//! | 252 | ctx | `on_done(f)` (`f` counts its runs) |
 //! | 253 | on-done | `OnDone::stop()` |
 //! | 254 | on-done | drop the `OnDone` (stops `f`) |
+//! | 255 | ctx, ctx | `ctx.merge(&other)` |
 //!
-//! The `on_done` opcodes were added after the corpus in
+//! The `on_done` and `merge` opcodes were added after the corpus in
 //! `tests/fuzz/regressions/ops` was recorded: an older input with one of
 //! those bytes in opcode position now runs an `on_done` operation instead of
 //! `% 12`'s (still a valid run; the replay checks it against the model).
@@ -316,6 +317,18 @@ impl Forest {
                     self.model.note_releases();
                 }
             }
+            255 => {
+                let held = self.with_contexts();
+                let parent = input.pick(&held).expect("roots are held");
+                let other = input.pick(&held).expect("roots are held");
+                if self.model.len() < MAX_NODES {
+                    let (ctx, cancel) = self.contexts[parent][0].merge(&self.contexts[other][0]);
+                    let node = self.model.derive(parent, Derive::Merge { other });
+                    assert_eq!(node, self.contexts.len());
+                    self.contexts.push(vec![ctx]);
+                    self.cancels.push(vec![Canceller::Plain(cancel)]);
+                }
+            }
             _ => {
                 if let Some(node) = input.pick(&self.with_contexts())
                     && self.on_dones.len() < MAX_ON_DONES
@@ -457,7 +470,8 @@ impl Forest {
     fn query(&mut self, node: usize) {
         let ctx = &self.contexts[node][0];
         let shown = ctx.to_string();
-        if !display_matches(&shown, &self.model.kinds(node)) {
+        let others = |other: usize| self.model.kinds(other);
+        if !display_matches(&shown, &self.model.kinds(node), &others) {
             self.fail(&format!(
                 "context {node}: Display {shown:?}, kinds {:?}",
                 self.model.kinds(node)
@@ -711,8 +725,19 @@ pub(crate) fn back_off(round: &mut u32) {
 }
 
 /// Whether `shown` is the `Display` of a context with these kinds (API.md
-/// 12): deadline segments match any `.WithDeadline(... [...])`.
-fn display_matches(shown: &str, kinds: &[Kind]) -> bool {
+/// 12): deadline segments match any `.WithDeadline(... [...])`; a merge
+/// with `other` is `.Merge(` `other`'s `Display` `)`, the kinds of `other`
+/// coming from `others` (API.md 15).
+fn display_matches(shown: &str, kinds: &[Kind], others: &dyn Fn(usize) -> Vec<Kind>) -> bool {
+    display_prefix(shown, kinds, others) == Some("")
+}
+
+/// What is left of `shown` after the `Display` of `kinds`, if it starts so.
+fn display_prefix<'a>(
+    shown: &'a str,
+    kinds: &[Kind],
+    others: &dyn Fn(usize) -> Vec<Kind>,
+) -> Option<&'a str> {
     let mut rest = shown;
     for kind in kinds {
         let fixed = match kind {
@@ -722,22 +747,21 @@ fn display_matches(shown: &str, kinds: &[Kind]) -> bool {
             Kind::WithoutCancel => ".WithoutCancel".to_owned(),
             Kind::Value { key, .. } => format!(".WithValue({})", probe::value_type_name(*key)),
             Kind::Deadline => {
-                let Some(after) = rest.strip_prefix(".WithDeadline(") else {
-                    return false;
-                };
-                let Some(end) = after.find("])") else {
-                    return false;
-                };
+                let after = rest.strip_prefix(".WithDeadline(")?;
+                let end = after.find("])")?;
                 rest = &after[end + 2..];
                 continue;
             }
+            Kind::Merge { other, .. } => {
+                let after = rest.strip_prefix(".Merge(")?;
+                let after = display_prefix(after, &others(*other), others)?;
+                rest = after.strip_prefix(')')?;
+                continue;
+            }
         };
-        let Some(after) = rest.strip_prefix(fixed.as_str()) else {
-            return false;
-        };
-        rest = after;
+        rest = rest.strip_prefix(fixed.as_str())?;
     }
-    rest.is_empty()
+    Some(rest)
 }
 
 #[cfg(test)]
@@ -756,7 +780,8 @@ mod tests {
             Kind::WithoutCancel,
             Kind::Cancel,
         ];
-        assert!(display_matches(&shown, &kinds), "{shown}");
-        assert!(!display_matches(&shown, &kinds[..3]), "{shown}");
+        let none = |_| Vec::new();
+        assert!(display_matches(&shown, &kinds, &none), "{shown}");
+        assert!(!display_matches(&shown, &kinds[..3], &none), "{shown}");
     }
 }
