@@ -25,10 +25,23 @@
 //! Past deadlines are exact (done before the derivation returns) and far
 //! ones (an hour) never expire during a run.
 //!
+//! A merged context (`ctx.merge(&other)`, API.md 15) is a cancellable child
+//! of `ctx` whose path also takes in `other`'s path: the first cancellation
+//! to reach it wins, one of `other`'s that came before the merge counting
+//! as reaching it at the merge, after `ctx`'s. Its deadline is the earlier
+//! of the two; values and `Display` prefix are `ctx`'s.
+//!
+//! An `on_done(f)` runs `f` exactly once if the context gets done while the
+//! `OnDone` is held and not stopped: on an exact path at once when
+//! registered on a done context, else inside the `cancel()` that makes it
+//! done; never for a never-done context, or once `stop()` returned true or
+//! the `OnDone` was dropped unrun.
+//!
 //! # Handles and liveness
 //!
 //! A node stays allocated while anything holds it (API.md 10): its contexts
-//! and cancel handles, a child, or a pending after-func on it. Liveness is
+//! and cancel handles, a child, a pending after-func or a registered
+//! `OnDone` on it, or a merged context linked to it. Liveness is
 //! three-valued, since an after-func's handle is released on a runner
 //! thread after it runs and the timer briefly holds an expiring node:
 //! `registered_children()` and the live value count must lie between what
