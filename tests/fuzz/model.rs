@@ -25,10 +25,23 @@
 //! Past deadlines are exact (done before the derivation returns) and far
 //! ones (an hour) never expire during a run.
 //!
+//! A merged context (`ctx.merge(&other)`, API.md 15) is a cancellable child
+//! of `ctx` whose path also takes in `other`'s path: the first cancellation
+//! to reach it wins, one of `other`'s that came before the merge counting
+//! as reaching it at the merge, after `ctx`'s. Its deadline is the earlier
+//! of the two; values and `Display` prefix are `ctx`'s.
+//!
+//! An `on_done(f)` runs `f` exactly once if the context gets done while the
+//! `OnDone` is held and not stopped: on an exact path at once when
+//! registered on a done context, else inside the `cancel()` that makes it
+//! done; never for a never-done context, or once `stop()` returned true or
+//! the `OnDone` was dropped unrun.
+//!
 //! # Handles and liveness
 //!
 //! A node stays allocated while anything holds it (API.md 10): its contexts
-//! and cancel handles, a child, or a pending after-func on it. Liveness is
+//! and cancel handles, a child, a pending after-func or a registered
+//! `OnDone` on it, or a merged context linked to it. Liveness is
 //! three-valued, since an after-func's handle is released on a runner
 //! thread after it runs and the timer briefly holds an expiring node:
 //! `registered_children()` and the live value count must lie between what
@@ -137,6 +150,8 @@ pub(crate) enum Derive {
         expiry: Expiry,
         cause: Option<CauseId>,
     },
+    /// `parent.merge(&other)` (API.md 15).
+    Merge { other: usize },
 }
 
 /// What a node is, which is also its segment of `Display`.
@@ -153,6 +168,11 @@ pub(crate) enum Kind {
         id: u32,
     },
     WithoutCancel,
+    /// Merged with context `other` at logical time `at` (`.Merge(..)`).
+    Merge {
+        other: usize,
+        at: u64,
+    },
 }
 
 /// A cancellation aimed at a node: the first `cancel()` on it, or the
@@ -201,6 +221,24 @@ struct After {
     /// Whether the `AfterFunc` holds its context: only when it registered,
     /// i.e. the context was not done yet (`Maybe` under a near deadline).
     holds: Tri,
+}
+
+/// An `on_done` registration (API.md 14).
+#[derive(Debug)]
+struct OnDoneReg {
+    anchor: Option<usize>,
+    /// Whether the `OnDone` holds its anchor: only when it registered, i.e.
+    /// the context was not done yet (`Maybe` under a near deadline).
+    holds: Tri,
+    /// The `OnDone` is still held.
+    handle: bool,
+    /// A `stop()` was called.
+    stop_called: bool,
+    /// A `stop()` returned true: `f` must never run.
+    stopped: bool,
+    /// Once stopped, dropped, or seen run: the run count can no longer
+    /// change.
+    frozen: Option<usize>,
 }
 
 /// Whether an after-func holds its anchor: its `AfterFunc` does while held
@@ -253,6 +291,7 @@ pub(crate) enum Verdict {
 pub(crate) struct Model {
     nodes: Vec<Node>,
     afters: Vec<After>,
+    on_dones: Vec<OnDoneReg>,
     clock: u64,
 }
 
@@ -274,6 +313,7 @@ impl Model {
         Model {
             nodes: vec![root(Kind::Background), root(Kind::Todo)],
             afters: Vec::new(),
+            on_dones: Vec::new(),
             clock: 0,
         }
     }
@@ -317,6 +357,19 @@ impl Model {
                 node.deadline = None;
                 node.cancels = 0;
             }
+            Derive::Merge { other } => {
+                // API.md 15: the earlier deadline; cancellable, a child of
+                // `parent` that `other`'s cancellation also reaches.
+                let theirs = self.nodes[other].deadline;
+                node.deadline = match (inherited, theirs) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                node.kind = Kind::Merge {
+                    other,
+                    at: self.tick(),
+                };
+            }
             Derive::Deadline { at, expiry, cause } => {
                 // API.md 7: a parent deadline not after `at` makes this a
                 // plain `with_cancel` child.
@@ -356,7 +409,10 @@ impl Model {
     }
 
     pub(crate) fn is_cancellable(&self, node: usize) -> bool {
-        matches!(self.nodes[node].kind, Kind::Cancel | Kind::Deadline)
+        matches!(
+            self.nodes[node].kind,
+            Kind::Cancel | Kind::Deadline | Kind::Merge { .. }
+        )
     }
 
     pub(crate) fn contexts(&self, node: usize) -> usize {
@@ -410,12 +466,59 @@ impl Model {
         kinds
     }
 
+    /// The cancellable node on whose path a cancellation of `node` also
+    /// lands by a merge link: `other`'s anchor, for a merged node.
+    fn link(&self, node: usize) -> Option<usize> {
+        match self.nodes[node].kind {
+            Kind::Merge { other, .. } => self.nodes[other].anchor,
+            _ => None,
+        }
+    }
+
     /// The cancellable nodes whose cancellation reaches `node`: its anchor,
-    /// the anchor's nearest cancellable ancestor, and so on.
-    fn path(&self, node: usize) -> impl Iterator<Item = usize> + '_ {
-        std::iter::successors(self.nodes[node].anchor, |&c| {
-            self.nodes[c].parent.and_then(|p| self.nodes[p].anchor)
-        })
+    /// the anchor's nearest cancellable ancestor, and so on, and through a
+    /// merged node also `other`'s path (API.md 15).
+    fn path(&self, node: usize) -> std::vec::IntoIter<usize> {
+        let mut path = Vec::new();
+        let mut todo: Vec<usize> = self.nodes[node].anchor.into_iter().collect();
+        while let Some(c) = todo.pop() {
+            if path.contains(&c) {
+                continue;
+            }
+            path.push(c);
+            todo.extend(self.nodes[c].parent.and_then(|p| self.nodes[p].anchor));
+            todo.extend(self.link(c));
+        }
+        path.into_iter()
+    }
+
+    /// The cancellation that makes cancellable `node` done, keyed by when it
+    /// reached `node`: a cancellation of `other` that came before the
+    /// merge reaches the merged node at the merge, after its parent's
+    /// (which the derivation inherits first).
+    fn earliest_key(&self, node: usize) -> Option<(u64, u8, State)> {
+        let own = self.nodes[node].first_event.map(|e| (e.at, 0, e.state));
+        let up = self.nodes[node]
+            .parent
+            .and_then(|p| self.nodes[p].anchor)
+            .and_then(|a| self.earliest_key(a));
+        let linked = match self.nodes[node].kind {
+            Kind::Merge { at: merged, .. } => self
+                .link(node)
+                .and_then(|a| self.earliest_key(a))
+                .map(|(at, rank, state)| {
+                    if at < merged {
+                        (merged, 1, state)
+                    } else {
+                        (at, rank, state)
+                    }
+                }),
+            _ => None,
+        };
+        [own, up, linked]
+            .into_iter()
+            .flatten()
+            .min_by_key(|&(at, rank, _)| (at, rank))
     }
 
     fn has_near(&self, node: usize) -> bool {
@@ -424,9 +527,9 @@ impl Model {
 
     /// The earliest cancellation on `node`'s path.
     fn earliest(&self, node: usize) -> Option<Event> {
-        self.path(node)
-            .filter_map(|p| self.nodes[p].first_event)
-            .min_by_key(|event| event.at)
+        let anchor = self.nodes[node].anchor?;
+        self.earliest_key(anchor)
+            .map(|(at, _, state)| Event { at, state })
     }
 
     /// The state of `node`, if no near deadline on its path makes it
@@ -568,14 +671,31 @@ impl Model {
                 alive[anchor] = alive[anchor].or(after_holds(after, done[anchor], deadline));
             }
         }
-        // Children come after their parents in the arena.
+        // A held `OnDone` that registered holds its anchor (as a `Done`).
+        for on_done in &self.on_dones {
+            if let Some(anchor) = on_done.anchor
+                && on_done.handle
+                && !on_done.stopped
+            {
+                alive[anchor] = alive[anchor].or(on_done.holds);
+            }
+        }
+        // Children come after their parents (and merged nodes after
+        // `other`) in the arena.
         for index in (0..self.nodes.len()).rev() {
-            if self.nodes[index].near.is_some() && alive[index] == Tri::No {
-                // The timer thread holds an expiring node for a moment.
+            let timer = self.nodes[index].near.is_some()
+                || self.link(index).is_some_and(|a| self.has_near(a));
+            if timer && alive[index] == Tri::No {
+                // The timer thread holds an expiring node (or a merged node
+                // its expiry cancels) for a moment.
                 alive[index] = Tri::Maybe;
             }
             if let Some(parent) = self.nodes[index].parent {
                 alive[parent] = alive[parent].or(alive[index]);
+            }
+            // A merged node holds `other` (src/merge.rs).
+            if let Kind::Merge { other, .. } = self.nodes[index].kind {
+                alive[other] = alive[other].or(alive[index]);
             }
         }
         alive
@@ -657,11 +777,11 @@ impl Model {
         self.afters[after].handle = held;
     }
 
-    /// Whether a deadline (near or far) is on `node`'s cancellation path:
-    /// then a pending after-func keeps the context alive until it runs.
+    /// Whether `node` has a deadline (near or far, its own, inherited or
+    /// merged): then a pending after-func keeps the context alive until it
+    /// runs.
     fn deadline_on_path(&self, node: usize) -> bool {
-        self.path(node)
-            .any(|p| self.nodes[p].kind == Kind::Deadline)
+        self.nodes[node].deadline.is_some()
     }
 
     /// Checks and records what `stop()` returned (API.md 8).
@@ -731,6 +851,137 @@ impl Model {
                 };
                 after.orphaned = after.orphaned.or(released);
             }
+        }
+    }
+
+    /// An `on_done` on context `node`; returns its index. The caller checks
+    /// [`Model::check_on_done`] right after it returns: `f` has run before
+    /// `on_done` returned iff the context was done.
+    pub(crate) fn on_done(&mut self, node: usize) -> usize {
+        let anchor = self.nodes[node].anchor;
+        let holds = match anchor.map(|a| self.done(a)) {
+            None | Some(Tri::Yes) => Tri::No,
+            Some(Tri::No) => Tri::Yes,
+            Some(Tri::Maybe) => Tri::Maybe,
+        };
+        self.on_dones.push(OnDoneReg {
+            anchor,
+            holds,
+            handle: true,
+            stop_called: false,
+            stopped: false,
+            frozen: None,
+        });
+        self.on_dones.len() - 1
+    }
+
+    /// Checks and records what `OnDone::stop()` returned, with the run
+    /// count right after it returned (it waits for a running `f`): true
+    /// exactly when `f` had not run and the context was not done (the first
+    /// call on a never-done context is true too); false means `f` has run,
+    /// or an earlier `stop()` came first.
+    pub(crate) fn stop_on_done(
+        &mut self,
+        index: usize,
+        returned: bool,
+        runs: usize,
+    ) -> Result<(), String> {
+        let reg = &self.on_dones[index];
+        let expected = if reg.stop_called {
+            Some(false)
+        } else {
+            match reg.anchor {
+                None => Some(true),
+                Some(anchor) => self.exact_state(anchor).map(|state| state.is_none()),
+            }
+        };
+        let first = !reg.stop_called;
+        let reg = &mut self.on_dones[index];
+        reg.stop_called = true;
+        reg.stopped |= returned;
+        if let Some(expected) = expected
+            && expected != returned
+        {
+            return Err(format!(
+                "on-done {index}: stop() returned {returned}, expected {expected}"
+            ));
+        }
+        match (first, returned, runs) {
+            (_, true, 0) | (false, false, _) => {}
+            (true, false, 1) if reg.anchor.is_some() => {}
+            _ => {
+                return Err(format!(
+                    "on-done {index}: stop() returned {returned} with f run {runs} times"
+                ));
+            }
+        }
+        reg.frozen.get_or_insert(runs);
+        Ok(())
+    }
+
+    /// Records that an `OnDone` was dropped (which stops `f`, waiting for
+    /// it if running) with `f` run `runs` times: the count is final.
+    pub(crate) fn drop_on_done(&mut self, index: usize, runs: usize) {
+        let reg = &mut self.on_dones[index];
+        reg.handle = false;
+        if runs == 0 {
+            reg.stopped = true;
+        }
+        reg.frozen.get_or_insert(runs);
+    }
+
+    /// Checks an `on_done` callback's run count: at most once; never once
+    /// stopped or dropped unrun; never for a never-done context; on an
+    /// exact path (no near deadline) exactly once iff the context is done,
+    /// so at once when registered on a done context and inside the
+    /// `cancel()` that made it done.
+    pub(crate) fn check_on_done(&mut self, index: usize, runs: usize) -> Result<(), String> {
+        let reg = &self.on_dones[index];
+        if runs > 1 {
+            return Err(format!("on-done {index}: f ran {runs} times"));
+        }
+        if let Some(frozen) = reg.frozen {
+            if runs != frozen {
+                return Err(format!(
+                    "on-done {index}: f ran {runs} times, {frozen} when it was settled"
+                ));
+            }
+            return Ok(());
+        }
+        let Some(anchor) = reg.anchor else {
+            return if runs == 0 {
+                Ok(())
+            } else {
+                Err(format!("on-done {index}: f ran on a context never done"))
+            };
+        };
+        let expected = match self.done(anchor) {
+            Tri::Yes if self.exact_state(anchor).is_some() => Some(1),
+            Tri::No => Some(0),
+            _ => None,
+        };
+        if let Some(expected) = expected
+            && runs != expected
+        {
+            return Err(format!(
+                "on-done {index}: f ran {runs} times, the model says {expected}"
+            ));
+        }
+        if runs == 1 {
+            self.on_dones[index].frozen = Some(1);
+        }
+        Ok(())
+    }
+
+    /// The `on_done` registrations whose `f` must run once every near
+    /// deadline has passed (held, not stopped, context done by then).
+    pub(crate) fn on_done_runs_eventually(&self, index: usize) -> bool {
+        let reg = &self.on_dones[index];
+        match reg.anchor {
+            Some(anchor) if reg.handle && !reg.stopped => {
+                self.earliest(anchor).is_some() || self.has_near(anchor)
+            }
+            _ => false,
         }
     }
 

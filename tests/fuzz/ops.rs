@@ -7,11 +7,12 @@
 //! # Input format
 //!
 //! Operations follow one another until the input ends; each is an opcode
-//! byte (`% 12`) and its operand bytes. `ctx` picks among the nodes held by
+//! byte and its operand bytes: 252 to 255 are the `on_done` and `merge`
+//! operations below, any other byte is taken `% 12`. `ctx` picks among the nodes held by
 //! a context (`% count`, in creation order: 0 `background`, 1 `todo`, 2 the
 //! run's long-lived `base = background.with_cancel()`, then derived ones),
 //! `cancel` among nodes held by a cancel handle, `after` among after-funcs
-//! still held. `cause` is `% 3`: a fresh `Tag`, `Error::Canceled`,
+//! still held, `on-done` among `OnDone`s still held. `cause` is `% 3`: a fresh `Tag`, `Error::Canceled`,
 //! `Error::DeadlineExceeded`.
 //!
 //! | op | operands | does |
@@ -27,7 +28,16 @@
 //! | 8  | after | drop the `AfterFunc` (\*) |
 //! | 9  | ctx | `done().wait_timeout(Duration::ZERO)` |
 //! | 10 | ctx, n | `done().wait_timeout(n × 20 µs)` (at most 20 ms of waiting a run) |
-//! | 11 | ctx | `Display`, and `Done`'s `is_done()` and `Debug` |
+//! | 11 | ctx | `Display`, and `Done`'s `is_done()`, `receiver()` and `Debug` |
+//! | 252 | ctx | `on_done(f)` (`f` counts its runs) |
+//! | 253 | on-done | `OnDone::stop()` |
+//! | 254 | on-done | drop the `OnDone` (stops `f`) |
+//! | 255 | ctx, ctx | `ctx.merge(&other)` |
+//!
+//! The `on_done` and `merge` opcodes were added after the corpus in
+//! `tests/fuzz/regressions/ops` was recorded: an older input with one of
+//! those bytes in opcode position now runs an `on_done` operation instead of
+//! `% 12`'s (still a valid run; the replay checks it against the model).
 //!
 //! (\*) Dropping the last handle of a context with a pending after-func
 //! (no deadline on its path) frees it and drops the callback unrun — the
@@ -37,7 +47,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use goctx::{AfterFunc, CancelCauseFunc, CancelFunc, Context};
+use goctx::{AfterFunc, CancelCauseFunc, CancelFunc, Context, OnDone};
 
 use crate::input::Input;
 use crate::model::{
@@ -50,6 +60,7 @@ const BASE: usize = 2;
 const MAX_STEPS: usize = 200;
 const MAX_NODES: usize = 48;
 const MAX_AFTERS: usize = 24;
+const MAX_ON_DONES: usize = 24;
 const MAX_CLONES: usize = 3;
 const WAIT_BUDGET: Duration = Duration::from_millis(20);
 /// How long anything that must happen asynchronously (an expiry reaching a
@@ -101,6 +112,11 @@ struct After {
     runs: Arc<AtomicUsize>,
 }
 
+struct Registered {
+    handle: Option<OnDone>,
+    runs: Arc<AtomicUsize>,
+}
+
 /// The real forest beside its model; `contexts[i]` and `cancels[i]` hold
 /// the handles of model node `i`.
 struct Forest {
@@ -108,6 +124,7 @@ struct Forest {
     contexts: Vec<Vec<Context>>,
     cancels: Vec<Vec<Canceller>>,
     afters: Vec<After>,
+    on_dones: Vec<Registered>,
     /// Live `Tracked` instances of this run.
     live: Arc<AtomicUsize>,
     next_id: u32,
@@ -136,6 +153,7 @@ impl Forest {
                 vec![Canceller::Plain(cancel.clone())],
             ],
             afters: Vec::new(),
+            on_dones: Vec::new(),
             live: Arc::new(AtomicUsize::new(0)),
             next_id: 0,
             wait_left: WAIT_BUDGET,
@@ -174,7 +192,16 @@ impl Forest {
             .collect()
     }
 
+    fn held_on_dones(&self) -> Vec<usize> {
+        (0..self.on_dones.len())
+            .filter(|&o| self.on_dones[o].handle.is_some())
+            .collect()
+    }
+
     fn step(&mut self, op: u8, input: &mut Input<'_>) {
+        if op >= 252 {
+            return self.step_on_done(op, input);
+        }
         match op % 12 {
             0 => self.derive(input),
             1 => {
@@ -264,6 +291,59 @@ impl Forest {
             _ => {
                 if let Some(node) = input.pick(&self.with_contexts()) {
                     self.query(node);
+                }
+            }
+        }
+    }
+
+    fn step_on_done(&mut self, op: u8, input: &mut Input<'_>) {
+        match op {
+            253 => {
+                if let Some(index) = input.pick(&self.held_on_dones()) {
+                    let registered = &self.on_dones[index];
+                    let returned = registered.handle.as_ref().unwrap().stop();
+                    let runs = registered.runs.load(Ordering::SeqCst);
+                    self.model
+                        .stop_on_done(index, returned, runs)
+                        .unwrap_or_else(|e| self.fail(&e));
+                    self.model.note_releases();
+                }
+            }
+            254 => {
+                if let Some(index) = input.pick(&self.held_on_dones()) {
+                    drop(self.on_dones[index].handle.take());
+                    let runs = self.on_dones[index].runs.load(Ordering::SeqCst);
+                    self.model.drop_on_done(index, runs);
+                    self.model.note_releases();
+                }
+            }
+            255 => {
+                let held = self.with_contexts();
+                let parent = input.pick(&held).expect("roots are held");
+                let other = input.pick(&held).expect("roots are held");
+                if self.model.len() < MAX_NODES {
+                    let (ctx, cancel) = self.contexts[parent][0].merge(&self.contexts[other][0]);
+                    let node = self.model.derive(parent, Derive::Merge { other });
+                    assert_eq!(node, self.contexts.len());
+                    self.contexts.push(vec![ctx]);
+                    self.cancels.push(vec![Canceller::Plain(cancel)]);
+                }
+            }
+            _ => {
+                if let Some(node) = input.pick(&self.with_contexts())
+                    && self.on_dones.len() < MAX_ON_DONES
+                {
+                    let runs = Arc::new(AtomicUsize::new(0));
+                    let counter = Arc::clone(&runs);
+                    let handle = self.contexts[node][0].on_done(move || {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    });
+                    let index = self.model.on_done(node);
+                    assert_eq!(index, self.on_dones.len());
+                    self.on_dones.push(Registered {
+                        handle: Some(handle),
+                        runs,
+                    });
                 }
             }
         }
@@ -390,7 +470,8 @@ impl Forest {
     fn query(&mut self, node: usize) {
         let ctx = &self.contexts[node][0];
         let shown = ctx.to_string();
-        if !display_matches(&shown, &self.model.kinds(node)) {
+        let others = |other: usize| self.model.kinds(other);
+        if !display_matches(&shown, &self.model.kinds(node), &others) {
             self.fail(&format!(
                 "context {node}: Display {shown:?}, kinds {:?}",
                 self.model.kinds(node)
@@ -399,8 +480,25 @@ impl Forest {
         let done = ctx.done();
         let clone = done.clone();
         let is_done = done.is_done();
+        // API.md 16: disconnected once done (done first, then the
+        // receiver, then the clone: each sees at least what came before).
+        let disconnected = done
+            .receiver()
+            .try_recv()
+            .is_err_and(|e| e.is_disconnected());
         let _ = format!("{ctx:?} {done:?}");
-        if is_done && !clone.is_done() {
+        let later = clone.is_done();
+        if is_done && !disconnected {
+            self.fail(&format!(
+                "context {node}: done, but its receiver is not disconnected"
+            ));
+        }
+        if disconnected && !later {
+            self.fail(&format!(
+                "context {node}: receiver disconnected, context not done"
+            ));
+        }
+        if is_done && !later {
             self.fail(&format!(
                 "context {node}: a Done clone went back to running"
             ));
@@ -474,12 +572,18 @@ impl Forest {
         }
     }
 
-    fn check_runs(&self) {
+    fn check_runs(&mut self) {
         for (index, after) in self.afters.iter().enumerate() {
             let runs = after.runs.load(Ordering::SeqCst);
             self.model
                 .check_runs(index, runs)
                 .unwrap_or_else(|e| self.fail(&e));
+        }
+        for index in 0..self.on_dones.len() {
+            let runs = self.on_dones[index].runs.load(Ordering::SeqCst);
+            if let Err(e) = self.model.check_on_done(index, runs) {
+                self.fail(&e);
+            }
         }
     }
 
@@ -526,6 +630,11 @@ impl Forest {
             drop(self.afters[after].handle.take());
             self.model.set_after_handle(after, false);
         }
+        for index in self.held_on_dones() {
+            drop(self.on_dones[index].handle.take());
+            let runs = self.on_dones[index].runs.load(Ordering::SeqCst);
+            self.model.drop_on_done(index, runs);
+        }
         self.model.note_releases();
         self.settle_released("after dropping everything");
 
@@ -540,7 +649,7 @@ impl Forest {
     }
 
     /// Waits until every after-func that must run has run.
-    fn settle_runs(&self) {
+    fn settle_runs(&mut self) {
         let give_up = Instant::now() + SETTLE;
         for (index, after) in self.afters.iter().enumerate() {
             if self.model.runs_eventually(index) {
@@ -548,6 +657,17 @@ impl Forest {
                 while after.runs.load(Ordering::SeqCst) == 0 {
                     if Instant::now() > give_up {
                         self.fail(&format!("after-func {index} never ran"));
+                    }
+                    back_off(&mut round);
+                }
+            }
+        }
+        for (index, registered) in self.on_dones.iter().enumerate() {
+            if self.model.on_done_runs_eventually(index) {
+                let mut round = 0;
+                while registered.runs.load(Ordering::SeqCst) == 0 {
+                    if Instant::now() > give_up {
+                        self.fail(&format!("on-done {index} never ran"));
                     }
                     back_off(&mut round);
                 }
@@ -605,8 +725,19 @@ pub(crate) fn back_off(round: &mut u32) {
 }
 
 /// Whether `shown` is the `Display` of a context with these kinds (API.md
-/// 12): deadline segments match any `.WithDeadline(... [...])`.
-fn display_matches(shown: &str, kinds: &[Kind]) -> bool {
+/// 12): deadline segments match any `.WithDeadline(... [...])`; a merge
+/// with `other` is `.Merge(` `other`'s `Display` `)`, the kinds of `other`
+/// coming from `others` (API.md 15).
+fn display_matches(shown: &str, kinds: &[Kind], others: &dyn Fn(usize) -> Vec<Kind>) -> bool {
+    display_prefix(shown, kinds, others) == Some("")
+}
+
+/// What is left of `shown` after the `Display` of `kinds`, if it starts so.
+fn display_prefix<'a>(
+    shown: &'a str,
+    kinds: &[Kind],
+    others: &dyn Fn(usize) -> Vec<Kind>,
+) -> Option<&'a str> {
     let mut rest = shown;
     for kind in kinds {
         let fixed = match kind {
@@ -616,22 +747,21 @@ fn display_matches(shown: &str, kinds: &[Kind]) -> bool {
             Kind::WithoutCancel => ".WithoutCancel".to_owned(),
             Kind::Value { key, .. } => format!(".WithValue({})", probe::value_type_name(*key)),
             Kind::Deadline => {
-                let Some(after) = rest.strip_prefix(".WithDeadline(") else {
-                    return false;
-                };
-                let Some(end) = after.find("])") else {
-                    return false;
-                };
+                let after = rest.strip_prefix(".WithDeadline(")?;
+                let end = after.find("])")?;
                 rest = &after[end + 2..];
                 continue;
             }
+            Kind::Merge { other, .. } => {
+                let after = rest.strip_prefix(".Merge(")?;
+                let after = display_prefix(after, &others(*other), others)?;
+                rest = after.strip_prefix(')')?;
+                continue;
+            }
         };
-        let Some(after) = rest.strip_prefix(fixed.as_str()) else {
-            return false;
-        };
-        rest = after;
+        rest = rest.strip_prefix(fixed.as_str())?;
     }
-    rest.is_empty()
+    Some(rest)
 }
 
 #[cfg(test)]
@@ -650,7 +780,8 @@ mod tests {
             Kind::WithoutCancel,
             Kind::Cancel,
         ];
-        assert!(display_matches(&shown, &kinds), "{shown}");
-        assert!(!display_matches(&shown, &kinds[..3]), "{shown}");
+        let none = |_| Vec::new();
+        assert!(display_matches(&shown, &kinds, &none), "{shown}");
+        assert!(!display_matches(&shown, &kinds[..3], &none), "{shown}");
     }
 }
