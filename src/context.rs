@@ -348,10 +348,9 @@ impl Context {
     /// assert_eq!(rx.try_recv(), Ok(std::thread::current().id()));
     ///
     /// // Already done: runs before `on_done` returns.
-    /// let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    /// let flag = ran.clone();
-    /// ctx.on_done(move || flag.store(true, std::sync::atomic::Ordering::Relaxed)).detach();
-    /// assert!(ran.load(std::sync::atomic::Ordering::Relaxed));
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// ctx.on_done(move || tx.send("ran").unwrap()).detach();
+    /// assert_eq!(rx.try_recv(), Ok("ran"));
     /// ```
     #[must_use = "dropping the OnDone stops f at once; call .detach() to keep f registered"]
     pub fn on_done<F>(&self, f: F) -> OnDone

@@ -308,18 +308,13 @@ const NEVER: *mut CancelNode = ptr::dangling_mut();
 ///
 /// ```
 /// use goctx::Context;
-/// use std::sync::atomic::{AtomicBool, Ordering};
-/// use std::sync::Arc;
 ///
 /// let (ctx, cancel) = Context::background().with_cancel();
-/// let flag = Arc::new(AtomicBool::new(false));
-/// let on_done = {
-///     let flag = flag.clone();
-///     ctx.on_done(move || flag.store(true, Ordering::Relaxed))
-/// };
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// let on_done = ctx.on_done(move || tx.send("ran").unwrap());
 /// cancel.cancel();
 /// // `f` ran inside `cancel()`, on this thread, before it returned.
-/// assert!(flag.load(Ordering::Relaxed));
+/// assert_eq!(rx.try_recv(), Ok("ran"));
 /// assert!(!on_done.stop()); // too late: it already ran
 /// ```
 #[must_use = "dropping an OnDone stops its callback at once; call .detach() to keep it registered"]

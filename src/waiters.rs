@@ -609,11 +609,11 @@ impl TaskWaiter {
             Some(waiter) => {
                 // SAFETY: our reference keeps the entry alive.
                 let entry = unsafe { &*waiter };
-                // SAFETY: exclusively ours (invariant 4): no list holds it,
-                // so nobody else reads the cell.
-                let old = entry
-                    .waker
-                    .with_mut(|cell| unsafe { (*cell).replace(waker.clone()) });
+                let old = entry.waker.with_mut(|cell| {
+                    // SAFETY: exclusively ours (invariant 4): no list holds
+                    // it, so nobody else reads the cell.
+                    unsafe { (*cell).replace(waker.clone()) }
+                });
                 drop(old);
                 waiter
             }
