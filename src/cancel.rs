@@ -64,22 +64,21 @@ use crate::timer::{self, TimerEntry, TimerOwner};
 use crate::waiters::{self, Panic, WaiterList};
 
 /// A cancellable context's node.
+///
+/// Field order is cache-line order (`#[repr(C)]`): `is_done()` reads the
+/// header's `anchor` and then `state`, which sit next to each other; the
+/// child list, which derivations and drops of children write, comes last,
+/// away from them (`docs::internals` has the layout and its measurements).
 #[repr(C)]
 pub(crate) struct CancelNode {
     pub(crate) node: Node,
-    /// Next to the header's handle count: deriving a child of this node
-    /// bumps the count and pushes onto this list back to back, so under
-    /// contention both usually touch one cache line.
-    children: List<CancelNode>,
+    /// The state word: written once, read by every `is_done()`.
+    state: AtomicPtr<CauseBox>,
     /// The earliest deadline on the path to the root (this node's own for a
     /// deadline node); immutable.
     deadline: Option<Instant>,
     /// This node's own timer (`timer.rs`); `NONE` unless `with_deadline`.
     pub(crate) timer: TimerEntry,
-    /// The state word: written once, read by every `is_done()`. On its own
-    /// cache line so registration traffic on `children` and handle counting
-    /// in the header do not slow its readers down.
-    state: Isolated<AtomicPtr<CauseBox>>,
     /// Invariant 3.
     links: AtomicUsize,
     /// This node's entry in `registered`'s child list.
@@ -91,27 +90,8 @@ pub(crate) struct CancelNode {
     /// tagged with `DEFER` when its link reference must go through the
     /// epoch.
     work_next: UnsafeCell<*const CancelNode>,
-}
-
-/// A value alone on its cache line, without over-aligning the struct that
-/// holds it: 56 bytes of padding on each side mean no other field can share
-/// a 64-byte line with it, wherever the allocation starts. (`CachePadded`
-/// would align the whole node to 128 bytes, which sends every allocation
-/// down glibc's slow `memalign` path: ~45 ns instead of ~5 ns.)
-#[repr(C)]
-struct Isolated<T> {
-    _before: core::mem::MaybeUninit<[u8; 56]>,
-    value: T,
-    _after: core::mem::MaybeUninit<[u8; 56]>,
-}
-
-impl<T> core::ops::Deref for Isolated<T> {
-    type Target = T;
-
-    #[inline]
-    fn deref(&self) -> &T {
-        &self.value
-    }
+    /// Written by every derivation and drop of a child.
+    children: List<CancelNode>,
 }
 
 /// Tag on a work-stack pointer: release its link reference through the epoch.
@@ -256,13 +236,13 @@ impl CancelNode {
         let raw = (shape.alloc)();
         // SAFETY: `raw` points to an exclusively owned, properly aligned,
         // uninitialised allocation that starts with a `CancelNode`; every
-        // field but the padding inside `Isolated` (`MaybeUninit`) is written
-        // exactly once below, so the node is fully initialised after.
+        // field is written exactly once below, so the node is fully
+        // initialised after.
         unsafe {
             (&raw mut (*raw).node).write(node);
             (&raw mut (*raw).deadline).write(deadline);
             (&raw mut (*raw).timer).write(timer);
-            (&raw mut (*raw).state.value).write(AtomicPtr::new(state::ACTIVE));
+            (&raw mut (*raw).state).write(AtomicPtr::new(state::ACTIVE));
             (&raw mut (*raw).links).write(AtomicUsize::new(links));
             (&raw mut (*raw).link).write(Link::new());
             (&raw mut (*raw).registered).write(ptr::null());
@@ -304,11 +284,11 @@ impl CancelNode {
         deadline: Option<Instant>,
         timer: TimerEntry,
         links: usize,
-        shape: &Shape,
+        shape: &'static Shape,
     ) -> NonNull<CancelNode> {
         let anchor = parent.anchor_ptr().cast::<CancelNode>();
         let raw = CancelNode::alloc(
-            Node::new(handles, shape.kind(), parent.clone(), ptr::null()),
+            Node::new(handles, &shape.kind, parent.clone(), ptr::null()),
             deadline,
             timer,
             links,
@@ -698,7 +678,7 @@ impl CancelNode {
         if links.load(Ordering::Acquire) == 1 || links.fetch_sub(1, Ordering::AcqRel) == 1 {
             // SAFETY: last reference: the memory is ours; `kind` is
             // immutable.
-            let Kind::Cancel { free, .. } = (unsafe { &(*this).node.kind }) else {
+            let Kind::Cancel { free, .. } = (unsafe { (*this).node.kind }) else {
                 unreachable!("a CancelNode's kind is Kind::Cancel")
             };
             // SAFETY: last reference; allocated by the shape's `alloc`,
@@ -729,22 +709,9 @@ impl CancelNode {
 pub(crate) struct Shape {
     /// An uninitialised allocation starting with a `CancelNode`.
     pub(crate) alloc: fn() -> *mut CancelNode,
-    /// `Kind::Cancel::retire`.
-    pub(crate) retire: unsafe fn(NonNull<Node>, &mut Option<Panic>),
-    /// `Kind::Cancel::free`.
-    pub(crate) free: unsafe fn(*mut Node),
-    /// `Kind::Cancel::merged`.
-    pub(crate) merged: Merged,
-}
-
-impl Shape {
-    fn kind(&self) -> Kind {
-        Kind::Cancel {
-            retire: self.retire,
-            free: self.free,
-            merged: self.merged,
-        }
-    }
+    /// A `Kind::Cancel`: how the allocation is torn down and freed, and
+    /// whether it is merged. Its nodes' headers point here.
+    pub(crate) kind: Kind,
 }
 
 /// Every context of `with_cancel`, `with_cancel_cause` and the deadline
@@ -756,9 +723,11 @@ impl Shape {
     pub(crate) const fn plain(merged: Merged) -> Shape {
         Shape {
             alloc: CancelNode::alloc_plain,
-            retire: CancelNode::retire,
-            free: CancelNode::free_plain,
-            merged,
+            kind: Kind::Cancel {
+                retire: CancelNode::retire,
+                free: CancelNode::free_plain,
+                merged,
+            },
         }
     }
 }
@@ -1071,5 +1040,23 @@ impl fmt::Debug for CancelCauseFunc {
         f.debug_struct("CancelCauseFunc")
             .field("done", &self.0.node().is_done())
             .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// Issue 10's node diet: a plain `with_cancel` node fits in two cache
+    /// lines, a deadline node in three.
+    #[test]
+    fn node_sizes() {
+        eprintln!(
+            "Node {} List {} TimerEntry {} CancelNode {}",
+            size_of::<Node>(),
+            size_of::<List<CancelNode>>(),
+            size_of::<TimerEntry>(),
+            size_of::<CancelNode>()
+        );
     }
 }

@@ -8,7 +8,7 @@ use crate::after_func::AfterFunc;
 use crate::cancel::{CancelCauseFunc, CancelFunc, CancelNode};
 use crate::done::Done;
 use crate::error::{Cause, Error};
-use crate::node::{self, Kind, Merged, Node, NodeRef, Repr};
+use crate::node::{self, Kind, Merged, Node, NodeRef, Repr, Up};
 use crate::on_done::OnDone;
 use crate::timer::TimerOwner;
 use crate::value::{ValueNode, value_of};
@@ -514,8 +514,8 @@ impl Context {
     /// ```
     #[inline]
     pub fn value<T: 'static>(&self) -> Option<&T> {
-        let mut current = &self.0;
-        while let Repr::Node(node) = current {
+        let mut current = Up::of(&self.0);
+        while let Up::Node(node) = current {
             // SAFETY: `self` keeps every ancestor alive for its lifetime
             // (node invariant 2), so `node` lives as long as `&self`.
             if let Some(value) = unsafe { value_of::<T>(node.as_ptr()) } {
@@ -578,12 +578,12 @@ impl Context {
     /// Go's `String()` segments, root first, built iteratively.
     fn name_segments(&self) -> Vec<String> {
         let mut segments = Vec::new();
-        let mut current = &self.0;
+        let mut current = Up::of(&self.0);
         loop {
             match current {
-                Repr::Background => segments.push("context.Background".to_owned()),
-                Repr::Todo => segments.push("context.TODO".to_owned()),
-                Repr::Node(node) => {
+                Up::Background => segments.push("context.Background".to_owned()),
+                Up::Todo => segments.push("context.TODO".to_owned()),
+                Up::Node(node) => {
                     // Alive while `self` is (node invariant 2).
                     let header: &Node = node;
                     segments.push(match header.kind {
@@ -616,7 +616,7 @@ impl Context {
                             }
                         }
                         Kind::WithoutCancel => ".WithoutCancel".to_owned(),
-                        Kind::Value { vtable, .. } => {
+                        Kind::Value(vtable) => {
                             format!(".WithValue({})", (vtable.type_name)())
                         }
                     });

@@ -110,7 +110,7 @@ use core::ptr;
 
 use crossbeam_epoch::{self as epoch, Guard};
 
-use crate::primitive::atomic::{AtomicPtr, AtomicUsize, Ordering, fence, fetch_or_tag};
+use crate::primitive::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering, fence, fetch_or_tag};
 
 /// Tag on `head`: the list is closed.
 const CLOSED: usize = 1;
@@ -201,10 +201,11 @@ pub(crate) struct List<E: Entry> {
     /// Removed-but-linked entries that trigger a cleanup pass: half the
     /// number of live entries the last pass kept (so a pass's traversal is
     /// paid for by removals in proportion), and at least `cleanup_min`.
-    /// Written only by passes.
-    threshold: AtomicUsize,
+    /// Written only by passes. 32 bits, with `cleanup_min` beside it, keep
+    /// a list at four words (a node embeds one).
+    threshold: AtomicU32,
     /// The least `threshold`.
-    cleanup_min: usize,
+    cleanup_min: u32,
     _entries: PhantomData<*const E>,
 }
 
@@ -227,10 +228,12 @@ impl<E: Entry> List<E> {
     /// A list that cleans up once `min` removed entries (and at least half
     /// of the list) are waiting to be unlinked.
     pub(crate) fn with_cleanup_min(min: usize) -> Self {
+        // At most `CLEANUP_MIN`, so it fits in 32 bits.
+        let min = min.min(CLEANUP_MIN) as u32;
         List {
-            cleanup_min: min.min(CLEANUP_MIN),
+            cleanup_min: min,
             head: AtomicPtr::new(ptr::null_mut()),
-            threshold: AtomicUsize::new(min.min(CLEANUP_MIN)),
+            threshold: AtomicU32::new(min),
             marked: AtomicUsize::new(0),
             cleaners: AtomicUsize::new(0),
             _entries: PhantomData,
@@ -501,8 +504,9 @@ impl<E: Entry> List<E> {
         // and halves the wait each time a list drains from its tail. (Under
         // loom the threshold stays at its minimum, so every removal cleans.)
         if cfg!(not(loom)) {
+            let half = u32::try_from(kept / 2).unwrap_or(u32::MAX);
             self.threshold
-                .store((kept / 2).max(self.cleanup_min), Ordering::Relaxed);
+                .store(half.max(self.cleanup_min), Ordering::Relaxed);
         }
         if deferred {
             // Hand what we deferred to the global queue and collect what has

@@ -39,7 +39,7 @@
 use core::ptr::NonNull;
 
 use crate::cancel::{CancelNode, Extended, Shape};
-use crate::node::{Merged, Node, NodeRef, Repr};
+use crate::node::{Kind, Merged, Node, NodeRef, Repr};
 use crate::on_done::OnDone;
 
 /// What a merged node carries beside its `CancelNode`.
@@ -52,9 +52,11 @@ pub(crate) struct Merge {
 
 static MERGED: Shape = Shape {
     alloc: Extended::<Merge>::alloc,
-    retire: Extended::<Merge>::retire,
-    free: Extended::<Merge>::free,
-    merged: Merged::Node,
+    kind: Kind::Cancel {
+        retire: Extended::<Merge>::retire,
+        free: Extended::<Merge>::free,
+        merged: Merged::Node,
+    },
 };
 
 /// Merges with a root: nothing to carry, a plain allocation (invariant 5).

@@ -34,7 +34,6 @@
 //!    last handle itself (timer invariant 6). A panicking `Drop` is
 //!    contained until the whole release is done (`release_slow`).
 
-use core::any::TypeId;
 use core::mem::ManuallyDrop;
 use core::ops::Deref;
 use core::ptr::{self, NonNull};
@@ -58,11 +57,8 @@ pub(crate) enum Kind {
     },
     /// A bare `Node`: `without_cancel`.
     WithoutCancel,
-    /// A `ValueNode<T>` for the `T` with this `TypeId`.
-    Value {
-        type_id: TypeId,
-        vtable: &'static ValueVtable,
-    },
+    /// A `ValueNode<T>` (value.rs), whose `TypeId` follows the header.
+    Value(ValueVtable),
 }
 
 /// What a cancel node was merged with (merge.rs), for `Display`.
@@ -85,13 +81,15 @@ pub(crate) struct ValueVtable {
     pub(crate) free: unsafe fn(NonNull<Node>),
 }
 
-/// The header of every derived context.
+/// The header of every derived context: four words.
 #[repr(C)]
 pub(crate) struct Node {
     handles: AtomicUsize,
-    pub(crate) kind: Kind,
+    /// A `static` per kind (a shape's, a value type's), so the header
+    /// carries one pointer for it.
+    pub(crate) kind: &'static Kind,
     /// Taken at release (invariant 2); never dropped in place.
-    parent: ManuallyDrop<Repr>,
+    parent: Parent,
     /// Invariant 4: the header of a `CancelNode`, or null. Typed by
     /// `Node::anchor` in cancel.rs.
     pub(crate) anchor: *const Node,
@@ -122,9 +120,77 @@ impl Repr {
     }
 }
 
+/// A node's parent in one word: the address of the parent node, on which it
+/// owns a handle, or one of the two roots (`Repr`'s three cases, packed).
+/// Moved out at release (invariant 2); dropping it in place does nothing.
+struct Parent(*const Node);
+
+/// The `Parent` of a child of `todo()`. Never a node's address: nodes are
+/// pointer-aligned. (`background()`'s is null.)
+const TODO_PARENT: *const Node = ptr::without_provenance(1);
+
+/// A node's parent as `Node::parent` shows it: a `Repr` by reference.
+pub(crate) enum Up<'a> {
+    Background,
+    Todo,
+    Node(&'a NodeRef),
+}
+
+impl Parent {
+    /// Packs `parent`, taking over its handle.
+    fn new(parent: Repr) -> Parent {
+        Parent(match parent {
+            Repr::Background => ptr::null(),
+            Repr::Todo => TODO_PARENT,
+            Repr::Node(node) => node.into_raw().as_ptr(),
+        })
+    }
+
+    fn get(&self) -> Up<'_> {
+        if self.0.is_null() {
+            Up::Background
+        } else if self.0 == TODO_PARENT {
+            Up::Todo
+        } else {
+            // SAFETY: a node's address, on which we own a handle: the word
+            // is a `NodeRef`'s (`repr(transparent)` over a non-null
+            // pointer), borrowed for as long as `self` is.
+            Up::Node(unsafe { &*(&raw const self.0).cast::<NodeRef>() })
+        }
+    }
+
+    /// Unpacks the parent, giving its handle back to the caller.
+    ///
+    /// # Safety
+    ///
+    /// Called at most once (the node's release); `self` is not used after.
+    unsafe fn take(&self) -> Repr {
+        match self.get() {
+            Up::Background => Repr::Background,
+            Up::Todo => Repr::Todo,
+            // SAFETY: the handle we owned, handed over once.
+            Up::Node(node) => Repr::Node(unsafe { ptr::read(node) }),
+        }
+    }
+}
+
+impl<'a> Up<'a> {
+    /// A context's own representation, as a parent is shown.
+    #[inline]
+    pub(crate) fn of(repr: &'a Repr) -> Up<'a> {
+        match repr {
+            Repr::Background => Up::Background,
+            Repr::Todo => Up::Todo,
+            Repr::Node(node) => Up::Node(node),
+        }
+    }
+}
+
 /// One counted handle on a node (invariant 1), as `Arc` is one strong
 /// reference: `Clone` takes a handle, `Drop` gives it back and releases the
 /// node (iteratively, with its ancestors: invariant 3) when it was the last.
+/// `repr(transparent)`: a `Parent` word is one.
+#[repr(transparent)]
 pub(crate) struct NodeRef(NonNull<Node>);
 
 // SAFETY: a handle is a counted reference to shared data that is `Sync` for
@@ -235,19 +301,24 @@ const MAX_HANDLES: usize = isize::MAX as usize;
 
 impl Node {
     /// A header with `handles` handles.
-    pub(crate) fn new(handles: usize, kind: Kind, parent: Repr, anchor: *const Node) -> Node {
+    pub(crate) fn new(
+        handles: usize,
+        kind: &'static Kind,
+        parent: Repr,
+        anchor: *const Node,
+    ) -> Node {
         Node {
             handles: AtomicUsize::new(handles),
             kind,
-            parent: ManuallyDrop::new(parent),
+            parent: Parent::new(parent),
             anchor,
         }
     }
 
     /// The context this one was derived from.
     #[inline]
-    pub(crate) fn parent(&self) -> &Repr {
-        &self.parent
+    pub(crate) fn parent(&self) -> Up<'_> {
+        self.parent.get()
     }
 
     /// The handle count, for unit tests (`done.rs`: `done()` takes none).
@@ -378,7 +449,7 @@ unsafe fn teardown_chain(mut this: NonNull<Node>, panic: &mut Option<Panic>) {
         let _ = unsafe { this.as_ref() }.handles.load(Ordering::Acquire);
         // SAFETY: no handle is left (invariant 1): we have the node to
         // ourselves, and `parent` is moved out exactly once (invariant 2).
-        let parent = unsafe { ManuallyDrop::into_inner(ptr::read(&this.as_ref().parent)) };
+        let parent = unsafe { this.as_ref().parent.take() };
         // SAFETY: as above; `kind` says which struct the header starts.
         unsafe {
             match this.as_ref().kind {
@@ -386,7 +457,7 @@ unsafe fn teardown_chain(mut this: NonNull<Node>, panic: &mut Option<Panic>) {
                 Kind::WithoutCancel => drop(Box::from_raw(this.as_ptr())),
                 // A panicking `T::drop` still frees the box (drop glue
                 // deallocates while unwinding).
-                Kind::Value { vtable, .. } => contain(panic, || (vtable.free)(this)),
+                Kind::Value(vtable) => contain(panic, || (vtable.free)(this)),
             }
         }
         // Drop the parent handle without recursing (invariant 3).
@@ -411,7 +482,7 @@ unsafe fn teardown_chain(mut this: NonNull<Node>, panic: &mut Option<Panic>) {
 
 /// Allocates a `without_cancel()` node: a bare header with no anchor.
 pub(crate) fn new_without_cancel(parent: Repr) -> NodeRef {
-    let node = Box::new(Node::new(1, Kind::WithoutCancel, parent, ptr::null()));
+    let node = Box::new(Node::new(1, &Kind::WithoutCancel, parent, ptr::null()));
     // SAFETY: `Box::into_raw` never returns null; the box's one handle is
     // the caller's.
     unsafe { NodeRef::from_raw(NonNull::new_unchecked(Box::into_raw(node))) }

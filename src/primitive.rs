@@ -11,7 +11,9 @@
 #[cfg(not(loom))]
 mod imp {
     pub(crate) mod atomic {
-        pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering, fence};
+        pub(crate) use core::sync::atomic::{
+            AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+        };
 
         /// Sets tag bits in an atomic pointer's address, keeping its
         /// provenance; returns the previous pointer.
@@ -55,7 +57,9 @@ mod imp {
 #[cfg(loom)]
 mod imp {
     pub(crate) mod atomic {
-        pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering, fence};
+        pub(crate) use loom::sync::atomic::{
+            AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+        };
 
         /// loom's `AtomicPtr` has no `fetch_or`: the same read-modify-write
         /// as a CAS loop (one atomic RMW per attempt, as loom models it).

@@ -7,31 +7,34 @@ use core::ptr::NonNull;
 
 use crate::node::{Kind, Node, NodeRef, Repr, ValueVtable};
 
-/// A value context's node: the header, then the value.
+/// What every value node starts with, whatever its `T`: the header, then
+/// the key (`value_of` reads it without knowing `T`).
+#[repr(C)]
+struct ValueHeader {
+    node: Node,
+    type_id: TypeId,
+}
+
+/// A value context's node: the header and key, then the value.
 #[repr(C)]
 pub(crate) struct ValueNode<T> {
-    node: Node,
+    header: ValueHeader,
     value: T,
 }
 
 impl<T: Send + Sync + 'static> ValueNode<T> {
-    const VTABLE: ValueVtable = ValueVtable {
+    const KIND: Kind = Kind::Value(ValueVtable {
         type_name: type_name::<T>,
         free: Self::free,
-    };
+    });
 
     /// Allocates a value node under `parent` (one allocation).
     pub(crate) fn derive(parent: &Repr, value: T) -> NodeRef {
         let node = Box::new(ValueNode {
-            node: Node::new(
-                1,
-                Kind::Value {
-                    type_id: TypeId::of::<T>(),
-                    vtable: &Self::VTABLE,
-                },
-                parent.clone(),
-                parent.anchor_ptr(),
-            ),
+            header: ValueHeader {
+                node: Node::new(1, &Self::KIND, parent.clone(), parent.anchor_ptr()),
+                type_id: TypeId::of::<T>(),
+            },
             value,
         });
         // SAFETY: `Box::into_raw` never returns null; the header is the first
@@ -60,11 +63,15 @@ impl<T: Send + Sync + 'static> ValueNode<T> {
 pub(crate) unsafe fn value_of<'a, T: 'static>(node: NonNull<Node>) -> Option<&'a T> {
     // SAFETY: alive for 'a per the contract.
     let header = unsafe { node.as_ref() };
-    match header.kind {
-        Kind::Value { type_id, .. } if type_id == TypeId::of::<T>() => {
-            // SAFETY: the `TypeId` says this header starts a `ValueNode<T>`.
-            Some(unsafe { &node.cast::<ValueNode<T>>().as_ref().value })
-        }
-        _ => None,
+    let Kind::Value(_) = header.kind else {
+        return None;
+    };
+    // SAFETY: the kind says the header starts a `ValueNode`, so a
+    // `ValueHeader` (its first field, laid out the same for every `T`);
+    // alive for 'a.
+    if unsafe { node.cast::<ValueHeader>().as_ref() }.type_id != TypeId::of::<T>() {
+        return None;
     }
+    // SAFETY: the `TypeId` says this header starts a `ValueNode<T>`.
+    Some(unsafe { &node.cast::<ValueNode<T>>().as_ref().value })
 }
