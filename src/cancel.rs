@@ -47,6 +47,13 @@
 //!    live children (a child holds a handle), and nobody reads its cause.
 //! 5. A registered node's `registered` list belongs to an ancestor, alive
 //!    until the node is released (node invariant 2).
+//! 6. `deadline` is null or points to the `deadline` field of a
+//!    [`DeadlineNode`] that outlives the node: the node itself, an ancestor
+//!    (node invariant 2), or — for a merged node and its descendants — the
+//!    merged node's other parent or one of its ancestors, on which the
+//!    merged node holds a handle until it is released (merge.rs). Only a
+//!    node whose kind says `timed` is a `DeadlineNode`; only it has a timer
+//!    entry.
 
 use core::fmt;
 use core::ptr::{self, NonNull};
@@ -74,11 +81,12 @@ pub(crate) struct CancelNode {
     pub(crate) node: Node,
     /// The state word: written once, read by every `is_done()`.
     state: AtomicPtr<CauseBox>,
-    /// The earliest deadline on the path to the root (this node's own for a
-    /// deadline node); immutable.
-    deadline: Option<Instant>,
-    /// This node's own timer (`timer.rs`); `NONE` unless `with_deadline`.
-    pub(crate) timer: TimerEntry,
+    /// The earliest deadline on the path to the root, or null: the
+    /// `deadline` field of the `DeadlineNode` that set it — this node, an
+    /// ancestor, or (for a merged node and its descendants) the other
+    /// parent or one of its ancestors, which the merged node keeps alive
+    /// (invariant 6). Immutable.
+    deadline: *const Instant,
     /// Invariant 3.
     links: AtomicUsize,
     /// This node's entry in `registered`'s child list.
@@ -92,6 +100,18 @@ pub(crate) struct CancelNode {
     work_next: UnsafeCell<*const CancelNode>,
     /// Written by every derivation and drop of a child.
     children: List<CancelNode>,
+}
+
+/// A deadline context's node: a `CancelNode` (whose kind says `timed`),
+/// then its timer entry and its own deadline. One allocation, as every
+/// context's.
+#[repr(C)]
+pub(crate) struct DeadlineNode {
+    node: CancelNode,
+    timer: TimerEntry,
+    /// What `CancelNode::deadline` of this node and of its descendants
+    /// points to.
+    deadline: Instant,
 }
 
 /// Tag on a work-stack pointer: release its link reference through the epoch.
@@ -144,13 +164,70 @@ impl Repr {
     }
 }
 
+impl Repr {
+    /// What a node derived from this context starts its `deadline` with.
+    #[inline]
+    pub(crate) fn deadline_ptr(&self) -> *const Instant {
+        self.anchor().map_or(ptr::null(), CancelNode::deadline_ptr)
+    }
+}
+
+impl DeadlineNode {
+    /// The timer entry of the deadline node `this` heads, through a pointer
+    /// with the provenance of `this` (the timer pushes, withdraws and frees
+    /// through it).
+    #[inline]
+    fn timer_entry(this: *const CancelNode) -> NonNull<TimerEntry> {
+        // SAFETY: every caller's `this` heads a live `DeadlineNode` (its
+        // kind says `timed`); an in-bounds projection of a non-null pointer
+        // is non-null.
+        unsafe {
+            NonNull::new_unchecked((&raw const (*this.cast::<DeadlineNode>()).timer).cast_mut())
+        }
+    }
+
+    /// The node holding `entry`.
+    ///
+    /// # Safety
+    ///
+    /// `entry` is the `timer` field of a `DeadlineNode` (`timer_entry`).
+    unsafe fn of_timer(entry: NonNull<TimerEntry>) -> NonNull<CancelNode> {
+        // SAFETY: the field lies `offset_of!` bytes into the node, and the
+        // pointer keeps the node's provenance (`timer_entry`).
+        unsafe {
+            NonNull::new_unchecked(
+                entry
+                    .as_ptr()
+                    .byte_sub(core::mem::offset_of!(DeadlineNode, timer))
+                    .cast::<CancelNode>(),
+            )
+        }
+    }
+
+    /// `Shape::alloc` of `DEADLINE`.
+    fn alloc() -> *mut CancelNode {
+        Box::into_raw(Box::<DeadlineNode>::new_uninit()).cast()
+    }
+
+    /// `Shape::free` of `DEADLINE`.
+    ///
+    /// # Safety
+    ///
+    /// `this` came from `DeadlineNode::alloc`, its fields were all written,
+    /// and no reference is left (the entry's cause was taken at release).
+    unsafe fn free(this: *mut Node) {
+        // SAFETY: per the contract.
+        drop(unsafe { Box::from_raw(this.cast::<DeadlineNode>()) });
+    }
+}
+
 impl CancelNode {
     /// Derives a cancellable child of `parent`, with `handles` handles.
     /// Registers it with `parent`'s anchor, or makes it done at once if the
     /// anchor already is (invariant: done before the derivation returns).
     pub(crate) fn derive(parent: &Repr, handles: usize) -> NonNull<CancelNode> {
-        let deadline = parent.anchor().and_then(CancelNode::deadline);
-        CancelNode::derive_with(parent, handles, deadline, TimerEntry::none(), 1)
+        let deadline = Repr::deadline_ptr(parent);
+        CancelNode::derive_shaped(parent, handles, deadline, 1, &PLAIN, |_| {})
     }
 
     /// Derives a deadline node: `deadline` must be earlier than the
@@ -181,15 +258,19 @@ impl CancelNode {
     ) -> NonNull<CancelNode> {
         // The memory starts with the wheel list's reference counted (invariant
         // 3 and timer invariant 2), saving the arming a read-modify-write.
-        let raw = CancelNode::derive_with(
-            parent,
-            handles,
-            Some(deadline),
-            TimerEntry::deadline(cause, timer_owner),
-            2,
-        );
+        let raw = CancelNode::derive_shaped(parent, handles, ptr::null(), 2, &DEADLINE, |raw| {
+            let timed = raw.cast::<DeadlineNode>();
+            // SAFETY: `DEADLINE`'s allocation, still exclusively ours; the
+            // two fields are written once, here.
+            unsafe {
+                (&raw mut (*timed).timer).write(TimerEntry::new(cause, timer_owner));
+                (&raw mut (*timed).deadline).write(deadline);
+                (*raw).deadline = &raw const (*timed).deadline;
+            }
+        });
         // SAFETY: we hold the handles just created.
         let node = unsafe { raw.as_ref() };
+        let entry = DeadlineNode::timer_entry(raw.as_ptr());
         // How far the deadline lies after a clock reading taken during the
         // derivation; zero once it has passed (`time.Until(d) <= 0`).
         let remaining = match timeout {
@@ -197,7 +278,6 @@ impl CancelNode {
             _ => deadline.saturating_duration_since(Instant::now()),
         };
         if !node.is_done() && !remaining.is_zero() {
-            let entry = CancelNode::timer_entry(raw.as_ptr());
             // SAFETY: a deadline entry, with the node's provenance; the
             // wheel's reference, counted at construction.
             unsafe { timer::arm(entry, deadline, remaining) };
@@ -209,7 +289,8 @@ impl CancelNode {
             }
         } else {
             if !node.is_done() {
-                node.cancel(Error::DeadlineExceeded, node.timer.cause());
+                // SAFETY: the entry of a live deadline node (our handles).
+                node.cancel(Error::DeadlineExceeded, unsafe { entry.as_ref() }.cause());
             }
             // Never armed: give the wheel's reference back (never the last
             // one: the handles hold theirs).
@@ -219,20 +300,14 @@ impl CancelNode {
         raw
     }
 
-    /// One heap allocation, initialised field by field in place: building
-    /// the ~340-byte node on the stack and moving it into a `Box` costs a
-    /// `memmove` that showed up as a quarter of `with_cancel` + `cancel`.
-    /// The state word's padding stays uninitialised.
+    /// One heap allocation, initialised field by field in place (building
+    /// the node on the stack and moving it into a `Box` cost a `memmove`
+    /// that once showed up as a quarter of `with_cancel` + `cancel`).
     ///
-    /// `shape` says which allocation: a plain `CancelNode`, or an
-    /// `Extended<X>` whose `ext` the deriving layer writes afterwards.
-    fn alloc(
-        node: Node,
-        deadline: Option<Instant>,
-        timer: TimerEntry,
-        links: usize,
-        shape: &Shape,
-    ) -> *mut CancelNode {
+    /// `shape` says which allocation: a plain `CancelNode`, a
+    /// `DeadlineNode`, or an `Extended<X>` whose `ext` the deriving layer
+    /// writes afterwards.
+    fn alloc(node: Node, deadline: *const Instant, links: usize, shape: &Shape) -> *mut CancelNode {
         let raw = (shape.alloc)();
         // SAFETY: `raw` points to an exclusively owned, properly aligned,
         // uninitialised allocation that starts with a `CancelNode`; every
@@ -241,7 +316,6 @@ impl CancelNode {
         unsafe {
             (&raw mut (*raw).node).write(node);
             (&raw mut (*raw).deadline).write(deadline);
-            (&raw mut (*raw).timer).write(timer);
             (&raw mut (*raw).state).write(AtomicPtr::new(state::ACTIVE));
             (&raw mut (*raw).links).write(AtomicUsize::new(links));
             (&raw mut (*raw).link).write(Link::new());
@@ -253,47 +327,39 @@ impl CancelNode {
         raw
     }
 
-    /// `links`: the memory references the caller wants besides the list's
-    /// (1: the handles'; 2: also a timer wheel list's).
-    fn derive_with(
-        parent: &Repr,
-        handles: usize,
-        deadline: Option<Instant>,
-        timer: TimerEntry,
-        links: usize,
-    ) -> NonNull<CancelNode> {
-        CancelNode::derive_shaped(parent, handles, deadline, timer, links, &PLAIN)
-    }
-
     /// Derives a cancellable child of `parent` allocated per `shape` (an
     /// `Extended<X>`, whose `ext` the caller writes before sharing any
     /// handle, or a marked plain node), with `deadline` as its earliest
-    /// deadline and no timer of its own.
+    /// deadline (`CancelNode::deadline`) and no timer of its own.
     pub(crate) fn derive_with_shape(
         parent: &Repr,
         handles: usize,
-        deadline: Option<Instant>,
+        deadline: *const Instant,
         shape: &'static Shape,
     ) -> NonNull<CancelNode> {
-        CancelNode::derive_shaped(parent, handles, deadline, TimerEntry::none(), 1, shape)
+        CancelNode::derive_shaped(parent, handles, deadline, 1, shape, |_| {})
     }
 
+    /// The derivation. `links`: the memory references the caller wants
+    /// besides the list's (1: the handles'; 2: also a timer wheel list's).
+    /// `init` writes the rest of the shape's allocation (a deadline node's
+    /// timer) before the node is published.
     fn derive_shaped(
         parent: &Repr,
         handles: usize,
-        deadline: Option<Instant>,
-        timer: TimerEntry,
+        deadline: *const Instant,
         links: usize,
         shape: &'static Shape,
+        init: impl FnOnce(*mut CancelNode),
     ) -> NonNull<CancelNode> {
         let anchor = parent.anchor_ptr().cast::<CancelNode>();
         let raw = CancelNode::alloc(
             Node::new(handles, &shape.kind, parent.clone(), ptr::null()),
             deadline,
-            timer,
             links,
             shape,
         );
+        init(raw);
         // SAFETY: `raw` is a fresh, exclusively owned allocation until it is
         // pushed below.
         unsafe {
@@ -326,34 +392,30 @@ impl CancelNode {
     /// The earliest deadline on the path to the root.
     #[inline]
     pub(crate) fn deadline(&self) -> Option<Instant> {
+        // SAFETY: null, or a `DeadlineNode`'s immutable `deadline` that
+        // outlives this node (the field's docs).
+        unsafe { self.deadline.as_ref() }.copied()
+    }
+
+    /// What `deadline` points to, for a node derived from this one (or
+    /// merged with it).
+    #[inline]
+    pub(crate) fn deadline_ptr(&self) -> *const Instant {
         self.deadline
     }
 
-    /// This node's timer entry, through a pointer with the provenance of
-    /// `this` (the timer pushes, withdraws and frees through it).
+    /// Whether this is a `DeadlineNode` (made by the deadline variants).
     #[inline]
-    fn timer_entry(this: *const CancelNode) -> NonNull<TimerEntry> {
-        // SAFETY: an in-bounds projection of a non-null pointer to a live
-        // node (every caller's `this` is valid) is non-null.
-        unsafe { NonNull::new_unchecked((&raw const (*this).timer).cast_mut()) }
+    pub(crate) fn is_timed(&self) -> bool {
+        matches!(self.node.kind, Kind::Cancel { timed: true, .. })
     }
 
-    /// The node holding `entry`.
-    ///
-    /// # Safety
-    ///
-    /// `entry` is the `timer` field of a `CancelNode` (`timer_entry`).
-    unsafe fn of_timer(entry: NonNull<TimerEntry>) -> NonNull<CancelNode> {
-        // SAFETY: the field lies `offset_of!` bytes into the node, and the
-        // pointer keeps the node's provenance (`timer_entry`).
-        unsafe {
-            NonNull::new_unchecked(
-                entry
-                    .as_ptr()
-                    .byte_sub(core::mem::offset_of!(CancelNode, timer))
-                    .cast::<CancelNode>(),
-            )
-        }
+    /// This node's timer entry if it is a deadline node.
+    #[inline]
+    fn own_timer(this: *const CancelNode) -> Option<NonNull<TimerEntry>> {
+        // SAFETY: every caller's `this` is a valid node; its kind is
+        // immutable.
+        unsafe { (*this).is_timed() }.then(|| DeadlineNode::timer_entry(this))
     }
 
     /// How the timer treats a deadline node's entry (timer.rs names no
@@ -365,29 +427,30 @@ impl CancelNode {
         /// `entry` is a `CancelNode`'s (all four below).
         unsafe fn node(entry: NonNull<TimerEntry>) -> NonNull<Node> {
             // SAFETY: forwarded; the header is the first field.
-            unsafe { CancelNode::of_timer(entry) }.cast()
+            unsafe { DeadlineNode::of_timer(entry) }.cast()
         }
         /// # Safety
         ///
         /// As `node`, and the memory is valid.
         unsafe fn acquire_memory(entry: NonNull<TimerEntry>) {
             // SAFETY: forwarded.
-            unsafe { CancelNode::of_timer(entry).as_ref() }.acquire_memory();
+            unsafe { DeadlineNode::of_timer(entry).as_ref() }.acquire_memory();
         }
         /// # Safety
         ///
         /// As `node`; the caller owns a memory reference and gives it up.
         unsafe fn release_memory(entry: NonNull<TimerEntry>) {
             // SAFETY: forwarded.
-            unsafe { CancelNode::release_memory(CancelNode::of_timer(entry).as_ptr()) }
+            unsafe { CancelNode::release_memory(DeadlineNode::of_timer(entry).as_ptr()) }
         }
         /// # Safety
         ///
         /// As `node`; the caller holds a handle on the node.
         unsafe fn expire(entry: NonNull<TimerEntry>) {
             // SAFETY: forwarded: the handle keeps the node alive.
-            let node = unsafe { CancelNode::of_timer(entry).as_ref() };
-            node.cancel(Error::DeadlineExceeded, node.timer.cause());
+            let node = unsafe { DeadlineNode::of_timer(entry).as_ref() };
+            // SAFETY: as above.
+            node.cancel(Error::DeadlineExceeded, unsafe { entry.as_ref() }.cause());
         }
         TimerOwner {
             node,
@@ -511,9 +574,11 @@ impl CancelNode {
 
     /// Steps 2 and 3 of the protocol, for the winner of the CAS to `word`.
     fn after_decided(&self, word: Word) {
-        // SAFETY: the caller holds a handle; the pointer has the provenance
-        // of `self`, as every disarm's.
-        unsafe { timer::disarm(CancelNode::timer_entry(self)) };
+        if let Some(entry) = CancelNode::own_timer(self) {
+            // SAFETY: the caller holds a handle; the pointer has the
+            // provenance of `self`, as every disarm's.
+            unsafe { timer::disarm(entry) };
+        }
         if let Some(registered) =
             // SAFETY: invariant 5.
             unsafe { self.registered.as_ref() }
@@ -553,9 +618,12 @@ impl CancelNode {
                         .compare_exchange(state::ACTIVE, word, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok();
                 if won {
-                    // SAFETY: the child is valid (we hold its link
-                    // reference, or its list is frozen by our close).
-                    unsafe { timer::disarm(CancelNode::timer_entry(child_ref)) };
+                    // The child is valid: we hold its link reference, or its
+                    // list is frozen by our close.
+                    if let Some(entry) = CancelNode::own_timer(child_ref) {
+                        // SAFETY: valid, as just said.
+                        unsafe { timer::disarm(entry) };
+                    }
                     // Keep the link reference until the child is processed.
                     let defer = if chain.deferring() { DEFER } else { 0 };
                     let tagged = child.map_addr(|addr| addr | defer);
@@ -633,8 +701,11 @@ impl CancelNode {
         if !node.children.is_empty() {
             drop(node.children.close());
         }
-        // SAFETY: the memory is valid until `release_memory` below.
-        unsafe { timer::disarm(CancelNode::timer_entry(this.as_ptr())) };
+        let entry = CancelNode::own_timer(this.as_ptr());
+        if let Some(entry) = entry {
+            // SAFETY: the memory is valid until `release_memory` below.
+            unsafe { timer::disarm(entry) };
+        }
         // No thread or task can be waiting (a `Done` holds a handle, or
         // borrows a context that does); what
         // is left is withdrawn entries and callbacks whose `AfterFunc` was
@@ -652,8 +723,7 @@ impl CancelNode {
             waiters::contain(panic, move || drop(cause));
         }
         // SAFETY: released: nobody reads the timer's cause any more.
-        let cause = unsafe { node.timer.take_cause() };
-        if cause.is_some() {
+        if let Some(cause) = entry.and_then(|entry| unsafe { entry.as_ref().take_cause() }) {
             waiters::contain(panic, move || drop(cause));
         }
         // SAFETY: the handles' reference on the memory.
@@ -714,9 +784,19 @@ pub(crate) struct Shape {
     pub(crate) kind: Kind,
 }
 
-/// Every context of `with_cancel`, `with_cancel_cause` and the deadline
-/// variants.
+/// Every context of `with_cancel` and `with_cancel_cause`.
 static PLAIN: Shape = Shape::plain(Merged::No);
+
+/// Every context of the deadline variants: a `DeadlineNode`.
+static DEADLINE: Shape = Shape {
+    alloc: DeadlineNode::alloc,
+    kind: Kind::Cancel {
+        retire: CancelNode::retire,
+        free: DeadlineNode::free,
+        merged: Merged::No,
+        timed: true,
+    },
+};
 
 impl Shape {
     /// A plain `CancelNode` allocation, marked `merged`.
@@ -727,6 +807,7 @@ impl Shape {
                 retire: CancelNode::retire,
                 free: CancelNode::free_plain,
                 merged,
+                timed: false,
             },
         }
     }
@@ -1052,11 +1133,12 @@ mod tests {
     #[test]
     fn node_sizes() {
         eprintln!(
-            "Node {} List {} TimerEntry {} CancelNode {}",
+            "Node {} List {} TimerEntry {} CancelNode {} DeadlineNode {}",
             size_of::<Node>(),
             size_of::<List<CancelNode>>(),
             size_of::<TimerEntry>(),
-            size_of::<CancelNode>()
+            size_of::<CancelNode>(),
+            size_of::<DeadlineNode>()
         );
     }
 }

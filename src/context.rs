@@ -609,7 +609,7 @@ impl Context {
                             // `CancelNode`.
                             let node = unsafe { node.as_ptr().cast::<CancelNode>().as_ref() };
                             match node.deadline() {
-                                Some(deadline) if node.timer.is_deadline() => {
+                                Some(deadline) if node.is_timed() => {
                                     format!(".WithDeadline({})", display_deadline(deadline))
                                 }
                                 _ => ".WithCancel".to_owned(),

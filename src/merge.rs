@@ -56,6 +56,7 @@ static MERGED: Shape = Shape {
         retire: Extended::<Merge>::retire,
         free: Extended::<Merge>::free,
         merged: Merged::Node,
+        timed: false,
     },
 };
 
@@ -66,11 +67,16 @@ static WITH_TODO: Shape = Shape::plain(Merged::Todo);
 /// Derives the merged child of `ctx` and `other`, with two handles.
 pub(crate) fn derive(ctx: &Repr, other: &Repr) -> NonNull<CancelNode> {
     let other_anchor = other.anchor_ptr().cast::<CancelNode>();
-    let own = ctx.anchor().and_then(CancelNode::deadline);
-    let theirs = other.anchor().and_then(CancelNode::deadline);
-    let deadline = match (own, theirs) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    // The earlier deadline, as a pointer into the node that set it
+    // (cancel.rs invariant 6: the merged node keeps `other`, and so that
+    // node, alive).
+    let (own, theirs) = (ctx.deadline_ptr(), other.deadline_ptr());
+    // SAFETY: each is null or points into a node that `ctx` or `other`
+    // keeps alive for this call.
+    let deadline = match unsafe { (own.as_ref(), theirs.as_ref()) } {
+        (Some(a), Some(b)) if b < a => theirs,
+        (Some(_), _) => own,
+        (None, _) => theirs,
     };
     match other {
         // Invariant 5: exactly what `with_cancel` does, marked for Display.

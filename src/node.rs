@@ -54,6 +54,8 @@ pub(crate) enum Kind {
         free: unsafe fn(*mut Node),
         /// Whether this is a merged context (merge.rs), and with what.
         merged: Merged,
+        /// Whether the allocation is a `DeadlineNode`, with a timer entry.
+        timed: bool,
     },
     /// A bare `Node`: `without_cancel`.
     WithoutCancel,

@@ -52,8 +52,7 @@
 //!
 //! | state      | meaning                                                    |
 //! |------------|------------------------------------------------------------|
-//! | `NONE`     | not a deadline node                                        |
-//! | `UNARMED`  | a deadline node not (yet) linked into a wheel list         |
+//! | `UNARMED`  | not (yet) linked into a wheel list                         |
 //! | `ARMED`    | linked; the list holds a memory reference                  |
 //! | `MOVING`   | taken off its list by a sweep, to be linked lower; the timer thread holds a memory reference |
 //! | `DISARMED` | cancelled or released; withdrawn from its list (or, if it was `MOVING`, dropped by the timer) |
@@ -126,14 +125,13 @@ use crate::error::Cause;
 use crate::list::{Entry, Link, List};
 use crate::node::{Node, NodeRef};
 use crate::primitive::UnsafeCell;
-use crate::primitive::atomic::{AtomicU64, AtomicUsize, Ordering};
+use crate::primitive::atomic::{AtomicU32, AtomicU64, Ordering};
 
-const NONE: usize = 0;
-const UNARMED: usize = 1;
-const ARMED: usize = 2;
-const DISARMED: usize = 3;
-const FIRED: usize = 4;
-const MOVING: usize = 5;
+const UNARMED: u32 = 1;
+const ARMED: u32 = 2;
+const DISARMED: u32 = 3;
+const FIRED: u32 = 4;
+const MOVING: u32 = 5;
 
 /// What the timer needs of the node a [`TimerEntry`] lives in, supplied
 /// by the entry's owner: timer.rs names no kind of node. cancel.rs provides
@@ -156,22 +154,22 @@ pub(crate) struct TimerOwner {
     pub(crate) drop_detached: fn(NodeRef),
 }
 
-/// The timer part of a cancellable node.
+/// The timer part of a deadline node (seven words).
 // (Under loom the models arm and fire timers by hand: no wheel.)
 #[cfg_attr(loom, allow(dead_code))]
 pub(crate) struct TimerEntry {
-    state: AtomicUsize,
-    /// The operations on the node holding the entry (`None`: not a
-    /// deadline node, never armed).
-    owner: Option<&'static TimerOwner>,
+    /// The state table above. 32 bits, as `list`: the two share a word.
+    state: AtomicU32,
+    /// The index of the wheel list the node is linked into (set before
+    /// each push).
+    list: AtomicU32,
+    /// The operations on the node holding the entry.
+    owner: &'static TimerOwner,
     /// The node's link in its wheel list.
     link: Link,
     /// The deadline in nanoseconds since the timer's base (set before the
     /// node is first linked, then immutable).
     when: AtomicU64,
-    /// The index of the wheel list the node is linked into (set before
-    /// each push).
-    list: AtomicUsize,
     /// The cause a deadline expiry records (`DeadlineExceeded` when `None`).
     /// User data: taken and dropped by the node's release (the last
     /// *handle*, `take_cause`), never by whoever frees the memory — a wheel
@@ -181,34 +179,34 @@ pub(crate) struct TimerEntry {
 }
 
 impl TimerEntry {
-    /// The entry of a node without a deadline of its own.
-    pub(crate) fn none() -> TimerEntry {
-        TimerEntry {
-            state: AtomicUsize::new(NONE),
-            owner: None,
-            link: Link::new(),
-            when: AtomicU64::new(0),
-            list: AtomicUsize::new(0),
-            cause: UnsafeCell::new(None),
-        }
-    }
-
     /// The entry of a deadline node, not yet armed, in a node `owner`
     /// knows how to treat.
-    pub(crate) fn deadline(cause: Option<Cause>, owner: &'static TimerOwner) -> TimerEntry {
+    pub(crate) fn new(cause: Option<Cause>, owner: &'static TimerOwner) -> TimerEntry {
         TimerEntry {
-            state: AtomicUsize::new(UNARMED),
-            owner: Some(owner),
+            state: AtomicU32::new(UNARMED),
+            list: AtomicU32::new(0),
+            owner,
             link: Link::new(),
             when: AtomicU64::new(0),
-            list: AtomicUsize::new(0),
             cause: UnsafeCell::new(cause),
         }
     }
 
-    /// Whether the node was made by `with_deadline` (for `Display`).
-    pub(crate) fn is_deadline(&self) -> bool {
-        self.state.load(Ordering::Relaxed) != NONE
+    /// Records the index of the wheel list the entry is about to be pushed
+    /// onto.
+    fn set_list(&self, index: usize) {
+        // The wheel has `STRIPES * WHEEL` lists (and loom's two), far below
+        // 2^32; `HELD` is `u32::MAX`.
+        // Ordering: Relaxed — published by the push's Release CAS and the
+        // `ARMED` store or relinking CAS after it (each caller says which).
+        self.list.store(index as u32, Ordering::Relaxed);
+    }
+
+    /// The index `set_list` recorded.
+    fn list(&self) -> usize {
+        // Ordering: Relaxed — every caller has read the state that
+        // published it with Acquire (or runs on the thread that wrote it).
+        self.list.load(Ordering::Relaxed) as usize
     }
 
     /// The cause a deadline expiry records. Called only by holders of a
@@ -234,7 +232,7 @@ impl TimerEntry {
 
     /// The operations on the node holding this armed entry.
     fn owner(&self) -> &'static TimerOwner {
-        self.owner.expect("only deadline entries are armed")
+        self.owner
     }
 }
 
@@ -514,7 +512,7 @@ unsafe fn relink<'a>(
     let (index, earliest) = place(when);
     // Ordering: Relaxed — published by the Release CAS below, which a
     // disarm's CAS reads before it withdraws the entry from `index`.
-    node.list.store(index, Ordering::Relaxed);
+    node.set_list(index);
     // SAFETY: the node is valid and in no list (the caller's contract:
     // unlinked, and no pass reads its link any more); the list now owns the
     // sweep's memory reference.
@@ -708,7 +706,7 @@ mod imp {
         // Ordering: Relaxed — published by the push's Release CAS.
         entry.when.store(when, Ordering::Relaxed);
         // Ordering: Relaxed — as `when`.
-        entry.list.store(stripe * WHEEL + slot, Ordering::Relaxed);
+        entry.set_list(stripe * WHEEL + slot);
         // SAFETY: the node is valid and in no list; the list now owns the
         // memory reference.
         if unsafe {
@@ -755,7 +753,7 @@ mod imp {
         // `ARMED` store (or the relinking CAS) that the caller's disarming
         // CAS read (Acquire).
         // SAFETY: valid per the contract.
-        let index = unsafe { entry.as_ref() }.list.load(Ordering::Relaxed);
+        let index = unsafe { entry.as_ref() }.list();
         let view = entry.as_ptr().cast_const().cast::<TimerView>();
         // SAFETY: the node was pushed onto exactly this list (`index`) and
         // the caller keeps it alive.
@@ -869,7 +867,7 @@ mod imp {
     use crate::primitive::atomic::{AtomicU64, Ordering};
 
     /// The `list` index of an entry the test holds (in no list).
-    pub(super) const HELD: usize = usize::MAX;
+    pub(super) const HELD: usize = u32::MAX as usize;
 
     crate::primitive::thread_local! {
         static ARMED: RefCell<Vec<TimerRef>> = RefCell::new(Vec::new());
@@ -901,7 +899,7 @@ mod imp {
         let entry = unsafe { node.as_ref() };
         // Ordering: Relaxed — the test's hooks run on this thread or after
         // the node was handed over with the `ArmedTimer`.
-        entry.list.store(HELD, Ordering::Relaxed);
+        entry.set_list(HELD);
         // Ordering: Release — as in the std `submit`.
         entry.state.store(super::ARMED, Ordering::Release);
         ARMED.with(|armed| armed.borrow_mut().push(TimerRef(node)));
@@ -916,7 +914,7 @@ mod imp {
     pub(super) unsafe fn withdraw(entry: NonNull<TimerEntry>) {
         // Ordering: Relaxed — as in the std `withdraw`.
         // SAFETY: valid per the contract.
-        let index = unsafe { entry.as_ref() }.list.load(Ordering::Relaxed);
+        let index = unsafe { entry.as_ref() }.list();
         if index != HELD {
             let view = entry.as_ptr().cast_const().cast::<TimerView>();
             // SAFETY: the node was pushed onto exactly this list and the
@@ -963,7 +961,7 @@ pub mod loom_hooks {
             // Ordering: Relaxed — published by the push's Release CAS.
             node.state.store(super::UNARMED, Ordering::Relaxed);
             node.when.store(when, Ordering::Relaxed);
-            node.list.store(0, Ordering::Relaxed);
+            node.set_list(0);
             let view = self.0.0.as_ptr().cast_const().cast::<super::TimerView>();
             // SAFETY: valid (our memory reference, now the list's) and in
             // no list.
