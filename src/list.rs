@@ -66,7 +66,7 @@
 //! 7. `marked` counts removed-but-linked entries. A remover whose head CAS
 //!    fails counts its entry only after marking it, so a pass may unlink it
 //!    and decrement first: the counter is then briefly one below the truth
-//!    (wrapping below zero). Readers treat it as signed; it only drives the
+//!    (wrapping below zero). Readers treat it as signed (`i32`); it only drives the
 //!    cleanup heuristic (a pass starts once `marked` reaches `threshold`,
 //!    half the number of live entries the previous pass walked past, so
 //!    each pass's walk is paid for by removals in proportion). A cleanup
@@ -110,7 +110,7 @@ use core::ptr;
 
 use crossbeam_epoch::{self as epoch, Guard};
 
-use crate::primitive::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering, fence, fetch_or_tag};
+use crate::primitive::atomic::{AtomicPtr, AtomicU32, Ordering, fence, fetch_or_tag};
 
 /// Tag on `head`: the list is closed.
 const CLOSED: usize = 1;
@@ -194,15 +194,16 @@ pub(crate) unsafe trait Entry {
 /// See the module docs.
 pub(crate) struct List<E: Entry> {
     head: AtomicPtr<()>,
-    /// Entries logically removed but still linked (invariant 7).
-    marked: AtomicUsize,
-    /// Cleanup passes in progress.
-    cleaners: AtomicUsize,
+    /// Entries logically removed but still linked (invariant 7). The
+    /// counters are 32 bits, so a list is three words (a node embeds two):
+    /// 2^31 removed entries would take 48 GiB of nodes.
+    marked: AtomicU32,
+    /// Cleanup passes in progress (at most one per thread).
+    cleaners: AtomicU32,
     /// Removed-but-linked entries that trigger a cleanup pass: half the
     /// number of live entries the last pass kept (so a pass's traversal is
     /// paid for by removals in proportion), and at least `cleanup_min`.
-    /// Written only by passes. 32 bits, with `cleanup_min` beside it, keep
-    /// a list at four words (a node embeds one).
+    /// Written only by passes.
     threshold: AtomicU32,
     /// The least `threshold`.
     cleanup_min: u32,
@@ -234,8 +235,8 @@ impl<E: Entry> List<E> {
             cleanup_min: min,
             head: AtomicPtr::new(ptr::null_mut()),
             threshold: AtomicU32::new(min),
-            marked: AtomicUsize::new(0),
-            cleaners: AtomicUsize::new(0),
+            marked: AtomicU32::new(0),
+            cleaners: AtomicU32::new(0),
             _entries: PhantomData,
         }
     }
@@ -358,7 +359,7 @@ impl<E: Entry> List<E> {
     #[inline]
     fn maybe_cleanup(&self) {
         // Wrapping difference: see invariant 7.
-        let marked = self.marked.load(Ordering::Relaxed) as isize;
+        let marked = self.marked.load(Ordering::Relaxed) as i32 as isize;
         if marked >= self.threshold.load(Ordering::Relaxed) as isize
             && self.cleaners.load(Ordering::Relaxed) == 0
         {
@@ -396,7 +397,7 @@ impl<E: Entry> List<E> {
         // once removers settle; a low reading only ends this pass early,
         // and the entries left are still counted for the next one).
         let target = if early {
-            self.marked.load(Ordering::Relaxed) as isize
+            self.marked.load(Ordering::Relaxed) as i32 as isize
         } else {
             isize::MAX
         };
@@ -626,7 +627,7 @@ impl<E: Entry> List<E> {
 /// A pass over a list in progress (`List::enter_pass`): counted in the
 /// list's `cleaners` and pinned until dropped.
 struct Pass<'a> {
-    cleaners: &'a AtomicUsize,
+    cleaners: &'a AtomicU32,
     guard: ManuallyDrop<Guard>,
 }
 

@@ -154,7 +154,34 @@ pub(crate) struct TimerOwner {
     pub(crate) drop_detached: fn(NodeRef),
 }
 
-/// The timer part of a deadline node (seven words).
+/// How the timer treats the nodes its entries live in: one `TimerOwner` per
+/// process (context.rs's), registered by the first `arm`, before any entry
+/// is linked, so every entry the timer or a list reaches has it. Kept here
+/// rather than in each entry: a word less in every deadline node.
+///
+/// A std `OnceLock` under loom too: it is written once per process, before
+/// the push that publishes the first entry, always with the same value, so
+/// no model has a race on it to explore.
+static OWNER: std::sync::OnceLock<&'static TimerOwner> = std::sync::OnceLock::new();
+
+/// Registers the process's `TimerOwner` (`OWNER`).
+#[inline]
+fn register_owner(new: &'static TimerOwner) {
+    if OWNER.get().is_none() {
+        let _ = OWNER.set(new);
+    }
+    debug_assert!(core::ptr::eq(owner(), new), "one TimerOwner per process");
+}
+
+/// The registered `TimerOwner`: every armed entry's.
+#[inline]
+fn owner() -> &'static TimerOwner {
+    OWNER
+        .get()
+        .expect("an entry the timer reaches was armed, so an owner is registered")
+}
+
+/// The timer part of a deadline node (six words).
 // (Under loom the models arm and fire timers by hand: no wheel.)
 #[cfg_attr(loom, allow(dead_code))]
 pub(crate) struct TimerEntry {
@@ -163,8 +190,6 @@ pub(crate) struct TimerEntry {
     /// The index of the wheel list the node is linked into (set before
     /// each push).
     list: AtomicU32,
-    /// The operations on the node holding the entry.
-    owner: &'static TimerOwner,
     /// The node's link in its wheel list.
     link: Link,
     /// The deadline in nanoseconds since the timer's base (set before the
@@ -179,13 +204,11 @@ pub(crate) struct TimerEntry {
 }
 
 impl TimerEntry {
-    /// The entry of a deadline node, not yet armed, in a node `owner`
-    /// knows how to treat.
-    pub(crate) fn new(cause: Option<Cause>, owner: &'static TimerOwner) -> TimerEntry {
+    /// The entry of a deadline node, not yet armed.
+    pub(crate) fn new(cause: Option<Cause>) -> TimerEntry {
         TimerEntry {
             state: AtomicU32::new(UNARMED),
             list: AtomicU32::new(0),
-            owner,
             link: Link::new(),
             when: AtomicU64::new(0),
             cause: UnsafeCell::new(cause),
@@ -229,15 +252,9 @@ impl TimerEntry {
         // SAFETY: per the contract, we are the cell's only user.
         self.cause.with_mut(|cause| unsafe { (*cause).take() })
     }
-
-    /// The operations on the node holding this armed entry.
-    fn owner(&self) -> &'static TimerOwner {
-        self.owner
-    }
 }
 
-// SAFETY: every field but `cause` is atomic or immutable (`owner`: shared
-// `'static` function pointers); `cause` is only read by holders of a handle
+// SAFETY: every field but `cause` is atomic or immutable; `cause` is only read by holders of a handle
 // on the node and only taken at its release, after the last handle is gone
 // (ordered by the handle count's Release/Acquire). Entries are shared
 // between the deriving, cancelling and timer threads by design.
@@ -250,26 +267,20 @@ unsafe impl Send for TimerEntry {}
 /// # Safety
 ///
 /// The memory is valid (the caller holds a reference on it, or the entry
-/// is linked and the caller's sweep is pinned), and the entry is armed
-/// (or was: it has an owner).
+/// is linked and the caller's sweep is pinned), and the entry was armed.
 unsafe fn acquire_memory(entry: NonNull<TimerEntry>) {
-    // SAFETY: valid per the contract.
-    let owner = unsafe { entry.as_ref() }.owner();
     // SAFETY: forwarded.
-    unsafe { (owner.acquire_memory)(entry) }
+    unsafe { (owner().acquire_memory)(entry) }
 }
 
 /// Drops one reference on the memory of the node holding `entry`.
 ///
 /// # Safety
 ///
-/// The caller owns one such reference, and the entry has an owner.
+/// The caller owns one such reference, and the entry was armed.
 unsafe fn release_memory(entry: NonNull<TimerEntry>) {
-    // SAFETY: the caller's reference keeps the memory valid; the owner is
-    // read before the reference goes.
-    let owner = unsafe { entry.as_ref() }.owner();
     // SAFETY: forwarded.
-    unsafe { (owner.release_memory)(entry) }
+    unsafe { (owner().release_memory)(entry) }
 }
 
 /// Arms the timer `entry` for `deadline`, which lies after `now` (a clock
@@ -287,7 +298,13 @@ unsafe fn release_memory(entry: NonNull<TimerEntry>) {
 ///
 /// `remaining`: how far `deadline` lies after the caller's latest clock
 /// reading (not zero); the wheel places the entry by it.
-pub(crate) unsafe fn arm(entry: NonNull<TimerEntry>, deadline: Instant, remaining: Duration) {
+pub(crate) unsafe fn arm(
+    entry: NonNull<TimerEntry>,
+    deadline: Instant,
+    remaining: Duration,
+    owner: &'static TimerOwner,
+) {
+    register_owner(owner);
     // SAFETY: the node's memory is kept alive by the caller's reference,
     // which the timer now owns. `submit` sets `ARMED` once the entry is
     // linked, so a disarm never removes an entry that is not linked yet.
@@ -353,7 +370,7 @@ impl TimerRef {
             .state
             .compare_exchange(ARMED, FIRED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
-        let owner = entry.owner();
+        let owner = owner();
         // SAFETY: our memory reference keeps the memory valid; `node` keeps
         // the allocation's provenance.
         if claimed && let Some(handle) = unsafe { NodeRef::try_acquire((owner.node)(self.0)) } {
