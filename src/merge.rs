@@ -5,7 +5,9 @@
 //! and cancelled by `ctx` like any `with_cancel` child — whose allocation
 //! (`cancel::Extended<Merge>`) also carries its link to `other`: a handle on
 //! `other` (for `Display`, and to keep alive what the link points into) and
-//! an `OnDone` registered on `other`'s cancellable node. So `other`'s
+//! an `OnDone` registered on `other`'s cancellable node, which takes no
+//! handle of its own (`OnDone::new_borrowed`: the one on `other` keeps that
+//! node alive, and is dropped after it). So `other`'s
 //! cancellation reaches the merged context synchronously, inside `other`'s
 //! `cancel()` (or on the timer thread), as a waker is woken: the callback
 //! cancels the merged node with `other`'s error and cause, and the merged
@@ -44,10 +46,12 @@ use crate::on_done::OnDone;
 
 /// What a merged node carries beside its `CancelNode`.
 pub(crate) struct Merge {
+    /// The registration on `other`'s cancellable node (invariant 2),
+    /// without a handle of its own: `other` below keeps that node alive,
+    /// and is dropped after it (fields drop in order).
+    _link: OnDone,
     /// A handle on `other` (invariant 3, and `Display`).
     other: Repr,
-    /// The registration on `other`'s cancellable node (invariant 2).
-    _link: OnDone,
 }
 
 static MERGED: Shape = Shape {
@@ -91,7 +95,9 @@ pub(crate) fn derive(ctx: &Repr, other: &Repr) -> NonNull<CancelNode> {
     let node = unsafe { raw.as_ref() };
     let link = if other_anchor.is_null() {
         // Invariant 5: nothing to register, nothing allocated.
-        OnDone::new(other_anchor, || {})
+        // SAFETY: `Merge` keeps `other` (so its anchor) until after its
+        // `OnDone` is dropped, and never detaches it.
+        unsafe { OnDone::new_borrowed(other_anchor, || {}) }
     } else {
         // Invariant 1: the callback's memory reference.
         node.acquire_memory();
@@ -101,11 +107,12 @@ pub(crate) fn derive(ctx: &Repr, other: &Repr) -> NonNull<CancelNode> {
         };
         // May run `f` at once (invariant 5): our handles and `other` are
         // alive for the call.
-        OnDone::new(other_anchor, move || callback.fire())
+        // SAFETY: as above.
+        unsafe { OnDone::new_borrowed(other_anchor, move || callback.fire()) }
     };
     let merge = Merge {
-        other: other.clone(),
         _link: link,
+        other: other.clone(),
     };
     // SAFETY: `raw` heads an `Extended<Merge>` (`MERGED`'s shape); `ext` is
     // written once, here, before any handle is shared (a concurrent
