@@ -23,10 +23,10 @@
 //! push finds the list closed, the anchor is already done and the child
 //! cancels itself with the anchor's word before the derivation returns.
 //!
-//! A node's allocation has a [`Shape`]: a plain `CancelNode`, or an
-//! [`Extended`] one followed by a layer's data (a merged context's link to
-//! its other parent, `merge.rs`), torn down and freed through the
-//! function pointers of its `Kind::Cancel`. A merged node is also cancelled
+//! A node's allocation has a [`Shape`]: a plain `CancelNode`, a
+//! [`DeadlineNode`], or one followed by a layer's data (a merged context's
+//! link to its other parent, `merge::MergeNode`), torn down and freed
+//! through the function pointers of its `Kind::Cancel`. A merged node is also cancelled
 //! by `cancel_inherited`, with the done word of a node it does not descend
 //! from (its cause box borrowed, as propagation borrows an ancestor's).
 //!
@@ -305,8 +305,8 @@ impl CancelNode {
     /// that once showed up as a quarter of `with_cancel` + `cancel`).
     ///
     /// `shape` says which allocation: a plain `CancelNode`, a
-    /// `DeadlineNode`, or an `Extended<X>` whose `ext` the deriving layer
-    /// writes afterwards.
+    /// `DeadlineNode`, or a layer's (`merge::MergeNode`), whose own fields
+    /// the layer writes afterwards.
     fn alloc(node: Node, deadline: *const Instant, links: usize, shape: &Shape) -> *mut CancelNode {
         let raw = (shape.alloc)();
         // SAFETY: `raw` points to an exclusively owned, properly aligned,
@@ -327,17 +327,21 @@ impl CancelNode {
         raw
     }
 
-    /// Derives a cancellable child of `parent` allocated per `shape` (an
-    /// `Extended<X>`, whose `ext` the caller writes before sharing any
+    /// Derives a cancellable child of `parent` allocated per `shape` (a
+    /// layer's, whose own fields the caller writes before sharing any
     /// handle, or a marked plain node), with `deadline` as its earliest
     /// deadline (`CancelNode::deadline`) and no timer of its own.
+    /// `links` counts the memory references the caller wants (1: the
+    /// handles'; a layer may count one more for itself, saving a
+    /// read-modify-write later).
     pub(crate) fn derive_with_shape(
         parent: &Repr,
         handles: usize,
         deadline: *const Instant,
+        links: usize,
         shape: &'static Shape,
     ) -> NonNull<CancelNode> {
-        CancelNode::derive_shaped(parent, handles, deadline, 1, shape, |_| {})
+        CancelNode::derive_shaped(parent, handles, deadline, links, shape, |_| {})
     }
 
     /// The derivation. `links`: the memory references the caller wants
@@ -677,7 +681,7 @@ impl CancelNode {
     ///
     /// `this` heads a `CancelNode` (its kind is `Kind::Cancel`) and was
     /// just released (no handles left).
-    unsafe fn retire(this: NonNull<Node>, panic: &mut Option<Panic>) {
+    pub(crate) unsafe fn retire(this: NonNull<Node>, panic: &mut Option<Panic>) {
         let this = this.cast::<CancelNode>();
         // SAFETY: the memory is valid until `release_memory` below.
         let node = unsafe { this.as_ref() };
@@ -775,7 +779,8 @@ impl CancelNode {
 }
 
 /// How a cancel node is allocated, torn down and freed: a plain
-/// `CancelNode`, or an `Extended<X>`.
+/// `CancelNode`, a `DeadlineNode`, or a layer's allocation that starts with
+/// one (`merge::MergeNode`).
 pub(crate) struct Shape {
     /// An uninitialised allocation starting with a `CancelNode`.
     pub(crate) alloc: fn() -> *mut CancelNode,
@@ -812,62 +817,6 @@ impl Shape {
         }
     }
 }
-
-/// A cancel node followed, in the same allocation, by the data of a layer
-/// above (a merged context's link to its other parent, merge.rs). `ext` is
-/// written by that layer right after the derivation, before any handle is
-/// shared, and dropped first thing at release (`retire`).
-#[repr(C)]
-pub(crate) struct Extended<X> {
-    pub(crate) node: CancelNode,
-    pub(crate) ext: UnsafeCell<core::mem::MaybeUninit<X>>,
-}
-
-impl<X> Extended<X> {
-    /// `Shape::alloc`: the node uninitialised (`CancelNode::alloc` writes
-    /// it), the cell around `ext` made (loom's cell has state of its own).
-    pub(crate) fn alloc() -> *mut CancelNode {
-        let raw = Box::into_raw(Box::<Extended<X>>::new_uninit()).cast::<Extended<X>>();
-        // SAFETY: a fresh allocation for an `Extended<X>`, exclusively ours;
-        // the field is written once, in place.
-        unsafe { (&raw mut (*raw).ext).write(UnsafeCell::new(core::mem::MaybeUninit::uninit())) };
-        raw.cast()
-    }
-
-    /// `Shape::retire`: drops `ext` (contained), then retires the node.
-    ///
-    /// # Safety
-    ///
-    /// As `CancelNode::retire`; `this` heads an `Extended<X>` whose `ext`
-    /// was written.
-    pub(crate) unsafe fn retire(this: NonNull<Node>, panic: &mut Option<Panic>) {
-        let extended = this.cast::<Extended<X>>();
-        waiters::contain(panic, || {
-            // SAFETY: written after the derivation, dropped once, here.
-            unsafe {
-                extended
-                    .as_ref()
-                    .ext
-                    .with_mut(|ext| (*ext).assume_init_drop())
-            }
-        });
-        // SAFETY: forwarded.
-        unsafe { CancelNode::retire(this, panic) };
-    }
-
-    /// `Shape::free`.
-    ///
-    /// # Safety
-    ///
-    /// `this` came from `alloc`, and no reference is left (`ext` was
-    /// dropped by `retire`; `MaybeUninit` drops nothing).
-    pub(crate) unsafe fn free(this: *mut Node) {
-        // SAFETY: per the contract.
-        drop(unsafe { Box::from_raw(this.cast::<Extended<X>>()) });
-    }
-}
-
-impl CancelNode {}
 
 /// A handle on a cancellable node: shared by `CancelFunc` and
 /// `CancelCauseFunc`.

@@ -72,7 +72,7 @@ pub(crate) enum Merged {
     /// `with_cancel`'s, since nothing links it to a root.
     Background,
     Todo,
-    /// With a derived context: the allocation carries it (`Extended`).
+    /// With a derived context: the allocation carries it (`MergeNode`).
     Node,
 }
 

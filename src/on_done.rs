@@ -298,17 +298,6 @@ fn current_token() -> usize {
 /// this instead of a handle (it is never dereferenced).
 const NEVER: *mut CancelNode = ptr::dangling_mut();
 
-/// Tag on `OnDone::node`: the pointer is borrowed, not a handle
-/// (`OnDone::new_borrowed`). Nodes are pointer-aligned.
-const BORROWED: usize = 1;
-
-/// `OnDone::node` as the node and whether we hold a handle on it; `None`
-/// when null.
-fn untag(node: *mut CancelNode) -> Option<(NonNull<CancelNode>, bool)> {
-    let held = node.addr() & BORROWED == 0;
-    NonNull::new(node.map_addr(|addr| addr & !BORROWED)).map(|node| (node, held))
-}
-
 /// The guard of a callback registered by [`Context::on_done`](crate::Context::on_done):
 /// dropping it stops the callback, waiting for it if it is running on
 /// another thread.
@@ -356,29 +345,6 @@ impl OnDone {
     where
         F: FnOnce() + Send + 'static,
     {
-        OnDone::register(anchor_ptr, f, true)
-    }
-
-    /// As `new`, but without a handle of its own on the anchor (invariant
-    /// 6 then rests on the caller): for merge.rs, whose merged node holds
-    /// `other` — and so its anchor — for longer than its `OnDone`.
-    ///
-    /// # Safety
-    ///
-    /// The caller keeps the anchor alive until the `OnDone` is dropped, and
-    /// never detaches it.
-    pub(crate) unsafe fn new_borrowed<F>(anchor_ptr: *const CancelNode, f: F) -> OnDone
-    where
-        F: FnOnce() + Send + 'static,
-    {
-        OnDone::register(anchor_ptr, f, false)
-    }
-
-    /// `new` (`hold`: take a handle on the anchor) or `new_borrowed`.
-    fn register<F>(anchor_ptr: *const CancelNode, f: F, hold: bool) -> OnDone
-    where
-        F: FnOnce() + Send + 'static,
-    {
         // SAFETY: the anchor lives as long as the caller's context.
         let Some(anchor) = (unsafe { anchor_ptr.as_ref() }) else {
             // Never done: `f` can never run, and nothing is allocated.
@@ -404,20 +370,16 @@ impl OnDone {
             }
             return OnDone::idle(ptr::null_mut());
         }
-        let node = if hold {
-            // Handles are taken through the raw pointer, which keeps the
-            // allocation's provenance (see `AfterFunc::new`).
-            let raw = NonNull::new(anchor_ptr.cast_mut())
-                .expect("non-null: as_ref returned Some")
-                .cast();
-            // SAFETY: the anchor is alive (see above).
-            unsafe { NodeRef::acquire(raw) }.into_raw().as_ptr().cast()
-        } else {
-            anchor_ptr.cast_mut().map_addr(|addr| addr | BORROWED)
-        };
+        // Handles are taken through the raw pointer, which keeps the
+        // allocation's provenance (see `AfterFunc::new`).
+        let raw = NonNull::new(anchor_ptr.cast_mut())
+            .expect("non-null: as_ref returned Some")
+            .cast();
+        // SAFETY: the anchor is alive (see above).
+        let node = unsafe { NodeRef::acquire(raw) }.into_raw();
         OnDone {
             entry: header,
-            node: AtomicPtr::new(node),
+            node: AtomicPtr::new(node.as_ptr().cast()),
         }
     }
 
@@ -481,15 +443,12 @@ impl OnDone {
         // the null on this thread or after synchronising with it.
         let node = self.node.load(Ordering::Relaxed);
         self.node.store(ptr::null_mut(), Ordering::Relaxed);
-        if let Some((node, held)) = untag(node) {
-            // SAFETY: our handle (or the caller of `new_borrowed`) keeps the
-            // node (and the waiter set the entry is linked into) alive until
-            // we give it up, last.
+        if let Some(node) = NonNull::new(node) {
+            // SAFETY: our handle keeps the node (and the waiter set the
+            // entry is linked into) alive until we give it up, last.
             unsafe {
                 node.as_ref().waiters.remove(self.entry as *const Waiter);
-                if held {
-                    drop(NodeRef::from_raw(node.cast()));
-                }
+                drop(NodeRef::from_raw(node.cast()));
             }
         }
         (true, panic)
@@ -524,8 +483,8 @@ impl OnDone {
         }
         // Ordering: Acquire — sees a `stop` that gave the handle up.
         let node = self.node.swap(ptr::null_mut(), Ordering::Acquire);
-        if node != NEVER
-            && let Some((node, true)) = untag(node)
+        if let Some(node) = NonNull::new(node)
+            && node.as_ptr() != NEVER
         {
             // SAFETY: our handle (invariant 6), given up.
             drop(unsafe { NodeRef::from_raw(node.cast()) });

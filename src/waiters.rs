@@ -247,6 +247,32 @@ impl Waiter {
         }
     }
 
+    /// `push_onto` for an entry no other thread can reach yet: the list's
+    /// reference is counted with a plain store instead of a
+    /// read-modify-write.
+    ///
+    /// # Safety
+    ///
+    /// As `push_onto`, and the caller's are the only references.
+    pub(crate) unsafe fn push_unshared(entry: *const Waiter, list: &WaiterList) -> Result<(), ()> {
+        // SAFETY: valid per the contract.
+        let waiter = unsafe { &*entry };
+        // Ordering: Relaxed — nobody else reads the count before the push's
+        // Release CAS publishes it.
+        let count = waiter.state.load(Ordering::Relaxed);
+        waiter.state.store(count + REF, Ordering::Relaxed);
+        // SAFETY: valid and unlinked; kept alive by the caller's reference
+        // and the list's.
+        match unsafe { list.push(entry) } {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                // Ordering: Relaxed — still unshared: the push failed.
+                waiter.state.store(count, Ordering::Relaxed);
+                Err(())
+            }
+        }
+    }
+
     /// Notifies the entry and gives up the list's reference on it (now, or
     /// through `guard` when a cleanup pass may still read the chain).
     ///

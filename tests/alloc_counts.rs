@@ -777,3 +777,38 @@ fn on_done_allocates_at_most_once_and_nothing_on_a_never_done_context() {
         assert!(!done_already.stop())
     });
 }
+
+/// API rule 15: a merge is one allocation, as `with_cancel` — the link to
+/// `other` (its callback entry) lives in the merged node — whatever `other`
+/// is; cancelling `other` (which cancels the merge) and dropping the merge
+/// allocate nothing. (Two allocations before the node diet of issue 10.)
+#[test]
+fn merge_allocates_once() {
+    warm_up();
+    let (ctx, _keep) = Context::background().with_cancel();
+    let (other, cancel_other) = Context::background().with_cancel();
+    let (merged, merged_cancel) =
+        assert_allocs("merge() with a live other", 1, || ctx.merge(&other));
+    let value = other.with_value(RequestId(9));
+    let (under_value, _c) = assert_allocs("merge() with a value layer over other", 1, || {
+        ctx.merge(&value)
+    });
+    let never = Context::background();
+    let (with_root, _c) = assert_allocs("merge() with background()", 1, || ctx.merge(&never));
+    assert_allocs("cancel() of other, reaching the merges", 0, || {
+        cancel_other.cancel()
+    });
+    assert!(merged.is_done() && under_value.is_done());
+    assert!(!with_root.is_done());
+    let (done_other, _c) = assert_allocs("merge() with a done other", 1, || ctx.merge(&other));
+    assert!(done_other.is_done());
+    assert_allocs("dropping merges", 0, || {
+        drop((merged, merged_cancel, under_value, with_root, done_other))
+    });
+    // A merge dropped while other is live withdraws its entry.
+    let (live_other, _c) = Context::background().with_cancel();
+    let pair = assert_allocs("merge() again", 1, || ctx.merge(&live_other));
+    assert_allocs("dropping a merge registered on a live other", 0, || {
+        drop(pair)
+    });
+}

@@ -98,6 +98,25 @@ fn already_done_other_gives_a_done_result() {
     assert_eq!(merged.cause().unwrap().to_string(), "ctx");
 }
 
+/// `other` done from birth — derived from a done parent, so no cancellation
+/// ever closed its waiter set: the merge is done before it returns, with
+/// `other`'s error and cause (found by the `ops` fuzz corpus when the merge
+/// began registering its embedded entry without looking at `other` first).
+#[test]
+fn other_done_from_birth_gives_a_done_result() {
+    let (parent, cancel) = Context::background().with_cancel_cause();
+    cancel.cancel(Cause::msg("parent gone"));
+    let (born_done, _c) = parent.with_cancel();
+    let (merge_of_it, _c) = born_done.merge(&born_done);
+    let (ctx, _keep) = Context::background().with_cancel();
+    for other in [&born_done, &merge_of_it] {
+        let (merged, _c) = ctx.merge(other);
+        assert_eq!(merged.err(), Some(Error::Canceled));
+        assert_eq!(merged.cause().unwrap().to_string(), "parent gone");
+        assert!(!ctx.is_done());
+    }
+}
+
 #[test]
 fn never_done_other_is_with_cancel() {
     let _shared = shared();
