@@ -357,7 +357,7 @@ impl OnDone {
         }
         let header = new_entry(f);
         // SAFETY: valid, ours, unlinked.
-        if unsafe { Waiter::push_onto(header as *const Waiter, &anchor.waiters) }.is_err() {
+        if unsafe { Waiter::push_unshared(header as *const Waiter, &anchor.waiters) }.is_err() {
             // Closed: done meanwhile (the list closes only after the state
             // word is done). Never linked, so the entry is still ours: take
             // `f` out, free the entry, run `f` here.

@@ -225,35 +225,15 @@ impl Waiter {
         }
     }
 
-    /// Pushes `entry` onto `list`, counting the list's reference first.
-    /// `Err` means the list is closed (the reference is given back).
+    /// Pushes `entry`, which no other thread can reach yet, onto `list`,
+    /// counting the list's reference first — with a plain store: nobody
+    /// else can read the count. `Err` means the list is closed (the
+    /// reference is given back).
     ///
     /// # Safety
     ///
-    /// `entry` is valid, owned by the caller, and not linked anywhere.
-    pub(crate) unsafe fn push_onto(entry: *const Waiter, list: &WaiterList) -> Result<(), ()> {
-        // SAFETY: valid per the contract.
-        let waiter = unsafe { &*entry };
-        // Ordering: Relaxed — published by the push's Release CAS.
-        waiter.state.fetch_add(REF, Ordering::Relaxed);
-        // SAFETY: valid and unlinked; kept alive by the caller's reference
-        // and the list's.
-        match unsafe { list.push(entry) } {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                waiter.state.fetch_sub(REF, Ordering::Relaxed);
-                Err(())
-            }
-        }
-    }
-
-    /// `push_onto` for an entry no other thread can reach yet: the list's
-    /// reference is counted with a plain store instead of a
-    /// read-modify-write.
-    ///
-    /// # Safety
-    ///
-    /// As `push_onto`, and the caller's are the only references.
+    /// `entry` is valid, not linked anywhere, and the caller's are its only
+    /// references.
     pub(crate) unsafe fn push_unshared(entry: *const Waiter, list: &WaiterList) -> Result<(), ()> {
         // SAFETY: valid per the contract.
         let waiter = unsafe { &*entry };

@@ -238,7 +238,9 @@ impl AfterFunc {
                     };
                 }
                 // SAFETY: valid, ours, unlinked.
-                if unsafe { Waiter::push_onto(header as *const Waiter, &anchor.waiters) }.is_ok() {
+                if unsafe { Waiter::push_unshared(header as *const Waiter, &anchor.waiters) }
+                    .is_ok()
+                {
                     // SAFETY: the anchor is alive (see above).
                     node = Some(unsafe { NodeRef::acquire(raw) }.into_raw());
                 } else {
