@@ -67,47 +67,83 @@ pub struct Done<'a> {
     finished: bool,
 }
 
-/// What a `Done` waits on: the context's anchor, a `CancelNode`.
-enum Anchor<'a> {
-    /// The context can never be done.
-    Never,
-    /// The anchor of a context borrowed for `'a`, which keeps it alive
-    /// (node invariants 2 and 4). The pointer is the one stored in the
-    /// node, with the anchor allocation's provenance (`Repr::anchor_ptr`),
-    /// so `into_owned` may make a handle from it.
-    Borrowed(NonNull<Node>, PhantomData<&'a Node>),
-    /// A counted handle on the anchor.
-    Owned(NodeRef),
+/// What a `Done` waits on: the context's anchor, a `CancelNode`. One
+/// pointer and a flag rather than an enum, so `is_done()` is a load of the
+/// pointer and one of the state word.
+struct Anchor<'a> {
+    /// The anchor's header as stored in the node, with the anchor
+    /// allocation's provenance (`Repr::anchor_ptr`), so `into_owned` may
+    /// make a handle from it; null when the context can never be done.
+    node: *const Node,
+    /// Whether we hold a counted handle on `node` (given back on drop).
+    /// Otherwise a context borrowed for `'a` keeps it alive (node
+    /// invariants 2 and 4).
+    owned: bool,
+    _borrow: PhantomData<&'a Node>,
 }
 
-// SAFETY: `Borrowed` is a shared borrow of a node (`&'a Node` in
-// substance), and nodes are `Sync` (see `NodeRef`'s impls in node.rs);
-// `Owned` is a `NodeRef`, which is `Send + Sync`.
+// SAFETY: a borrowed anchor is a shared borrow of a node (`&'a Node` in
+// substance), and nodes are `Sync` (see `NodeRef`'s impls in node.rs); an
+// owned one is a `NodeRef`, which is `Send + Sync`.
 unsafe impl Send for Anchor<'_> {}
 // SAFETY: as above; `&Anchor` only gives `&Node`.
 unsafe impl Sync for Anchor<'_> {}
 
-impl Anchor<'_> {
+impl<'a> Anchor<'a> {
+    const NEVER: Anchor<'static> = Anchor {
+        node: core::ptr::null(),
+        owned: false,
+        _borrow: PhantomData,
+    };
+
+    /// # Safety
+    ///
+    /// `node` is null or alive for `'a`, with its allocation's provenance.
+    #[inline]
+    unsafe fn borrowed(node: *const Node) -> Anchor<'a> {
+        Anchor {
+            node,
+            owned: false,
+            _borrow: PhantomData,
+        }
+    }
+
+    fn owned(node: NodeRef) -> Anchor<'a> {
+        Anchor {
+            node: node.into_raw().as_ptr(),
+            owned: true,
+            _borrow: PhantomData,
+        }
+    }
+
     /// The node waited on, if any.
     #[inline]
     fn node(&self) -> Option<&CancelNode> {
-        let node = match self {
-            Anchor::Never => return None,
-            Anchor::Borrowed(node, _) => *node,
-            Anchor::Owned(node) => node.as_ptr(),
-        };
         // SAFETY: the borrowed context or our handle keeps the node alive
         // while `self` is; it heads a `CancelNode`.
-        Some(unsafe { node.cast::<CancelNode>().as_ref() })
+        unsafe { self.node.cast::<CancelNode>().as_ref() }
+    }
+}
+
+impl Drop for Anchor<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.owned {
+            // SAFETY: our handle (`owned`), given back once.
+            drop(unsafe { NodeRef::from_raw(NonNull::new_unchecked(self.node.cast_mut())) });
+        }
     }
 }
 
 impl Clone for Anchor<'_> {
     fn clone(&self) -> Self {
-        match self {
-            Anchor::Never => Anchor::Never,
-            Anchor::Borrowed(node, _) => Anchor::Borrowed(*node, PhantomData),
-            Anchor::Owned(node) => Anchor::Owned(node.clone()),
+        if self.owned {
+            // SAFETY: our handle keeps the node alive; the pointer has its
+            // allocation's provenance.
+            Anchor::owned(unsafe { NodeRef::acquire(NonNull::new_unchecked(self.node.cast_mut())) })
+        } else {
+            // SAFETY: the same borrow.
+            unsafe { Anchor::borrowed(self.node) }
         }
     }
 }
@@ -128,10 +164,8 @@ impl<'a> Done<'a> {
     /// context whose anchor it is, node invariants 2 and 4).
     #[inline]
     pub(crate) unsafe fn borrowed(anchor: *const Node) -> Done<'a> {
-        Done::with_anchor(match NonNull::new(anchor.cast_mut()) {
-            Some(node) => Anchor::Borrowed(node, PhantomData),
-            None => Anchor::Never,
-        })
+        // SAFETY: forwarded.
+        Done::with_anchor(unsafe { Anchor::borrowed(anchor) })
     }
 
     #[inline]
@@ -153,11 +187,7 @@ impl<'a> Done<'a> {
     /// that register on it (`receiver.rs`).
     #[cfg_attr(not(feature = "crossbeam-channel"), allow(dead_code))]
     pub(crate) fn anchor_ptr(&self) -> *const CancelNode {
-        match &self.anchor {
-            Anchor::Never => core::ptr::null(),
-            Anchor::Borrowed(node, _) => node.as_ptr().cast_const().cast(),
-            Anchor::Owned(node) => node.as_ptr().as_ptr().cast_const().cast(),
-        }
+        self.anchor.node.cast()
     }
 
     /// A `Done` that holds the context's cancellable node alive itself, for
@@ -176,12 +206,21 @@ impl<'a> Done<'a> {
     /// watcher.join().unwrap();
     /// ```
     pub fn into_owned(mut self) -> Done<'static> {
-        let anchor = match core::mem::replace(&mut self.anchor, Anchor::Never) {
-            Anchor::Never => Anchor::Never,
+        let anchor = core::mem::replace(&mut self.anchor, Anchor::NEVER);
+        let anchor: Anchor<'static> = if anchor.owned || anchor.node.is_null() {
+            // Already owned (the handle moves along), or never done.
+            let anchor = core::mem::ManuallyDrop::new(anchor);
+            Anchor {
+                node: anchor.node,
+                owned: anchor.owned,
+                _borrow: PhantomData,
+            }
+        } else {
             // SAFETY: the borrowed context keeps the node alive (node
             // invariant 2), and the pointer has its allocation's provenance.
-            Anchor::Borrowed(node, _) => Anchor::Owned(unsafe { NodeRef::acquire(node) }),
-            Anchor::Owned(node) => Anchor::Owned(node),
+            Anchor::owned(unsafe {
+                NodeRef::acquire(NonNull::new_unchecked(anchor.node.cast_mut()))
+            })
         };
         // The entry stays registered on the same node's list, which the
         // new handle keeps alive; `self` drops with nothing left to do.
@@ -197,10 +236,7 @@ impl Done<'static> {
     /// A `Done` holding one handle on `anchor` (taken by the caller), or a
     /// `Done` that never completes.
     pub(crate) fn owned(anchor: Option<NodeRef>) -> Done<'static> {
-        Done::with_anchor(match anchor {
-            Some(node) => Anchor::Owned(node),
-            None => Anchor::Never,
-        })
+        Done::with_anchor(anchor.map_or(Anchor::NEVER, Anchor::owned))
     }
 }
 
@@ -400,8 +436,8 @@ impl Done<'_> {
 impl fmt::Debug for Done<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Done")
-            .field("cancellable", &!matches!(self.anchor, Anchor::Never))
-            .field("owned", &matches!(self.anchor, Anchor::Owned(_)))
+            .field("cancellable", &!self.anchor.node.is_null())
+            .field("owned", &self.anchor.owned)
             .field("done", &self.is_done())
             .finish()
     }
