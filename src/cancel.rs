@@ -203,22 +203,6 @@ impl DeadlineNode {
             )
         }
     }
-
-    /// `Shape::alloc` of `DEADLINE`.
-    fn alloc() -> *mut CancelNode {
-        Box::into_raw(Box::<DeadlineNode>::new_uninit()).cast()
-    }
-
-    /// `Shape::free` of `DEADLINE`.
-    ///
-    /// # Safety
-    ///
-    /// `this` came from `DeadlineNode::alloc`, its fields were all written,
-    /// and no reference is left (the entry's cause was taken at release).
-    unsafe fn free(this: *mut Node) {
-        // SAFETY: per the contract.
-        drop(unsafe { Box::from_raw(this.cast::<DeadlineNode>()) });
-    }
 }
 
 impl CancelNode {
@@ -761,21 +745,23 @@ impl CancelNode {
             unsafe { free(this.cast_mut().cast()) };
         }
     }
+}
 
-    /// `Shape::alloc` of a plain node.
-    fn alloc_plain() -> *mut CancelNode {
-        Box::into_raw(Box::<CancelNode>::new_uninit()).cast()
-    }
+/// `Shape::alloc` of every shape: an uninitialised box for a `T` that
+/// starts with a `CancelNode` (`CancelNode`, `DeadlineNode`, `MergeNode`).
+pub(crate) fn alloc_as<T>() -> *mut CancelNode {
+    Box::into_raw(Box::<T>::new_uninit()).cast()
+}
 
-    /// `Shape::free` of a plain node.
-    ///
-    /// # Safety
-    ///
-    /// `this` came from `PLAIN`'s `alloc`, and no reference is left.
-    unsafe fn free_plain(this: *mut Node) {
-        // SAFETY: per the contract.
-        drop(unsafe { Box::from_raw(this.cast::<CancelNode>()) });
-    }
+/// `Shape::free` of every shape.
+///
+/// # Safety
+///
+/// `this` came from `alloc_as::<T>`, every field `T` drops was written (a
+/// layer's `MaybeUninit` fields drop nothing), and no reference is left.
+pub(crate) unsafe fn free_as<T>(this: *mut Node) {
+    // SAFETY: per the contract.
+    drop(unsafe { Box::from_raw(this.cast::<T>()) });
 }
 
 /// How a cancel node is allocated, torn down and freed: a plain
@@ -794,10 +780,10 @@ static PLAIN: Shape = Shape::plain(Merged::No);
 
 /// Every context of the deadline variants: a `DeadlineNode`.
 static DEADLINE: Shape = Shape {
-    alloc: DeadlineNode::alloc,
+    alloc: alloc_as::<DeadlineNode>,
     kind: Kind::Cancel {
         retire: CancelNode::retire,
-        free: DeadlineNode::free,
+        free: free_as::<DeadlineNode>,
         merged: Merged::No,
         timed: true,
     },
@@ -807,10 +793,10 @@ impl Shape {
     /// A plain `CancelNode` allocation, marked `merged`.
     pub(crate) const fn plain(merged: Merged) -> Shape {
         Shape {
-            alloc: CancelNode::alloc_plain,
+            alloc: alloc_as::<CancelNode>,
             kind: Kind::Cancel {
                 retire: CancelNode::retire,
-                free: CancelNode::free_plain,
+                free: free_as::<CancelNode>,
                 merged,
                 timed: false,
             },

@@ -49,7 +49,7 @@
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
 
-use crate::cancel::{CancelNode, Shape};
+use crate::cancel::{CancelNode, Shape, alloc_as, free_as};
 use crate::node::{Kind, Merged, Node, NodeRef, Repr};
 use crate::waiters::{self, CallbackVtable, Panic, Waiter, WaiterKind};
 
@@ -73,10 +73,10 @@ pub(crate) struct MergeNode {
 }
 
 static MERGED: Shape = Shape {
-    alloc: MergeNode::alloc,
+    alloc: alloc_as::<MergeNode>,
     kind: Kind::Cancel {
         retire: MergeNode::retire,
-        free: MergeNode::free,
+        free: free_as::<MergeNode>,
         merged: Merged::Node,
         timed: false,
     },
@@ -163,23 +163,6 @@ pub(crate) unsafe fn other_of<'a>(node: NonNull<Node>) -> &'a Repr {
 }
 
 impl MergeNode {
-    /// `Shape::alloc`.
-    fn alloc() -> *mut CancelNode {
-        Box::into_raw(Box::<MergeNode>::new_uninit()).cast()
-    }
-
-    /// `Shape::free`.
-    ///
-    /// # Safety
-    ///
-    /// `this` came from `alloc`, and no reference is left (`other` was
-    /// taken by `retire`, the entry freed by its last reference;
-    /// `MaybeUninit` drops nothing).
-    unsafe fn free(this: *mut Node) {
-        // SAFETY: per the contract.
-        drop(unsafe { Box::from_raw(this.cast::<MergeNode>()) });
-    }
-
     /// `Kind::Cancel::retire`: stops and withdraws the entry, drops the
     /// handle on `other` (contained), then retires the node (invariant 2).
     ///
