@@ -404,24 +404,28 @@ impl Drop for Done<'_> {
     #[inline]
     fn drop(&mut self) {
         // An owned anchor's handle is given up after this, when the field
-        // is dropped.
-        if self.task.is_some() {
-            self.withdraw_slow();
+        // is dropped. The slow path gets the entry and the node by value,
+        // not `&mut self`: a `Done` whose address never escapes stays in
+        // registers, so after `ctx.done().is_done()` the compiler knows
+        // `task` is `None` and `owned` false, and drops it with no code (it
+        // would otherwise reload both from the stack after `is_done`'s
+        // atomic load, which it may not move them across).
+        if let Some(task) = self.task.take() {
+            withdraw_slow(task, self.anchor.node);
         }
     }
 }
 
-impl Done<'_> {
-    /// Withdraws the registered waiter entry (a dropped pending future).
-    #[cold]
-    fn withdraw_slow(&mut self) {
-        if let Some(task) = self.task.take()
-            && let Some(node) = self.anchor.node()
-        {
-            // SAFETY: registered on this node's waiter list (`into_owned`
-            // keeps the node); alive through `anchor`.
-            unsafe { task.cancel(&node.waiters) };
-        }
+/// Withdraws a dropped pending future's waiter entry from `node`'s list.
+#[cold]
+fn withdraw_slow(task: TaskWaiter, node: *const Node) {
+    // SAFETY: the `Done` being dropped borrows the context of `node` or
+    // holds a handle on it (its anchor is dropped after this), so it is
+    // alive and heads a `CancelNode`; a registered `Done` has a node.
+    if let Some(node) = unsafe { node.cast::<CancelNode>().as_ref() } {
+        // SAFETY: registered on this node's waiter list (`into_owned` keeps
+        // the node).
+        unsafe { task.cancel(&node.waiters) };
     }
 }
 
