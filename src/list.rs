@@ -45,7 +45,8 @@
 //!    (`defer_unchecked` of its link reference), so a pinned cleanup pass
 //!    never reads freed memory.
 //! 5. `cleaners` counts cleanup passes in progress. The closer reads it after
-//!    its swap (with a SeqCst fence on both sides, the store-buffer pattern):
+//!    its SeqCst swap with a SeqCst load (each pass fences after its
+//!    increment: the store-buffer pattern, see below invariant 6):
 //!    if it reads zero, no pass can ever touch the detached chain, and the
 //!    closer may drop link references immediately; otherwise it defers them
 //!    by an epoch. This keeps `cancel()` free of allocation (deferring can
@@ -63,6 +64,21 @@
 //!    see the entry unlinked). Epoch deferral is only for overlapping
 //!    passes. This keeps churn from flooding crossbeam-epoch's garbage
 //!    queue.
+//!
+//!    The unlinker's side needs no fence of its own on real targets: its
+//!    unlink (the remover's head CAS, the closer's swap) is a SeqCst
+//!    read-modify-write and its read of `cleaners` a SeqCst load. Were
+//!    both reads stale — the unlinker's load before the pass's increment,
+//!    the pass's later Acquire load of the head before the unlink — the
+//!    single total order S of C++20 [atomics.order] p4 would hold the
+//!    cycle unlink < load (sequenced before) < increment (4.1: coherence
+//!    between two SeqCst operations) < the pass's fence (sequenced before)
+//!    < unlink (4.3: a SeqCst fence that happens before a read coherence-
+//!    ordered before a SeqCst write precedes that write). loom, though,
+//!    models SeqCst *accesses* as AcqRel (only its fences are SeqCst), so
+//!    under loom the unlinker fences too (`sb_fence`), and its models check
+//!    that protocol; on x86-64 the fence is a `lock or` per unlink
+//!    that the CAS has already paid for.
 //! 7. `marked` counts removed-but-linked entries. A remover whose head CAS
 //!    fails counts its entry only after marking it, so a pass may unlink it
 //!    and decrement first: the counter is then briefly one below the truth
@@ -97,8 +113,9 @@
 //!   everything the closer did before closing (the owner's done state).
 //! * `remove`/freezing: `fetch_or` with AcqRel — each side sees the other's
 //!   prior writes to the entry when it loses.
-//! * Head unlink by the remover: SeqCst CAS, then a SeqCst fence and load
-//!   of `cleaners` (invariant 6).
+//! * Head unlink by the remover: SeqCst CAS, then a SeqCst load of
+//!   `cleaners` (invariant 6; under loom a SeqCst fence between them).
+//!   The closer's swap likewise (invariant 5).
 //! * `marked` and `threshold` only decide when to clean; they are Relaxed.
 //!   Pushes and head unlinks touch no counter at all; the diagnostics
 //!   (`live`, `linked`) walk the list instead. `cleaners` is the exception
@@ -221,6 +238,17 @@ unsafe impl<E: Entry + Sync> Sync for List<E> {}
 #[derive(Debug)]
 pub(crate) struct Closed;
 
+/// The unlinker's fence of the store-buffer pattern of invariants 5 and 6,
+/// between its SeqCst read-modify-write of `head` and its SeqCst load of
+/// `cleaners`: needed only under loom, which models SeqCst accesses as
+/// AcqRel (invariant 6 has the argument for real targets).
+#[inline(always)]
+fn sb_fence() {
+    if cfg!(loom) {
+        fence(Ordering::SeqCst);
+    }
+}
+
 impl<E: Entry> List<E> {
     pub(crate) fn new() -> Self {
         List::with_cleanup_min(CLEANUP_MIN)
@@ -329,7 +357,7 @@ impl<E: Entry> List<E> {
             // which a caller may have made from a shared reference: freeing
             // through that would be undefined behaviour (Tree Borrows).
             let entry = entry_at::<E>(linked);
-            fence(Ordering::SeqCst);
+            sb_fence();
             // Invariant 6: a pass that started after our CAS cannot reach
             // the entry (it was only reachable from the head); one that
             // started before is counted here.
@@ -546,9 +574,11 @@ impl<E: Entry> List<E> {
             // children or waiters): no pass can hold any entry of ours.
             return Chain::empty();
         }
-        fence(Ordering::SeqCst);
-        // Ordering: Acquire — pairs with the Release decrement in `cleanup`.
-        let defer = self.cleaners.load(Ordering::Acquire) != 0;
+        sb_fence();
+        // Ordering: SeqCst — the store-buffer pattern with a pass's
+        // increment and fence (invariants 5 and 6); Acquire in it pairs with
+        // the Release decrement of a pass that has ended.
+        let defer = self.cleaners.load(Ordering::SeqCst) != 0;
         Chain {
             cur: first,
             guard: if defer { Some(epoch::pin()) } else { None },
