@@ -586,6 +586,26 @@ impl<E: Entry> List<E> {
         }
     }
 
+    /// Closes the list if nothing is linked: `close` for a list known to be
+    /// empty, with nothing to walk. Returns whether the list is now closed
+    /// (by us or by an earlier `close`); `false` if entries are linked, and
+    /// the list stays open for `close`.
+    pub(crate) fn close_if_empty(&self) -> bool {
+        // Ordering: SeqCst on success — as `close`'s swap (invariants 1 and
+        // 5; with no entry detached there is no chain for a pass to share,
+        // so no `cleaners` check follows). Failure: Relaxed, only the tag
+        // is read.
+        match self.head.compare_exchange(
+            ptr::null_mut(),
+            closed(),
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => true,
+            Err(head) => tagged(head, CLOSED),
+        }
+    }
+
     /// Whether nothing is linked (the list is empty or closed).
     pub(crate) fn is_empty(&self) -> bool {
         // Ordering: Acquire — as the other loads of `head`.

@@ -36,3 +36,24 @@ fn derive_through_value_races_cancel() {
         assert_eq!(child.value::<u8>(), Some(&7));
     });
 }
+
+/// A cancellation reaches a child with no children of its own, whose empty
+/// child list the canceller closes in place (`List::close_if_empty`), while
+/// another thread derives that child's first child. The grandchild ends up
+/// cancelled with the root's cause either way: by the canceller, if its
+/// push came first (the list is then not empty, and the child goes on the
+/// work stack), or by itself, if it found the list closed.
+#[test]
+fn grandchild_derive_races_root_cancel() {
+    model("grandchild_derive_races_root_cancel", || {
+        let (root, cancel) = Context::background().with_cancel_cause();
+        let (child, _child_cancel) = root.with_cancel();
+        let canceller = thread::spawn(move || cancel.cancel(Tag(3)));
+        let (grandchild, _grandchild_cancel) = child.with_cancel();
+        canceller.join().unwrap();
+        assert_eq!(grandchild.err(), Some(Error::Canceled));
+        assert_eq!(tag_of(&grandchild), Some(3));
+        assert_eq!(child.registered_children(), 0);
+        assert_eq!(root.registered_children(), 0);
+    });
+}

@@ -25,6 +25,22 @@ fn blocking_waiter_races_cancel() {
     });
 }
 
+/// Model 5 one level down: a thread waits on a child while its parent is
+/// cancelled; the canceller wakes the child's waiters as soon as it wins the
+/// child's CAS, in the middle of walking the parent's child list.
+#[test]
+fn blocking_waiter_on_child_races_parent_cancel() {
+    model("blocking_waiter_on_child_races_parent_cancel", || {
+        let (parent, cancel) = Context::background().with_cancel();
+        let (child, _child_cancel) = parent.with_cancel();
+        let done = child.done_owned();
+        let waiter = thread::spawn(move || done.wait());
+        cancel.cancel();
+        waiter.join().unwrap();
+        assert!(child.is_done());
+    });
+}
+
 /// Model 5, async: a task awaiting `done()` races the cancel.
 #[test]
 fn async_waiter_races_cancel() {

@@ -51,6 +51,22 @@ mod unit {
     }
 
     #[test]
+    fn close_if_empty_closes_only_an_empty_list() {
+        let list = TrackedList::new();
+        let owner = list.push(1).expect("open list");
+        assert!(!list.close_if_empty(), "an entry is linked");
+        assert!(!list.is_closed());
+        assert!(list.remove(&owner));
+        drop(owner);
+        assert!(list.is_empty());
+        assert!(list.close_if_empty());
+        assert!(list.is_closed());
+        assert!(list.push(2).is_none(), "closed for good");
+        assert!(list.close_if_empty(), "already closed");
+        assert_eq!(list.close(), []);
+    }
+
+    #[test]
     fn push_after_close_is_refused_and_frees_the_entry() {
         let list = TrackedList::new();
         assert_eq!(list.close(), []);

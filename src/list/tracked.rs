@@ -313,6 +313,11 @@ impl TrackedList {
         self.list.is_empty()
     }
 
+    /// `List::close_if_empty`.
+    pub fn close_if_empty(&self) -> bool {
+        self.list.close_if_empty()
+    }
+
     /// Whether the list is closed.
     pub fn is_closed(&self) -> bool {
         self.list.is_closed()
