@@ -598,7 +598,10 @@ impl CancelNode {
             // woken already (above, or when its CAS was won).
             let node = unsafe { &*current };
             let mut chain = node.children.close();
-            while let Some((child, removed)) = chain.next_entry() {
+            // Unfrozen: a child removed behind our back (its own cancel, its
+            // release) is settled by its state CAS below, or is released
+            // (invariant 4), whichever mark we read.
+            while let Some((child, removed)) = chain.next_entry_unfrozen() {
                 // SAFETY: the chain holds the child's link reference.
                 let child_ref = unsafe { &*child };
                 // Ordering: AcqRel — Release publishes the inherited word

@@ -238,6 +238,24 @@ unsafe impl<E: Entry + Sync> Sync for List<E> {}
 #[derive(Debug)]
 pub(crate) struct Closed;
 
+/// A hint to start loading the two cache lines at `at` (an entry about to
+/// be visited); nothing on targets without a prefetch instruction. Never
+/// faults, whatever the address.
+#[inline(always)]
+fn prefetch(at: *mut ()) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    // SAFETY: `_mm_prefetch` is a hint: it reads nothing the program can
+    // observe and does not fault on any address.
+    unsafe {
+        use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let at = at.cast::<i8>().cast_const();
+        _mm_prefetch::<_MM_HINT_T0>(at);
+        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64));
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    let _ = at;
+}
+
 /// The unlinker's fence of the store-buffer pattern of invariants 5 and 6,
 /// between its SeqCst read-modify-write of `head` and its SeqCst load of
 /// `cleaners`: needed only under loom, which models SeqCst accesses as
@@ -766,6 +784,38 @@ impl<E: Entry> Chain<E> {
         let prev = fetch_or_tag(&link.next, MARK, Ordering::AcqRel);
         self.cur = untagged(prev);
         Some((entry, tagged(prev, MARK)))
+    }
+
+    /// `next_entry` without the freeze where it is not needed: for a chain
+    /// no cleanup pass can reach (`!deferring()`), of a list whose removers
+    /// do not care whether the closer reached their entry first (a child
+    /// list: there a removal only means "do not cancel me", which the
+    /// child's own state CAS decides anyway). No pass can unlink behind a
+    /// closed head then (invariants 1, 5 and 6) and removers only set marks,
+    /// so nothing changes the address part of a `next` in the chain any
+    /// more: one Acquire load reads the successor, one locked
+    /// read-modify-write per entry less. The mark it reads may be stale (a
+    /// removal racing the walk); the caller must cope with both answers.
+    /// With a pass running it freezes, as `next_entry`.
+    pub(crate) fn next_entry_unfrozen(&mut self) -> Option<(*const E, bool)> {
+        if self.guard.is_some() {
+            return self.next_entry();
+        }
+        if self.cur.is_null() {
+            return None;
+        }
+        let entry = entry_at::<E>(self.cur);
+        // SAFETY: as in `next_entry`.
+        let link = unsafe { (*entry).link() };
+        // Ordering: Acquire — sees a remover's writes to the entry if its
+        // mark is read (the freeze's Acquire half).
+        let next = link.next.load(Ordering::Acquire);
+        self.cur = untagged(next);
+        // The walk is a pointer chase: ask for the successor's memory now,
+        // so that it arrives while the caller works on this entry (a
+        // fanout over a million children waits on memory otherwise).
+        prefetch(self.cur);
+        Some((entry, tagged(next, MARK)))
     }
 
     /// Gives back the link reference of an entry this chain yielded.

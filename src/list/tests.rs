@@ -51,6 +51,29 @@ mod unit {
     }
 
     #[test]
+    fn unfrozen_walk_yields_what_a_frozen_one_does() {
+        for unfrozen in [false, true] {
+            let list = TrackedList::with_cleanup_min(usize::MAX);
+            let owners = filled(&list, 5);
+            let watches: Vec<_> = owners.iter().map(Owner::watch).collect();
+            // Removed behind the head: marked, still linked.
+            assert!(list.remove(&owners[1]) && list.remove(&owners[3]));
+            let walked = if unfrozen {
+                list.close_unfrozen()
+            } else {
+                list.close()
+            };
+            assert_eq!(
+                walked,
+                [(4, false), (3, true), (2, false), (1, true), (0, false)],
+                "unfrozen: {unfrozen}"
+            );
+            drop(owners);
+            assert!(watches.iter().all(|w| w.is_freed()), "unfrozen: {unfrozen}");
+        }
+    }
+
+    #[test]
     fn close_if_empty_closes_only_an_empty_list() {
         let list = TrackedList::new();
         let owner = list.push(1).expect("open list");

@@ -275,9 +275,21 @@ impl TrackedList {
     /// first), each with whether it had been removed before the close.
     /// Each link reference is released as soon as its entry is yielded.
     pub fn close(&self) -> Vec<(u64, bool)> {
+        self.close_walk(Chain::next_entry)
+    }
+
+    /// `close`, walking with `Chain::next_entry_unfrozen`.
+    pub fn close_unfrozen(&self) -> Vec<(u64, bool)> {
+        self.close_walk(Chain::next_entry_unfrozen)
+    }
+
+    fn close_walk(
+        &self,
+        mut next: impl FnMut(&mut Chain<TrackedEntry>) -> Option<(*const TrackedEntry, bool)>,
+    ) -> Vec<(u64, bool)> {
         let mut chain: Chain<TrackedEntry> = self.list.close();
         let mut out = Vec::new();
-        while let Some((entry, removed)) = chain.next_entry() {
+        while let Some((entry, removed)) = next(&mut chain) {
             // SAFETY: the chain owns the link reference of the entry it
             // just yielded.
             out.push((unsafe { &*entry }.checked_id(), removed));

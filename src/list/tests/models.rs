@@ -137,6 +137,25 @@ fn sweep_races_remove() {
     });
 }
 
+/// `n` entries; the first pushed (id 0, not the head) is removed on another
+/// thread (a mark and a cleanup pass) while this one closes the list with
+/// `close`. The other entries are held by their links alone. Returns what
+/// the close yielded and whether the removal succeeded.
+fn close_races_inner_removal(
+    n: u64,
+    close: fn(&TrackedList) -> Vec<(u64, bool)>,
+) -> (Vec<(u64, bool)>, bool) {
+    let (list, mut owners) = filled(n);
+    let inner = owners.remove(0);
+    drop(owners);
+    let remover = thread::spawn({
+        let list = Arc::clone(&list);
+        move || list.remove(&inner)
+    });
+    let closed = close(&list);
+    (closed, remover.join().unwrap())
+}
+
 /// A removal (and its cleanup pass) racing the close; list invariant 5, the
 /// store-buffer case. Exactly one of the remover and the closer decides the
 /// removed entry's fate. And the closer reads `cleaners` after its swap
@@ -147,17 +166,7 @@ fn sweep_races_remove() {
 #[test]
 fn pass_races_close() {
     model("pass_races_close", || {
-        let (list, mut owners) = filled(2);
-        let inner = owners.remove(0);
-        // The head entry is held by its link alone from now on.
-        drop(owners);
-        let remover = thread::spawn({
-            let list = Arc::clone(&list);
-            // Not the head: marks it and runs a cleanup pass.
-            move || list.remove(&inner)
-        });
-        let closed = list.close();
-        let removed = remover.join().unwrap();
+        let (closed, removed) = close_races_inner_removal(2, TrackedList::close);
         assert_eq!(closed[0], (1, false));
         if removed {
             // Removed first: the closer saw it marked, or the pass unlinked
@@ -197,5 +206,21 @@ fn pass_races_head_unlink() {
         assert_eq!(list.live_ids(), [1]);
         assert_eq!(live(&list.close()), [1]);
         drop(middle);
+    });
+}
+
+/// `pass_races_close` with the walk a cancellation uses on child lists
+/// (`Chain::next_entry_unfrozen`): no freeze while no pass is counted, so a
+/// removal racing the walk may be read either way; what must hold is that
+/// no pass unlinks (and frees) an entry the walk is about to read. Either
+/// the closer sees the pass counted and freezes as `close` does, or the
+/// pass finds the list closed and touches nothing.
+#[test]
+fn pass_races_unfrozen_close() {
+    model("pass_races_unfrozen_close", || {
+        let (closed, removed) = close_races_inner_removal(3, TrackedList::close_unfrozen);
+        assert!(removed, "nobody else removes it");
+        assert_eq!(closed[..2], [(2, false), (1, false)]);
+        assert!(closed.len() == 2 || closed[2].0 == 0, "{closed:?}");
     });
 }
