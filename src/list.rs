@@ -206,6 +206,21 @@ pub(crate) unsafe trait Entry {
     /// Called exactly once per successful push, by whoever unlinked the
     /// entry, after which the caller must not touch `this` again.
     unsafe fn release_link(this: *const Self);
+
+    /// `release_link` by a remover that has just unlinked its entry from
+    /// the head while no cleanup pass runs (invariant 6): nobody else can
+    /// reach the entry through the list any more, and the remover holds a
+    /// reference of its own (`remove`'s contract), so a type whose other
+    /// holders it can rule out may drop the count without a
+    /// read-modify-write.
+    ///
+    /// # Safety
+    ///
+    /// As `release_link`, and as just said.
+    unsafe fn release_link_unlinked(this: *const Self) {
+        // SAFETY: forwarded.
+        unsafe { Self::release_link(this) }
+    }
 }
 
 /// See the module docs.
@@ -382,7 +397,7 @@ impl<E: Entry> List<E> {
             if self.cleaners.load(Ordering::SeqCst) == 0 {
                 // SAFETY: our CAS unlinked it, so we own its link reference
                 // (invariant 3), and no pass can reach it (invariant 6).
-                unsafe { E::release_link(entry) };
+                unsafe { E::release_link_unlinked(entry) };
             } else {
                 let guard = epoch::pin();
                 // SAFETY: we own the link reference; a running pass may

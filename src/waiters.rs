@@ -133,6 +133,26 @@ unsafe impl Entry for Waiter {
         // SAFETY: forwarded from the caller (the list's reference).
         unsafe { Waiter::release_ref(this) }
     }
+
+    /// A count of two is then the list's (ours to drop) and the remover's:
+    /// nobody else holds a reference, and a new one can only be taken from
+    /// a held one, so nothing else writes the state word — the usual
+    /// withdrawal (a dropped pending `Done`, a stopped callback) gives the
+    /// reference back with a plain store instead of a locked `fetch_sub`.
+    unsafe fn release_link_unlinked(this: *const Self) {
+        // SAFETY: the caller's references keep the entry alive.
+        let state = unsafe { &(*this).state };
+        // Ordering: Relaxed — per the above, no other thread can write the
+        // word now; the remover's own earlier accesses are ordered by
+        // program order, other threads' by how the remover got the entry.
+        let word = state.load(Ordering::Relaxed);
+        if word / REF == 2 {
+            state.store(word - REF, Ordering::Relaxed);
+        } else {
+            // SAFETY: forwarded from the caller (the list's reference).
+            unsafe { Waiter::release_ref(this) }
+        }
+    }
 }
 
 // SAFETY: see the `Entry` impl.
