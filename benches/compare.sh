@@ -360,7 +360,7 @@ for depth in (1, 10, 100, 1000):
 for depth in (10, 20, 30, 50, 100):
     row(f"`deep_value/depth={depth}`", f"DeepValueSameGoRoutine/depth={depth}",
         f"deep_value/goctx/depth={depth}", None, f"deep_value/depth={depth}")
-for p in ("serial", "threads=2", "threads=4", "threads=8"):
+for p in ("serial", "threads=2", "threads=4", "threads=8", "threads=16"):
     row(f"`child_create_drop/{p}`", None, f"child_create_drop/goctx/{p}",
         f"child_create_drop/tokio_util/{p}",
         "child_create_drop" if p == "serial" else None)

@@ -33,7 +33,11 @@
 //!    forever after; no entry is linked after that.
 //! 2. A marked `next` pointer never changes again. Marks are set by
 //!    [`List::remove`] (logical removal) or by the closer (freezing); both use
-//!    `fetch_or`, so their order decides which happened first.
+//!    `fetch_or`, so their order decides which happened first. In a closed
+//!    list that no cleanup pass can reach (the closer read `cleaners == 0`),
+//!    the address part of an unmarked `next` does not change either (only
+//!    passes unlink behind the head): a closer whose removers do not need
+//!    that decision walks without freezing ([`Chain::next_entry_unfrozen`]).
 //! 3. An entry is physically unlinked only by a successful CAS on an
 //!    *unmarked* predecessor pointer (the head, or a live entry's `next`):
 //!    by a cleanup pass, or by the remover of the entry at the head.
