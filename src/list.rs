@@ -275,12 +275,15 @@ fn prefetch(at: *mut ()) {
     let _ = at;
 }
 
-/// The unlinker's fence of the store-buffer pattern of invariants 5 and 6,
-/// between its SeqCst read-modify-write of `head` and its SeqCst load of
-/// `cleaners`: needed only under loom, which models SeqCst accesses as
-/// AcqRel (invariant 6 has the argument for real targets).
+/// The fence on the read-modify-write side of a store-buffer pattern
+/// whose other side fences: between a SeqCst read-modify-write and a
+/// SeqCst load, it adds nothing on real targets (C++20 [atomics.order] p4;
+/// invariant 6 has the argument), and is needed only under loom, which
+/// models SeqCst accesses as AcqRel. Here: the unlinker's, between its
+/// unlink and its load of `cleaners` (invariants 5 and 6); in the timer,
+/// the arming thread's (timer invariant 5).
 #[inline(always)]
-fn sb_fence() {
+pub(crate) fn sb_fence() {
     if cfg!(loom) {
         fence(Ordering::SeqCst);
     }
@@ -314,6 +317,31 @@ impl<E: Entry> List<E> {
     /// `entry` must be valid, not currently linked in any list, and stay
     /// valid until its link reference is released.
     pub(crate) unsafe fn push(&self, entry: *const E) -> Result<(), Closed> {
+        // SAFETY: forwarded.
+        unsafe { self.push_ordered(entry, Ordering::Release) }
+    }
+
+    /// `push` with a SeqCst CAS: for a pusher whose next step is the
+    /// read-modify-write side of a store-buffer pattern (`sb_fence`; the
+    /// timer's arming). The same instruction as `push` on x86-64.
+    ///
+    /// # Safety
+    ///
+    /// As `push`.
+    // (Under loom the models arm timers by hand: no wheel pushes.)
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) unsafe fn push_seqcst(&self, entry: *const E) -> Result<(), Closed> {
+        // SAFETY: forwarded.
+        unsafe { self.push_ordered(entry, Ordering::SeqCst) }
+    }
+
+    /// `push`, whose linking CAS succeeds with `success` (Release at least).
+    ///
+    /// # Safety
+    ///
+    /// As `push`.
+    #[inline(always)]
+    unsafe fn push_ordered(&self, entry: *const E, success: Ordering) -> Result<(), Closed> {
         // SAFETY: the caller guarantees `entry` is valid.
         let link = unsafe { (*entry).link() };
         // Invariant 8: whoever reaches the entry through the list rebuilds
@@ -328,12 +356,13 @@ impl<E: Entry> List<E> {
             }
             // Ordering: Relaxed — published by the Release CAS below.
             link.next.store(head, Ordering::Relaxed);
-            // Ordering: Release on success publishes the entry; Acquire on
-            // failure for the same reason as the load above.
+            // Ordering: Release (or stronger, `success`) on success
+            // publishes the entry; Acquire on failure for the same reason
+            // as the load above.
             match self.head.compare_exchange_weak(
                 head,
                 entry.cast_mut().cast(),
-                Ordering::Release,
+                success,
                 Ordering::Acquire,
             ) {
                 Ok(_) => return Ok(()),

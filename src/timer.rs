@@ -82,8 +82,12 @@
 //!    or before its deadline it stops there: whoever wrote that value made
 //!    sure the thread wakes by then, and a sweep that resets it afterwards
 //!    traverses the new entry); the timer thread publishes
-//!    `sleeping_until`, then reads every slot's `earliest` again — each
-//!    step after a SeqCst fence (the store-buffer pattern), so either the
+//!    `sleeping_until`, then reads every slot's `earliest` again — the
+//!    store-buffer pattern: the timer thread fences between its SeqCst
+//!    store and its load; the arming thread's steps are SeqCst
+//!    read-modify-writes (the push's CAS, `fetch_min`) each followed by a
+//!    SeqCst load, which needs no fence on real targets (`list::sb_fence`
+//!    has the argument; under loom it fences) — so either the
 //!    thread sees the new deadline or the arming thread unparks it. A sweep
 //!    resets `earliest` and then traverses the slot's lists, fenced the
 //!    same way, so an entry pushed during the sweep is either traversed or
@@ -566,7 +570,7 @@ mod imp {
     use std::time::{Duration, Instant};
 
     use super::{Moving, TimerEntry, TimerRef, TimerView};
-    use crate::list::List;
+    use crate::list::{List, sb_fence};
     use crate::primitive::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
     use crate::primitive::thread::{self, Thread};
 
@@ -726,10 +730,11 @@ mod imp {
         entry.set_list(stripe * WHEEL + slot);
         // SAFETY: the node is valid and in no list; the list now owns the
         // memory reference.
+        // SeqCst: the write side of invariant 5's store-buffer pattern.
         if unsafe {
             timer
                 .list(stripe, slot)
-                .push(node.as_ptr().cast::<TimerView>())
+                .push_seqcst(node.as_ptr().cast::<TimerView>())
         }
         .is_err()
         {
@@ -738,9 +743,11 @@ mod imp {
         // Ordering: Release — pairs with the Acquire CASes of `disarm` (which
         // then removes a linked entry from the right list) and `fire`.
         entry.state.store(super::ARMED, Ordering::Release);
-        // Invariant 5: the push, then (fenced) the slot's earliest
-        // deadline, then (fenced) the thread's.
-        fence(Ordering::SeqCst);
+        // Invariant 5: the push, then the slot's earliest deadline, then
+        // the thread's; each a SeqCst read-modify-write followed by a
+        // SeqCst load, against the timer thread's SeqCst store and fence
+        // (no fence needed on this side outside loom: `list::sb_fence`).
+        sb_fence();
         let earliest = &timer.slots[slot].earliest;
         // A slot whose earliest deadline is already at or before ours needs
         // no update (a `fetch_min` would leave it unchanged; the SeqCst load
@@ -752,7 +759,7 @@ mod imp {
             return;
         }
         earliest.fetch_min(when, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        sb_fence();
         if when < timer.sleeping_until.load(Ordering::SeqCst) {
             timer.thread.unpark();
         }
