@@ -1,7 +1,7 @@
 //! Shared pieces of the loom models.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 use std::time::Instant;
 
 /// Runs `f` under `loom::model`, then prints how many schedules were
@@ -10,16 +10,21 @@ pub fn model<F>(name: &str, f: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    // Counted outside the model, which must not see it: loom runs every
+    // execution on the thread that called `loom::model`, so a plain
+    // thread-local per test thread (hence per model) is enough.
+    std::thread_local! {
+        static RUNS: Cell<usize> = const { Cell::new(0) };
+    }
+    RUNS.with(|runs| runs.set(0));
     let start = Instant::now();
-    let before = RUNS.load(Ordering::Relaxed);
     loom::model(move || {
-        RUNS.fetch_add(1, Ordering::Relaxed);
+        RUNS.with(|runs| runs.set(runs.get() + 1));
         f();
     });
     eprintln!(
         "loom model {name}: {} iterations in {:.2?}",
-        RUNS.load(Ordering::Relaxed) - before,
+        RUNS.with(Cell::get),
         start.elapsed()
     );
 }

@@ -23,10 +23,7 @@
 //! place of the fence, which the language's memory model does not count
 //! as one).
 
-// Deliberately std, not the loom shim: this counts loom's iterations from
-// outside the model (a loom atomic cannot outlive one execution), and the
-// model must not see it.
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 use std::time::Instant;
 
 use loom::sync::Arc;
@@ -37,19 +34,23 @@ use crate::list::tracked::{Owner, TrackedList};
 /// Runs `f` under `loom::model` and prints how many schedules it explored
 /// and how long that took.
 fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
-    // Counted per model (the test harness runs models in parallel).
-    let runs = std::sync::Arc::new(AtomicUsize::new(0));
+    // The count lives outside the model, which must not see it (a loom
+    // atomic cannot outlive one execution, and a std one would be an
+    // atomic loom does not model): loom runs every execution of a model
+    // on the thread that called `loom::model`, so a plain thread-local
+    // counter, per test thread and hence per model, is enough.
+    std::thread_local! {
+        static RUNS: Cell<usize> = const { Cell::new(0) };
+    }
+    RUNS.with(|runs| runs.set(0));
     let start = Instant::now();
-    loom::model({
-        let runs = std::sync::Arc::clone(&runs);
-        move || {
-            runs.fetch_add(1, Ordering::Relaxed);
-            f();
-        }
+    loom::model(move || {
+        RUNS.with(|runs| runs.set(runs.get() + 1));
+        f();
     });
     eprintln!(
         "loom model list::{name}: {} iterations in {:.2?}",
-        runs.load(Ordering::Relaxed),
+        RUNS.with(Cell::get),
         start.elapsed()
     );
 }
