@@ -657,6 +657,13 @@ impl<E: Entry> List<E> {
     /// (by us or by an earlier `close`); `false` if entries are linked, and
     /// the list stays open for `close`.
     pub(crate) fn close_if_empty(&self) -> bool {
+        // A list with entries is left alone without a doomed CAS (an inner
+        // node of a cancelled tree: its list is closed later by `close`).
+        // Ordering: Relaxed — a hint; the CAS below decides.
+        let head = self.head.load(Ordering::Relaxed);
+        if !head.is_null() {
+            return tagged(head, CLOSED);
+        }
         // Ordering: SeqCst on success — as `close`'s swap (invariants 1 and
         // 5; with no entry detached there is no chain for a pass to share,
         // so no `cleaners` check follows). Failure: Relaxed, only the tag
@@ -821,17 +828,7 @@ impl<E: Entry> Chain<E> {
 
     /// Freezes and yields the next entry: `(entry, was_removed)`.
     pub(crate) fn next_entry(&mut self) -> Option<(*const E, bool)> {
-        if self.cur.is_null() {
-            return None;
-        }
-        let entry = entry_at::<E>(self.cur);
-        // SAFETY: the chain owns the link reference of every entry it has not
-        // yet yielded, so `entry` is valid.
-        let link = unsafe { (*entry).link() };
-        // Ordering: AcqRel — invariant 2; Acquire sees a remover's writes.
-        let prev = fetch_or_tag(&link.next, MARK, Ordering::AcqRel);
-        self.cur = untagged(prev);
-        Some((entry, tagged(prev, MARK)))
+        self.step(true)
     }
 
     /// `next_entry` without the freeze where it is not needed: for a chain
@@ -846,18 +843,27 @@ impl<E: Entry> Chain<E> {
     /// removal racing the walk); the caller must cope with both answers.
     /// With a pass running it freezes, as `next_entry`.
     pub(crate) fn next_entry_unfrozen(&mut self) -> Option<(*const E, bool)> {
-        if self.guard.is_some() {
-            return self.next_entry();
-        }
+        self.step(self.guard.is_some())
+    }
+
+    /// Yields the next entry, freezing its `next` first if `freeze`.
+    #[inline(always)]
+    fn step(&mut self, freeze: bool) -> Option<(*const E, bool)> {
         if self.cur.is_null() {
             return None;
         }
         let entry = entry_at::<E>(self.cur);
-        // SAFETY: as in `next_entry`.
+        // SAFETY: the chain owns the link reference of every entry it has not
+        // yet yielded, so `entry` is valid.
         let link = unsafe { (*entry).link() };
-        // Ordering: Acquire — sees a remover's writes to the entry if its
-        // mark is read (the freeze's Acquire half).
-        let next = link.next.load(Ordering::Acquire);
+        let next = if freeze {
+            // Ordering: AcqRel — invariant 2; Acquire sees a remover's writes.
+            fetch_or_tag(&link.next, MARK, Ordering::AcqRel)
+        } else {
+            // Ordering: Acquire — sees a remover's writes to the entry if
+            // its mark is read (the freeze's Acquire half).
+            link.next.load(Ordering::Acquire)
+        };
         self.cur = untagged(next);
         // The walk is a pointer chase: ask for the successor's memory now,
         // so that it arrives while the caller works on this entry (a
