@@ -583,15 +583,26 @@ impl CancelNode {
     /// Wakes this node's waiters and cancels its subtree with `word`
     /// (invariant 2), iteratively.
     fn propagate(&self, word: Word) {
+        let panic = waiters::wake_all(&self.waiters);
+        // A leaf (the usual cancel): its empty child list closed in place,
+        // with no chain to walk.
+        if self.children.close_if_empty() {
+            if let Some(payload) = panic {
+                std::panic::resume_unwind(payload);
+            }
+            return;
+        }
+        self.propagate_subtree(word, panic);
+    }
+
+    /// `propagate` below a node with children (its waiters woken already;
+    /// `panic` holds a waker's panic payload from that).
+    fn propagate_subtree(&self, word: Word, mut panic: Option<Panic>) {
         let mut guard: Option<Guard> = None;
-        let mut panic = None;
         // The intrusive work stack: `DEFER`-tagged nodes, null when empty.
         let mut stack: *const CancelNode = ptr::null();
         let mut current: *const CancelNode = self;
         let mut current_tag: Option<*const CancelNode> = None;
-        if let Some(payload) = waiters::wake_all(&self.waiters) {
-            panic.get_or_insert(payload);
-        }
         loop {
             // SAFETY: `self`, or a node whose link reference we hold (pushed
             // below), so its memory is valid (invariant 3). Its waiters are

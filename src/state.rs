@@ -145,6 +145,7 @@ pub(crate) enum Pending {
 impl Pending {
     /// Builds the word for a cancellation with `error` and an optional cause
     /// (the error itself when `None`). Plain `Error` causes stay inline.
+    #[inline]
     pub(crate) fn new(error: Error, cause: Option<Cause>) -> Pending {
         let err_bits = DONE
             | match error {

@@ -253,8 +253,11 @@ impl TimerEntry {
     /// The node has just been released (no handle is left), so nobody can
     /// read the cell any more (`cause` needs a handle).
     pub(crate) unsafe fn take_cause(&self) -> Option<Cause> {
-        // SAFETY: per the contract, we are the cell's only user.
-        self.cause.with_mut(|cause| unsafe { (*cause).take() })
+        // SAFETY: per the contract, we are the cell's only user. (Read
+        // before writing: most deadline nodes have no cause, and then the
+        // line is left clean.)
+        self.cause
+            .with_mut(|cause| unsafe { (*cause).is_some().then(|| (*cause).take()).flatten() })
     }
 }
 
@@ -665,6 +668,16 @@ mod imp {
         timer
     }
 
+    /// `duration` in nanoseconds, saturating at `u64::MAX` (584 years), in
+    /// 64-bit arithmetic: `Duration::as_nanos` works in 128 bits, which
+    /// showed up on the arming path.
+    fn u64_nanos(duration: Duration) -> u64 {
+        duration
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(duration.subsec_nanos()))
+    }
+
     /// The slot (`level * SLOTS + slot`) of a deadline `when`, seen at
     /// `now` (both in nanoseconds since the base): the level is the
     /// highest 6-bit digit in which the two tick counts differ, the slot
@@ -684,9 +697,8 @@ mod imp {
 
     impl Timer {
         fn nanos(&self, at: Instant) -> u64 {
-            let nanos = at.saturating_duration_since(self.base).as_nanos();
             // Never AWAKE (0) nor EMPTY for a real deadline.
-            nanos.clamp(1, u128::from(EMPTY - 1)) as u64
+            u64_nanos(at.saturating_duration_since(self.base)).clamp(1, EMPTY - 1)
         }
 
         /// The list of `slot` for `stripe`.
@@ -718,7 +730,7 @@ mod imp {
         // The caller's clock reading, from `remaining` rather than a second
         // `Instant` subtraction (it only places the entry; a reading from
         // before the wheel's base counts as the base).
-        let remaining = u64::try_from(remaining.as_nanos()).unwrap_or(u64::MAX);
+        let remaining = u64_nanos(remaining);
         let slot = slot_of(when, when.saturating_sub(remaining));
         // (A thread-local destructor arming a deadline gets stripe 0.)
         let stripe = STRIPE.try_with(|stripe| *stripe).unwrap_or(0);

@@ -353,7 +353,18 @@ impl Waiter {
 /// A waker that panics in `wake` does not stop the others: the first panic
 /// is caught, every remaining waiter is still notified, and the payload is
 /// returned for the caller to resume once its own work is complete.
+#[inline]
 pub(crate) fn wake_all(list: &WaiterList) -> Option<Panic> {
+    // Most contexts are cancelled with nobody waiting: close the empty list
+    // in place (the same one read-modify-write as `close`), with no chain.
+    if list.close_if_empty() {
+        return None;
+    }
+    wake_linked(list)
+}
+
+/// `wake_all` for a list with entries linked.
+fn wake_linked(list: &WaiterList) -> Option<Panic> {
     let mut panic = None;
     let mut chain = list.close();
     while let Some((waiter, removed)) = chain.next_entry() {
