@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 
 need_nightly "ASan" || exit 0
 
-flags="-Zsanitizer=address --cfg crossbeam_sanitize"
+flags="-Zsanitizer=address --cfg crossbeam_sanitize --cfg goctx_no_node_cache"
 export RUSTFLAGS="$flags" RUSTDOCFLAGS="$flags"
 export ASAN_OPTIONS="detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1:halt_on_error=1"
 export LSAN_OPTIONS="report_objects=1"

@@ -67,6 +67,7 @@ use crossbeam_epoch::Guard;
 use crate::error::{Cause, Error};
 use crate::list::{Entry, Link, List, release_link_from};
 use crate::node::{Kind, Merged, Node, NodeRef, Repr};
+use crate::node_cache;
 use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::state::{self, CauseBox, Pending, Word};
@@ -780,7 +781,25 @@ impl CancelNode {
 /// `Shape::alloc` of every shape: an uninitialised box for a `T` that
 /// starts with a `CancelNode` (`CancelNode`, `DeadlineNode`, `MergeNode`).
 pub(crate) fn alloc_as<T>() -> *mut CancelNode {
-    Box::into_raw(Box::<T>::new_uninit()).cast()
+    node_cache::alloc::<T>(const { cache_bin::<T>() }).cast()
+}
+
+/// The node cache's bin for `T` (a constant per `T`): one per node layout
+/// that derivations churn, none for the rest.
+const fn cache_bin<T>() -> Option<usize> {
+    const LAYOUTS: [core::alloc::Layout; node_cache::BINS] = [
+        core::alloc::Layout::new::<CancelNode>(),
+        core::alloc::Layout::new::<DeadlineNode>(),
+    ];
+    let layout = core::alloc::Layout::new::<T>();
+    let mut bin = 0;
+    while bin < LAYOUTS.len() {
+        if LAYOUTS[bin].size() == layout.size() && LAYOUTS[bin].align() == layout.align() {
+            return Some(bin);
+        }
+        bin += 1;
+    }
+    None
 }
 
 /// `Shape::free` of every shape.
@@ -790,8 +809,8 @@ pub(crate) fn alloc_as<T>() -> *mut CancelNode {
 /// `this` came from `alloc_as::<T>`, every field `T` drops was written (a
 /// layer's `MaybeUninit` fields drop nothing), and no reference is left.
 pub(crate) unsafe fn free_as<T>(this: *mut Node) {
-    // SAFETY: per the contract.
-    drop(unsafe { Box::from_raw(this.cast::<T>()) });
+    // SAFETY: per the contract (`alloc_as` is `node_cache::alloc`).
+    unsafe { node_cache::free(this.cast::<T>(), const { cache_bin::<T>() }) };
 }
 
 /// How a cancel node is allocated, torn down and freed: a plain
@@ -1092,6 +1111,15 @@ impl fmt::Debug for CancelCauseFunc {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    /// The node cache keeps plain and deadline nodes, in bins of their own;
+    /// any other layout goes to the allocator.
+    #[test]
+    fn node_cache_bins() {
+        assert_eq!(cache_bin::<CancelNode>(), Some(0));
+        assert_eq!(cache_bin::<DeadlineNode>(), Some(1));
+        assert_eq!(cache_bin::<[u8; 3]>(), None);
+    }
 
     /// Issue 10's node diet, pinned: a plain `with_cancel` node is two
     /// cache lines (376 bytes at bdad359), a deadline node three, the header

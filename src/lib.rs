@@ -89,8 +89,10 @@
 //!   node's state word. `cause()`: the same plus a clone of the cause.
 //! * `background()`, `todo()`, `clone()` of a root: no allocation. Each
 //!   derived context: one allocation (registration with the parent
-//!   included). `cancel()`: no allocation; it wakes every waiter of the
-//!   subtree before returning.
+//!   included), or none: each thread keeps up to 64 freed nodes of each of
+//!   the two common kinds (plain, deadline) and reuses them before it asks
+//!   the allocator (`docs::internals`, "The node cache"). `cancel()`: no
+//!   allocation; it wakes every waiter of the subtree before returning.
 //! * `ctx.done()` borrows the context: no reference count, no shared
 //!   write, no allocation (`done_owned()` takes one reference count). An
 //!   awaited `Done` takes a waiter entry from a few spares its thread keeps
@@ -144,6 +146,7 @@ mod error;
 mod list;
 mod merge;
 mod node;
+mod node_cache;
 mod on_done;
 mod primitive;
 #[cfg(feature = "crossbeam-channel")]

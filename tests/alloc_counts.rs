@@ -117,6 +117,18 @@ fn warm_up() {
     assert_eq!(parent.registered_children(), 0);
 }
 
+/// goctx keeps up to 64 freed nodes of each layout per thread (its node
+/// cache, `src/node_cache.rs`), and a derivation takes its node from there
+/// before it asks the allocator. Holding more live contexts of each layout
+/// than that empties the cache, so the counts that follow are those of a
+/// cold cache: one allocation per derivation. (Hold the result.)
+fn empty_node_cache() -> Vec<(Context, goctx::CancelFunc)> {
+    let bg = Context::background();
+    (0..100)
+        .flat_map(|_| [bg.with_cancel(), bg.with_timeout(Duration::from_secs(3600))])
+        .collect()
+}
+
 #[derive(Debug, PartialEq)]
 struct RequestId(u64);
 
@@ -144,9 +156,47 @@ fn roots_allocate_nothing() {
     assert_allocs("dropping roots", 0, || drop((bg, todo, default)));
 }
 
+/// The warm side of `empty_node_cache`: a node freed on this thread is
+/// reused by its next derivation of the same layout, without the allocator
+/// (with_cancel, with_timeout, and a merge, which is a plain node here).
+#[test]
+#[cfg(not(any(miri, goctx_no_node_cache)))] // the cache is compiled out there
+fn a_warm_node_cache_serves_derivations_without_allocating() {
+    warm_up_deadlines();
+    let bg = Context::background();
+    drop(bg.with_cancel());
+    drop(assert_allocs(
+        "with_cancel() after one was dropped",
+        0,
+        || bg.with_cancel(),
+    ));
+    let (ctx, cancel) = bg.with_cancel();
+    drop(bg.with_cancel());
+    drop(assert_allocs(
+        "merge() after a with_cancel() was dropped",
+        0,
+        || ctx.merge(&bg),
+    ));
+    // A deadline node's memory is freed once the timer's list lets go of
+    // it too (its cleanup, amortised): free enough of them for that.
+    let timeout = Duration::from_secs(3600);
+    drop(
+        (0..64)
+            .map(|_| bg.with_timeout(timeout))
+            .collect::<Vec<_>>(),
+    );
+    drop(assert_allocs(
+        "with_timeout() after many were dropped",
+        0,
+        || bg.with_timeout(timeout),
+    ));
+    drop((ctx, cancel));
+}
+
 #[test]
 fn derivations_allocate_once() {
     warm_up();
+    let _cold = empty_node_cache();
     let bg = Context::background();
 
     let (a, cancel_a) = assert_allocs("background().with_cancel()", 1, || bg.with_cancel());
@@ -588,6 +638,7 @@ fn warm_up_deadlines() {
 #[test]
 fn deadline_derivations_allocate_once() {
     warm_up_deadlines();
+    let _cold = empty_node_cache();
     let bg = Context::background();
     let in_30s = || Instant::now() + Duration::from_secs(30);
 
@@ -785,6 +836,7 @@ fn on_done_allocates_at_most_once_and_nothing_on_a_never_done_context() {
 #[test]
 fn merge_allocates_once() {
     warm_up();
+    let _cold = empty_node_cache();
     let (ctx, _keep) = Context::background().with_cancel();
     let (other, cancel_other) = Context::background().with_cancel();
     let (merged, merged_cancel) =

@@ -1,0 +1,246 @@
+//! A small per-thread cache of freed node allocations.
+//!
+//! Every `with_cancel` allocates one node and every release frees one. The
+//! system allocator serves that churn well while it fits its own per-thread
+//! cache, but glibc's holds only 7 blocks per size: a tree built before it is
+//! dropped (a chain 100 deep, 10 timeouts derived and then cancelled) falls
+//! through to its shared bins, whose coalescing took a third of
+//! `cancel_tree/depth=100` (issue 8's regression check, `docs::internals`).
+//! So each thread keeps up to [`CAPACITY`] freed blocks of each of the two
+//! common node layouts (a plain cancel node, a deadline node) and takes a
+//! derivation's block from there first.
+//!
+//! - Only memory is cached: a block enters the cache after its node was
+//!   dropped in place, exactly where it would have gone to the allocator
+//!   (the last memory reference, `CancelNode::release_memory`), and leaves
+//!   it uninitialised. No user data is ever held.
+//! - The cache is bounded (`CAPACITY` blocks per bin, 20 KiB per thread
+//!   at most) and freed when its thread exits; a block freed during thread
+//!   teardown, after the cache is gone, goes straight to the allocator.
+//! - Nothing is shared between threads: a block freed on another thread
+//!   joins that thread's cache. The cache is plain thread-local state, with
+//!   no atomics and no locks.
+//! - It is compiled out under loom and miri, and with
+//!   `RUSTFLAGS="--cfg goctx_no_node_cache"`, which the AddressSanitizer run
+//!   sets so that a use after free of a node is still reported.
+
+use core::mem::MaybeUninit;
+
+/// Freed blocks a thread keeps per bin.
+#[cfg_attr(any(loom, miri, goctx_no_node_cache), allow(dead_code))]
+pub(crate) const CAPACITY: usize = 64;
+
+/// Bins: the caller names one per layout it wants cached (cancel.rs: a
+/// plain cancel node, a deadline node) and never puts two layouts in one.
+pub(crate) const BINS: usize = 2;
+
+/// An uninitialised block for a `T`: from this thread's `bin` if it holds
+/// one, from the global allocator otherwise (and always when `bin` is
+/// `None`).
+#[inline]
+pub(crate) fn alloc<T>(bin: Option<usize>) -> *mut T {
+    #[cfg(not(any(loom, miri, goctx_no_node_cache)))]
+    if let Some(bin) = bin
+        && let Some(block) = imp::take(bin)
+    {
+        return block.cast();
+    }
+    #[cfg(any(loom, miri, goctx_no_node_cache))]
+    let _ = bin;
+    Box::into_raw(Box::<T>::new_uninit()).cast()
+}
+
+/// Drops the `T` at `this` in place and frees its block: into this
+/// thread's `bin` if there is room, to the global allocator otherwise.
+///
+/// # Safety
+///
+/// `this` came from `alloc::<T>` with the same `bin`, holds an initialised
+/// `T` (a layer's `MaybeUninit` fields drop nothing), and nothing refers to
+/// it any more. `bin` is only ever used with `T`'s layout.
+#[inline]
+pub(crate) unsafe fn free<T>(this: *mut T, bin: Option<usize>) {
+    // SAFETY: per the contract: initialised, and ours alone.
+    unsafe { this.drop_in_place() };
+    #[cfg(any(loom, miri, goctx_no_node_cache))]
+    let _ = bin;
+    #[cfg(not(any(loom, miri, goctx_no_node_cache)))]
+    if let Some(bin) = bin
+        && imp::give(bin, this.cast(), core::alloc::Layout::new::<T>())
+    {
+        return;
+    }
+    // SAFETY: a `Box<T>` allocation (`alloc`'s fallback, or a cached block
+    // of the same layout, which came from one), its value dropped above.
+    drop(unsafe { Box::from_raw(this.cast::<MaybeUninit<T>>()) });
+}
+
+#[cfg(not(any(loom, miri, goctx_no_node_cache)))]
+mod imp {
+    use core::alloc::Layout;
+    use core::cell::Cell;
+    use core::ptr;
+
+    use super::{BINS, CAPACITY};
+
+    /// A cached block: its first word links the next one.
+    struct Free {
+        next: *mut Free,
+    }
+
+    /// The blocks of one layout, as a stack.
+    struct Bin {
+        top: Cell<*mut Free>,
+        len: Cell<usize>,
+        /// The layout of the blocks (`Layout::new::<u8>()` while none
+        /// came).
+        layout: Cell<Layout>,
+    }
+
+    /// One thread's bins.
+    struct Cache {
+        bins: [Bin; BINS],
+    }
+
+    impl Drop for Cache {
+        fn drop(&mut self) {
+            for bin in &self.bins {
+                let layout = bin.layout.get();
+                let mut block = bin.top.replace(ptr::null_mut());
+                while !block.is_null() {
+                    // SAFETY: a cached block: valid, ours alone, its first
+                    // word written by `give`.
+                    let next = unsafe { (*block).next };
+                    // SAFETY: allocated by the global allocator with this
+                    // bin's one layout (a `Box` of a type of that layout).
+                    unsafe { std::alloc::dealloc(block.cast(), layout) };
+                    block = next;
+                }
+                bin.len.set(0);
+            }
+        }
+    }
+
+    std::thread_local! {
+        static CACHE: Cache = const {
+            Cache {
+                bins: [const {
+                    Bin {
+                        top: Cell::new(ptr::null_mut()),
+                        len: Cell::new(0),
+                        layout: Cell::new(Layout::new::<u8>()),
+                    }
+                }; BINS],
+            }
+        };
+    }
+
+    /// Pops a block of `bin`'s layout, if this thread has one.
+    #[inline]
+    pub(super) fn take(bin: usize) -> Option<*mut u8> {
+        CACHE
+            .try_with(|cache| {
+                let bin = &cache.bins[bin];
+                let block = bin.top.get();
+                if block.is_null() {
+                    return None;
+                }
+                // SAFETY: a cached block, written by `give`.
+                bin.top.set(unsafe { (*block).next });
+                bin.len.set(bin.len.get() - 1);
+                Some(block.cast::<u8>())
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Pushes `block` (of `bin`'s layout, unused) if there is room; returns
+    /// whether it was kept.
+    #[inline]
+    pub(super) fn give(bin: usize, block: *mut u8, layout: Layout) -> bool {
+        CACHE
+            .try_with(|cache| {
+                let bin = &cache.bins[bin];
+                if bin.len.get() >= CAPACITY {
+                    return false;
+                }
+                let block = block.cast::<Free>();
+                // SAFETY: the block is ours, unused, and at least a word
+                // long and pointer-aligned (a node).
+                unsafe {
+                    block.write(Free {
+                        next: bin.top.get(),
+                    })
+                };
+                bin.top.set(block);
+                bin.len.set(bin.len.get() + 1);
+                bin.layout.set(layout);
+                true
+            })
+            .unwrap_or(false)
+    }
+
+    /// Blocks this thread holds, per bin (for tests).
+    #[cfg(test)]
+    pub(super) fn held() -> [usize; BINS] {
+        CACHE.with(|cache| cache.bins.each_ref().map(|bin| bin.len.get()))
+    }
+}
+
+#[cfg(all(test, not(any(loom, miri, goctx_no_node_cache))))]
+mod tests {
+    use super::*;
+    use crate::Context;
+
+    #[test]
+    fn a_freed_node_is_reused_by_the_next_derivation() {
+        std::thread::spawn(|| {
+            let (ctx, cancel) = Context::background().with_cancel();
+            let first = ctx.anchor_ptr();
+            drop((ctx, cancel));
+            assert_eq!(imp::held(), [1, 0]);
+            let (ctx, _cancel) = Context::background().with_cancel();
+            assert_eq!(ctx.anchor_ptr(), first);
+            assert_eq!(imp::held(), [0, 0]);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn the_cache_is_bounded_per_bin() {
+        std::thread::spawn(|| {
+            let timeout = std::time::Duration::from_secs(3600);
+            let many: Vec<_> = (0..3 * CAPACITY)
+                .map(|_| {
+                    let (a, b) = Context::background().with_cancel();
+                    let (c, d) = Context::background().with_timeout(timeout);
+                    (a, b, c, d)
+                })
+                .collect();
+            drop(many);
+            // A deadline node's memory may still be held by the timer's
+            // list (freed by its cleanup later, on this or another thread).
+            let [plain, timed] = imp::held();
+            assert_eq!(plain, CAPACITY);
+            assert!(timed <= CAPACITY);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn an_uncached_layout_bypasses_the_cache() {
+        std::thread::spawn(|| {
+            let block = alloc::<[u64; 5]>(None);
+            // SAFETY: just allocated, initialised here, then freed once.
+            unsafe {
+                block.write([7; 5]);
+                free(block, None);
+            }
+            assert_eq!(imp::held(), [0, 0]);
+        })
+        .join()
+        .unwrap();
+    }
+}
