@@ -1,6 +1,7 @@
 //! Exact allocation counts of the public API (lib.rs "Cost model", API.md
 //! "Types": roots allocate nothing, one allocation per derived context,
-//! deadline contexts included, `cancel()` allocates nothing, untimed waits
+//! deadline contexts included — with a cold node cache, and none with a
+//! warm one, `cancel()` allocates nothing, untimed waits
 //! allocate nothing once the thread has waited before, an after-func is at
 //! most one allocation and stopping it none; API.md rule 13: `done()` and a
 //! `select!`-loop iteration on it allocate nothing in steady state).
