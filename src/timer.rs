@@ -253,11 +253,13 @@ impl TimerEntry {
     /// The node has just been released (no handle is left), so nobody can
     /// read the cell any more (`cause` needs a handle).
     pub(crate) unsafe fn take_cause(&self) -> Option<Cause> {
-        // SAFETY: per the contract, we are the cell's only user. (Read
-        // before writing: most deadline nodes have no cause, and then the
-        // line is left clean.)
-        self.cause
-            .with_mut(|cause| unsafe { (*cause).is_some().then(|| (*cause).take()).flatten() })
+        self.cause.with_mut(|cause| {
+            // SAFETY: per the contract, we are the cell's only user.
+            let cause = unsafe { &mut *cause };
+            // Read before writing: most deadline nodes have no cause, and
+            // their line is then left clean.
+            if cause.is_some() { cause.take() } else { None }
+        })
     }
 }
 
