@@ -75,7 +75,8 @@ struct Anchor<'a> {
     /// allocation's provenance (`Repr::anchor_ptr`), so `into_owned` may
     /// make a handle from it; null when the context can never be done.
     node: *const Node,
-    /// Whether we hold a counted handle on `node` (given back on drop).
+    /// Whether we hold a counted handle on `node` (given back when the
+    /// `Done` drops: `Anchor` itself has no drop glue).
     /// Otherwise a context borrowed for `'a` keeps it alive (node
     /// invariants 2 and 4).
     owned: bool,
@@ -122,16 +123,6 @@ impl<'a> Anchor<'a> {
         // SAFETY: the borrowed context or our handle keeps the node alive
         // while `self` is; it heads a `CancelNode`.
         unsafe { self.node.cast::<CancelNode>().as_ref() }
-    }
-}
-
-impl Drop for Anchor<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        if self.owned {
-            // SAFETY: our handle (`owned`), given back once.
-            drop(unsafe { NodeRef::from_raw(NonNull::new_unchecked(self.node.cast_mut())) });
-        }
     }
 }
 
@@ -209,7 +200,6 @@ impl<'a> Done<'a> {
         let anchor = core::mem::replace(&mut self.anchor, Anchor::NEVER);
         let anchor: Anchor<'static> = if anchor.owned || anchor.node.is_null() {
             // Already owned (the handle moves along), or never done.
-            let anchor = core::mem::ManuallyDrop::new(anchor);
             Anchor {
                 node: anchor.node,
                 owned: anchor.owned,
@@ -399,30 +389,41 @@ impl Clone for Done<'_> {
 }
 
 impl Drop for Done<'_> {
-    /// Inline: a `Done` that never registered (`ctx.done().is_done()`, a
-    /// blocking wait) drops with one test.
+    /// Inline: a `Done` that never registered and borrows its context
+    /// (`ctx.done().is_done()`, a blocking wait) drops with two tests.
     #[inline]
     fn drop(&mut self) {
-        // An owned anchor's handle is given up after this, when the field
-        // is dropped. The slow path gets the entry and the node by value,
-        // not `&mut self`: a `Done` whose address never escapes stays in
+        // The slow path gets the entry, the node and the flag by value, not
+        // `&mut self`: a `Done` whose address never escapes stays in
         // registers, so after `ctx.done().is_done()` the compiler knows
         // `task` is `None` and `owned` false, and drops it with no code (it
         // would otherwise reload both from the stack after `is_done`'s
-        // atomic load, which it may not move them across).
-        if let Some(task) = self.task.take() {
-            withdraw_slow(task, self.anchor.node);
+        // atomic load, which it may not move them across). No field has
+        // drop glue of its own (the owned handle is given back in
+        // `drop_slow`), so a caller needs no unwinding cleanup that reads
+        // the `Done` back from memory: `assert!(ctx.done().is_done())`
+        // measured 2.1 ns per check with that cleanup, 1.6 ns without
+        // (`ctx.is_done()`: 1.3 ns).
+        let task = self.task.take();
+        if task.is_some() || self.anchor.owned {
+            drop_slow(task, self.anchor.node, self.anchor.owned);
         }
     }
 }
 
-/// Withdraws a dropped pending future's waiter entry from `node`'s list.
+/// Withdraws a dropped pending future's waiter entry from `node`'s list,
+/// then gives back an owned anchor's handle (also if withdrawing unwinds).
 #[cold]
-fn withdraw_slow(task: TaskWaiter, node: *const Node) {
+#[inline(never)]
+fn drop_slow(task: Option<TaskWaiter>, node: *const Node, owned: bool) {
+    // SAFETY: an owned anchor holds one handle on `node`, given back once
+    // (here, last: it keeps the node alive for the withdrawal).
+    let _handle =
+        owned.then(|| unsafe { NodeRef::from_raw(NonNull::new_unchecked(node.cast_mut())) });
     // SAFETY: the `Done` being dropped borrows the context of `node` or
-    // holds a handle on it (its anchor is dropped after this), so it is
-    // alive and heads a `CancelNode`; a registered `Done` has a node.
-    if let Some(node) = unsafe { node.cast::<CancelNode>().as_ref() } {
+    // holds `_handle` on it, so it is alive and heads a `CancelNode`; a
+    // registered `Done` has a node.
+    if let (Some(task), Some(node)) = (task, unsafe { node.cast::<CancelNode>().as_ref() }) {
         // SAFETY: registered on this node's waiter list (`into_owned` keeps
         // the node).
         unsafe { task.cancel(&node.waiters) };

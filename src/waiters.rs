@@ -724,7 +724,7 @@ impl TaskWaiter {
     pub(crate) unsafe fn cancel(self, list: &WaiterList) {
         let this = self.0;
         // SAFETY: registered on `list`, alive (our reference).
-        if unsafe { list.remove(this) } {
+        let waker = if unsafe { list.remove(this) } {
             // Our mark came before any closer's freeze (list invariant 2),
             // so no closer will notify the entry: the cell is ours
             // (invariant 1), with no `REGISTERING` claim (one RMW less on
@@ -735,12 +735,15 @@ impl TaskWaiter {
             // SAFETY: our reference keeps the entry alive.
             let entry = unsafe { &*this };
             // SAFETY: see above — no other party touches the cell.
-            let waker = entry.waker.with_mut(|cell| unsafe { (*cell).take() });
-            drop(waker);
-        }
+            entry.waker.with_mut(|cell| unsafe { (*cell).take() })
+        } else {
+            None
+        };
         // Usually unlinked by the `remove` above (our entry at the head), so
         // free for the next `register` of this thread.
         recycle_task(this);
+        // User code last: a waker whose drop panics leaks no entry.
+        drop(waker);
     }
 
     /// Gives the entry back after it was notified (nothing left to

@@ -99,3 +99,69 @@ fn panicking_value_drop_leaves_tree_working() {
     assert!(sibling.is_done());
     assert_eq!(root.registered_children(), 0);
 }
+
+/// A waker whose `drop` panics.
+struct PanicsOnDrop;
+
+impl Wake for PanicsOnDrop {
+    fn wake(self: Arc<Self>) {}
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("waker drop exploded");
+    }
+}
+
+/// Counts its drops: shows when a context's memory is given back.
+struct DropCounter(Arc<AtomicUsize>);
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A pending owned `Done` whose waker panics when dropped: dropping the
+/// `Done` withdraws its entry, the panic reaches the code that dropped it,
+/// and the `Done`'s handle is still given back (the context's memory, here
+/// a value above it, is freed once the context goes) while the context
+/// keeps working for other waiters.
+#[test]
+fn panicking_waker_drop_in_a_dropped_done_releases_its_handle() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let valued = Context::background().with_value(DropCounter(Arc::clone(&drops)));
+    let (ctx, cancel) = valued.with_cancel();
+    drop(valued);
+
+    let mut done = Box::pin(ctx.done_owned());
+    {
+        let waker = Waker::from(Arc::new(PanicsOnDrop));
+        let mut cx = TaskContext::from_waker(&waker);
+        assert!(done.as_mut().poll(&mut cx).is_pending());
+        // Dropping the test's own waker leaves the entry's clone the last
+        // one: the `Done`'s withdrawal drops it and runs the panicking drop.
+        drop(waker);
+    }
+    let dropped = catch_unwind(AssertUnwindSafe(move || drop(done)));
+    assert!(dropped.is_err(), "the waker's panic reaches the dropper");
+
+    // The context still works: a new waiter sees the cancellation.
+    {
+        let counting = Arc::new(CountingWaker::default());
+        let waker = Waker::from(Arc::clone(&counting));
+        let mut cx = TaskContext::from_waker(&waker);
+        let mut again = pin!(ctx.done());
+        assert!(again.as_mut().poll(&mut cx).is_pending());
+        cancel.cancel();
+        assert_eq!(counting.0.load(Ordering::SeqCst), 1);
+        assert!(again.poll(&mut cx).is_ready());
+    }
+
+    // No handle is left behind: dropping the context (its cancel function
+    // is gone) frees it and its parent's value.
+    drop(cancel);
+    assert_eq!(drops.load(Ordering::SeqCst), 0);
+    drop(ctx);
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
