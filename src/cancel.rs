@@ -39,9 +39,10 @@
 //! 2. Only the thread that won a node's CAS closes that node's lists for
 //!    cancellation, and writes its `work_next`; so each live child is
 //!    cancelled exactly once, by exactly one thread.
-//! 3. `links` counts the references that keep the node's *memory* (not its
-//!    contents) alive: one for all handles together, dropped at release, and
-//!    one while an anchor's child list links it. The memory is freed when
+//! 3. `links` (in the header: `Node::links`) counts the references that
+//!    keep the node's *memory* (not its contents) alive: one for all
+//!    handles together, dropped at release, and one while an anchor's child
+//!    list links it. The memory is freed when
 //!    both are gone; the list's reference outlives every reader of the chain
 //!    (see `list.rs`).
 //! 4. A released node may still be reached through a frozen chain. Work done
@@ -69,7 +70,7 @@ use crate::list::{Entry, Link, List, release_link_from};
 use crate::node::{Kind, Merged, Node, NodeRef, Repr};
 use crate::node_cache;
 use crate::primitive::UnsafeCell;
-use crate::primitive::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use crate::primitive::atomic::{AtomicPtr, Ordering};
 use crate::state::{self, CauseBox, Pending, Word};
 use crate::timer::{self, TimerEntry, TimerOwner};
 use crate::waiters::{self, Panic, WaiterList};
@@ -91,8 +92,6 @@ pub(crate) struct CancelNode {
     /// parent or one of its ancestors, which the merged node keeps alive
     /// (invariant 6). Immutable.
     deadline: *const Instant,
-    /// Invariant 3.
-    links: AtomicUsize,
     /// This node's entry in `registered`'s child list.
     link: Link,
     /// The child list this node is linked into, or null.
@@ -213,7 +212,7 @@ impl CancelNode {
     /// Derives a cancellable child of `parent`, with `handles` handles.
     /// Registers it with `parent`'s anchor, or makes it done at once if the
     /// anchor already is (invariant: done before the derivation returns).
-    pub(crate) fn derive(parent: &Repr, handles: usize) -> NonNull<CancelNode> {
+    pub(crate) fn derive(parent: &Repr, handles: u32) -> NonNull<CancelNode> {
         let deadline = Repr::deadline_ptr(parent);
         CancelNode::derive_shaped(parent, handles, deadline, 1, &PLAIN, |_| {})
     }
@@ -238,7 +237,7 @@ impl CancelNode {
     /// (`CancelNode::timer_owner`).
     pub(crate) fn derive_deadline(
         parent: &Repr,
-        handles: usize,
+        handles: u32,
         deadline: Instant,
         cause: Option<Cause>,
         timeout: Option<core::time::Duration>,
@@ -295,8 +294,10 @@ impl CancelNode {
     /// `shape` says which allocation: a plain `CancelNode`, a
     /// `DeadlineNode`, or a layer's (`merge::MergeNode`), whose own fields
     /// the layer writes afterwards.
-    fn alloc(node: Node, deadline: *const Instant, links: usize, shape: &Shape) -> *mut CancelNode {
+    fn alloc(node: Node, deadline: *const Instant, links: u32, shape: &Shape) -> *mut CancelNode {
         let raw = (shape.alloc)();
+        // Invariant 3, counted in the header (`Node::links`).
+        let node = node.with_links(links);
         // SAFETY: `raw` points to an exclusively owned, properly aligned,
         // uninitialised allocation that starts with a `CancelNode`; every
         // field is written exactly once below, so the node is fully
@@ -305,7 +306,6 @@ impl CancelNode {
             (&raw mut (*raw).node).write(node);
             (&raw mut (*raw).deadline).write(deadline);
             (&raw mut (*raw).state).write(AtomicPtr::new(state::ACTIVE));
-            (&raw mut (*raw).links).write(AtomicUsize::new(links));
             (&raw mut (*raw).link).write(Link::new());
             (&raw mut (*raw).registered).write(ptr::null());
             (&raw mut (*raw).children).write(List::new());
@@ -324,9 +324,9 @@ impl CancelNode {
     /// read-modify-write later).
     pub(crate) fn derive_with_shape(
         parent: &Repr,
-        handles: usize,
+        handles: u32,
         deadline: *const Instant,
-        links: usize,
+        links: u32,
         shape: &'static Shape,
     ) -> NonNull<CancelNode> {
         CancelNode::derive_shaped(parent, handles, deadline, links, shape, |_| {})
@@ -338,9 +338,9 @@ impl CancelNode {
     /// timer) before the node is published.
     fn derive_shaped(
         parent: &Repr,
-        handles: usize,
+        handles: u32,
         deadline: *const Instant,
-        links: usize,
+        links: u32,
         shape: &'static Shape,
         init: impl FnOnce(*mut CancelNode),
     ) -> NonNull<CancelNode> {
@@ -363,13 +363,13 @@ impl CancelNode {
                 if state::is_done(word) {
                     (*raw).state.store(state::inherit(word), Ordering::Relaxed);
                 } else {
-                    (*raw).links.store(links + 1, Ordering::Relaxed);
+                    (*raw).node.links.store(links + 1, Ordering::Relaxed);
                     (*raw).registered = anchor;
                     if anchor.children.push(raw).is_err() {
                         // Closed: the anchor is done (it closes only after
                         // its CAS; the failed push loaded CLOSED with
                         // Acquire). Never linked, so still exclusive.
-                        (*raw).links.store(links, Ordering::Relaxed);
+                        (*raw).node.links.store(links, Ordering::Relaxed);
                         (*raw).registered = ptr::null();
                         // Ordering: Acquire — as above.
                         let word = anchor.state.load(Ordering::Acquire);
@@ -458,7 +458,7 @@ impl CancelNode {
     #[cfg_attr(loom, allow(dead_code))]
     pub(crate) fn acquire_memory(&self) {
         // Ordering: Relaxed — taken from a live node, like a handle clone.
-        self.links.fetch_add(1, Ordering::Relaxed);
+        self.node.links.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The current state word.
@@ -756,7 +756,7 @@ impl CancelNode {
     /// The caller owns one such reference.
     pub(crate) unsafe fn release_memory(this: *const CancelNode) {
         // SAFETY: the caller's reference keeps the memory alive.
-        let links = unsafe { &(*this).links };
+        let links = unsafe { &(*this).node.links };
         // A count of one is ours alone, and only a holder of a reference can
         // take another (`acquire_memory`): nobody can race us, so the usual
         // case (a context never linked anywhere, or already unlinked) frees
@@ -1121,17 +1121,18 @@ mod tests {
         assert_eq!(cache_bin::<[u8; 3]>(), None);
     }
 
-    /// Issue 10's node diet, pinned: a plain `with_cancel` node is two
-    /// cache lines (376 bytes at bdad359), a deadline node three, the header
-    /// of every node (and so a `without_cancel` node) four words.
+    /// Issue 10's node diet, pinned: a plain `with_cancel` node is 120
+    /// bytes (376 at bdad359; at most 120 so that glibc's fast bins serve it
+    /// when the node cache does not), a deadline node 184, the header of
+    /// every node (and so a `without_cancel` node) four words.
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn node_sizes() {
         assert_eq!(size_of::<Node>(), 32, "the header");
         assert_eq!(size_of::<List<CancelNode>>(), 24, "a list");
         assert_eq!(size_of::<TimerEntry>(), 48, "a timer entry");
-        assert_eq!(size_of::<CancelNode>(), 128, "a with_cancel node");
-        assert_eq!(size_of::<DeadlineNode>(), 192, "a deadline node");
+        assert_eq!(size_of::<CancelNode>(), 120, "a with_cancel node");
+        assert_eq!(size_of::<DeadlineNode>(), 184, "a deadline node");
         assert_eq!(
             size_of::<crate::value::ValueNode<u64>>(),
             56,
@@ -1140,6 +1141,6 @@ mod tests {
         // The state word shares the header's cache line with `anchor`
         // (is_done reads both); the child list ends the node.
         assert_eq!(core::mem::offset_of!(CancelNode, state), 32);
-        assert_eq!(core::mem::offset_of!(CancelNode, children), 104);
+        assert_eq!(core::mem::offset_of!(CancelNode, children), 96);
     }
 }

@@ -453,7 +453,7 @@ mod tests {
     use crate::Context;
 
     /// The handle count of `ctx`'s anchor.
-    fn handles(ctx: &Context) -> usize {
+    fn handles(ctx: &Context) -> u32 {
         ctx.anchor().expect("cancellable").node.handle_count()
     }
 

@@ -38,7 +38,7 @@ use core::mem::ManuallyDrop;
 use core::ops::Deref;
 use core::ptr::{self, NonNull};
 
-use crate::primitive::atomic::{AtomicUsize, Ordering};
+use crate::primitive::atomic::{AtomicU32, Ordering};
 use crate::waiters::{Panic, contain};
 
 /// What kind of context a node is.
@@ -86,7 +86,16 @@ pub(crate) struct ValueVtable {
 /// The header of every derived context: four words.
 #[repr(C)]
 pub(crate) struct Node {
-    handles: AtomicUsize,
+    /// 32 bits, sharing a word with `links`: one context with 2^31 handles
+    /// would take 16 GiB of `Context`s, and the count aborts before it
+    /// could wrap (`MAX_HANDLES`).
+    handles: AtomicU32,
+    /// A `CancelNode`'s memory references (cancel.rs invariant 3); zero in
+    /// other nodes. Here rather than in the `CancelNode`, where it would
+    /// make the node 128 bytes instead of 120: the allocator's fast bins
+    /// (glibc: blocks of up to 120 bytes) serve nodes beyond the node
+    /// cache's at half the cost (`docs::internals`, "The node cache").
+    pub(crate) links: AtomicU32,
     /// A `static` per kind (a shape's, a value type's), so the header
     /// carries one pointer for it.
     pub(crate) kind: &'static Kind,
@@ -298,22 +307,35 @@ impl Drop for NodeRef {
     }
 }
 
-/// Handle counts above this abort, as `Arc` does, rather than overflow.
-const MAX_HANDLES: usize = isize::MAX as usize;
+/// Handle counts above this abort, as `Arc` does, rather than overflow: each
+/// thread adds one handle at most before it sees the count above this, so
+/// the count cannot wrap unless 2^31 threads take one at once.
+const MAX_HANDLES: u32 = i32::MAX as u32;
 
 impl Node {
     /// A header with `handles` handles.
     pub(crate) fn new(
-        handles: usize,
+        handles: u32,
         kind: &'static Kind,
         parent: Repr,
         anchor: *const Node,
     ) -> Node {
         Node {
-            handles: AtomicUsize::new(handles),
+            handles: AtomicU32::new(handles),
+            links: AtomicU32::new(0),
             kind,
             parent: Parent::new(parent),
             anchor,
+        }
+    }
+
+    /// The same header with `links` memory references (a `CancelNode`'s,
+    /// cancel.rs invariant 3).
+    #[inline]
+    pub(crate) fn with_links(self, links: u32) -> Node {
+        Node {
+            links: AtomicU32::new(links),
+            ..self
         }
     }
 
@@ -326,7 +348,7 @@ impl Node {
     /// The handle count, for unit tests (`done.rs`: `done()` takes none;
     /// those do not run under loom).
     #[cfg(all(test, not(loom)))]
-    pub(crate) fn handle_count(&self) -> usize {
+    pub(crate) fn handle_count(&self) -> u32 {
         // Ordering: Relaxed — read on the only thread that uses the node.
         self.handles.load(Ordering::Relaxed)
     }

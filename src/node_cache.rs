@@ -14,8 +14,8 @@
 //!   dropped in place, exactly where it would have gone to the allocator
 //!   (the last memory reference, `CancelNode::release_memory`), and leaves
 //!   it uninitialised. No user data is ever held.
-//! - The cache is bounded (`CAPACITY` blocks per bin, 20 KiB per thread
-//!   at most) and freed when its thread exits; a block freed during thread
+//! - The cache is bounded (`CAPACITY` blocks per bin, under 20 KiB per
+//!   thread) and freed when its thread exits; a block freed during thread
 //!   teardown, after the cache is gone, goes straight to the allocator.
 //! - Nothing is shared between threads: a block freed on another thread
 //!   joins that thread's cache. The cache is plain thread-local state, with
