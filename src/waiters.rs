@@ -677,6 +677,24 @@ impl TaskWaiter {
         }
     }
 
+    /// The entry, with our reference on it, for a `Done` to keep in a
+    /// tagged word (`Done::held`).
+    #[inline]
+    pub(crate) fn into_raw(self) -> *const Waiter {
+        self.0
+    }
+
+    /// The registration `into_raw` gave.
+    ///
+    /// # Safety
+    ///
+    /// `entry` came from `into_raw`, and its reference is passed on to the
+    /// result exactly once (the result's `cancel` or `finish` gives it up).
+    #[inline]
+    pub(crate) unsafe fn from_raw(entry: *const Waiter) -> TaskWaiter {
+        TaskWaiter(entry)
+    }
+
     /// Re-polls: Ready once notified, otherwise stores the new waker.
     pub(crate) fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
         // SAFETY: our reference keeps the entry alive.
