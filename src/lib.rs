@@ -89,9 +89,10 @@
 //!   node's state word. `cause()`: the same plus a clone of the cause.
 //! * `background()`, `todo()`, `clone()` of a root: no allocation. Each
 //!   derived context: one allocation (registration with the parent
-//!   included), or none: each thread keeps up to 64 freed nodes of each of
-//!   the two common kinds (plain, deadline) and reuses them before it asks
-//!   the allocator (`docs::internals`, "The node cache"). `cancel()`: no
+//!   included), or none: each thread keeps the nodes it freed (64 of each
+//!   of the two common kinds, plain and deadline, at first; up to 1024
+//!   while its churn needs them) and reuses them before it asks the
+//!   allocator (`docs::internals`, "The node cache"). `cancel()`: no
 //!   allocation; it wakes every waiter of the subtree before returning.
 //! * `ctx.done()` borrows the context: no reference count, no shared
 //!   write, no allocation (`done_owned()` takes one reference count). An

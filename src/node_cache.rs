@@ -6,16 +6,19 @@
 //! dropped (a chain 100 deep, 10 timeouts derived and then cancelled) falls
 //! through to its shared bins, whose coalescing took a third of
 //! `cancel_tree/depth=100` (issue 8's regression check, `docs::internals`).
-//! So each thread keeps up to [`CAPACITY`] freed blocks of each of the two
-//! common node layouts (a plain cancel node, a deadline node) and takes a
-//! derivation's block from there first.
+//! So each thread keeps freed blocks of each of the two common node layouts
+//! (a plain cancel node, a deadline node) and takes a derivation's block
+//! from there first: up to [`CAPACITY`] per layout at first, and up to
+//! [`MAX_CAPACITY`] while the thread frees and derives more at once (a chain
+//! 1000 deep dropped and built again in a loop), shrinking back when it
+//! stops (`imp::Bin`).
 //!
 //! - Only memory is cached: a block enters the cache after its node was
 //!   dropped in place, exactly where it would have gone to the allocator
 //!   (the last memory reference, `CancelNode::release_memory`), and leaves
 //!   it uninitialised. No user data is ever held.
-//! - The cache is bounded (`CAPACITY` blocks per bin, under 20 KiB per
-//!   thread) and freed when its thread exits; a block freed during thread
+//! - The cache is bounded (under 20 KiB per thread at first, 304 KiB at
+//!   most) and freed when its thread exits; a block freed during thread
 //!   teardown, after the cache is gone, goes straight to the allocator.
 //! - Nothing is shared between threads: a block freed on another thread
 //!   joins that thread's cache. The cache is plain thread-local state, with
@@ -28,9 +31,15 @@
 
 use core::mem::MaybeUninit;
 
-/// Freed blocks a thread keeps per bin.
+/// Freed blocks a thread keeps per bin at first, and at least.
 #[cfg_attr(any(loom, goctx_no_node_cache), allow(dead_code))]
 pub(crate) const CAPACITY: usize = 64;
+
+/// Freed blocks a thread keeps per bin at most: the bound doubles from
+/// [`CAPACITY`] up to this while the thread's churn outgrows it (see
+/// `imp::Bin`), 1024 × (120 + 184) bytes = 304 KiB per thread at most.
+#[cfg_attr(any(loom, goctx_no_node_cache), allow(dead_code))]
+pub(crate) const MAX_CAPACITY: usize = 1024;
 
 /// Bins: the caller names one per layout it wants cached (cancel.rs: a
 /// plain cancel node, a deadline node) and never puts two layouts in one.
@@ -84,20 +93,72 @@ mod imp {
     use core::cell::Cell;
     use core::ptr;
 
-    use super::{BINS, CAPACITY};
+    use super::{BINS, CAPACITY, MAX_CAPACITY};
 
     /// A cached block: its first word links the next one.
     struct Free {
         next: *mut Free,
     }
 
-    /// The blocks of one layout, as a stack.
+    /// The blocks of one layout, as a stack, with an adaptive bound.
+    ///
+    /// The bound (`cap`) starts at `CAPACITY`. It doubles, up to
+    /// `MAX_CAPACITY`, when the bin runs dry after it refused a block since
+    /// it last ran dry: the thread frees more blocks at once than the bin
+    /// keeps and then derives them again (a chain deeper than the bound,
+    /// built and dropped in a loop). After every `cap` takes, the bin gives
+    /// back half of the blocks it never needed in that window (the fewest
+    /// it held, `low`), and halves the bound (not below `CAPACITY`) if more
+    /// than half of it went unused. So a thread's cache follows its working
+    /// set both ways, as an allocator's thread cache does (jemalloc's
+    /// tcache works alike); a thread that stops deriving keeps what it
+    /// holds until it exits.
     struct Bin {
         top: Cell<*mut Free>,
         len: Cell<usize>,
+        cap: Cell<usize>,
+        /// A block was refused since the bin last ran dry.
+        refused: Cell<bool>,
+        /// Takes since the last trim.
+        takes: Cell<usize>,
+        /// The fewest blocks held since the last trim.
+        low: Cell<usize>,
         /// The layout of the blocks (`Layout::new::<u8>()` while none
         /// came).
         layout: Cell<Layout>,
+    }
+
+    impl Bin {
+        /// Pops the top block; the bin holds at least one.
+        fn pop(&self) -> *mut Free {
+            let block = self.top.get();
+            // SAFETY: a cached block, written by `give`.
+            self.top.set(unsafe { (*block).next });
+            self.len.set(self.len.get() - 1);
+            block
+        }
+
+        /// The end of a window of `cap` takes (see the type's docs).
+        #[cold]
+        fn trim(&self) {
+            let (low, cap, len) = (self.low.get(), self.cap.get(), self.len.get());
+            let cap = if low > cap / 2 {
+                (cap / 2).max(CAPACITY)
+            } else {
+                cap
+            };
+            self.cap.set(cap);
+            let excess = (low / 2).max(len.saturating_sub(cap));
+            let layout = self.layout.get();
+            for _ in 0..excess {
+                let block = self.pop();
+                // SAFETY: allocated by the global allocator with this bin's
+                // one layout; ours alone.
+                unsafe { std::alloc::dealloc(block.cast(), layout) };
+            }
+            self.takes.set(0);
+            self.low.set(self.len.get());
+        }
     }
 
     /// One thread's bins.
@@ -131,6 +192,10 @@ mod imp {
                     Bin {
                         top: Cell::new(ptr::null_mut()),
                         len: Cell::new(0),
+                        cap: Cell::new(CAPACITY),
+                        refused: Cell::new(false),
+                        takes: Cell::new(0),
+                        low: Cell::new(0),
                         layout: Cell::new(Layout::new::<u8>()),
                     }
                 }; BINS],
@@ -144,13 +209,18 @@ mod imp {
         CACHE
             .try_with(|cache| {
                 let bin = &cache.bins[bin];
-                let block = bin.top.get();
-                if block.is_null() {
+                if bin.top.get().is_null() {
+                    if bin.refused.replace(false) {
+                        bin.cap.set((bin.cap.get() * 2).min(MAX_CAPACITY));
+                    }
                     return None;
                 }
-                // SAFETY: a cached block, written by `give`.
-                bin.top.set(unsafe { (*block).next });
-                bin.len.set(bin.len.get() - 1);
+                let block = bin.pop();
+                bin.low.set(bin.low.get().min(bin.len.get()));
+                bin.takes.set(bin.takes.get() + 1);
+                if bin.takes.get() >= bin.cap.get() {
+                    bin.trim();
+                }
                 Some(block.cast::<u8>())
             })
             .ok()
@@ -164,7 +234,8 @@ mod imp {
         CACHE
             .try_with(|cache| {
                 let bin = &cache.bins[bin];
-                if bin.len.get() >= CAPACITY {
+                if bin.len.get() >= bin.cap.get() {
+                    bin.refused.set(true);
                     return false;
                 }
                 let block = block.cast::<Free>();
@@ -187,6 +258,12 @@ mod imp {
     #[cfg(test)]
     pub(super) fn held() -> [usize; BINS] {
         CACHE.with(|cache| cache.bins.each_ref().map(|bin| bin.len.get()))
+    }
+
+    /// This thread's bound per bin (for tests).
+    #[cfg(test)]
+    pub(super) fn capacity() -> [usize; BINS] {
+        CACHE.with(|cache| cache.bins.each_ref().map(|bin| bin.cap.get()))
     }
 }
 
@@ -225,6 +302,65 @@ mod tests {
             unsafe { std::alloc::dealloc(blocks[CAPACITY - 1], layout) };
             // The other CAPACITY - 1 blocks are freed by the thread's exit
             // (valgrind's leak check, in CI, would report them otherwise).
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// The bound follows the thread's churn: it doubles when the bin runs
+    /// dry after refusing blocks, never past `MAX_CAPACITY`, and shrinks
+    /// back (giving blocks back) when a window of takes leaves most of the
+    /// bin unused. Blocks of its own, so this runs under miri too.
+    #[test]
+    fn the_bound_grows_with_deep_churn_and_shrinks_back() {
+        std::thread::spawn(|| {
+            let layout = core::alloc::Layout::new::<[usize; 3]>();
+            // SAFETY: a non-zero-sized layout.
+            let fresh = || unsafe { std::alloc::alloc(layout) };
+            let release = |block: *mut u8| {
+                if !imp::give(0, block, layout) {
+                    // SAFETY: refused: still ours, from `alloc(layout)`.
+                    unsafe { std::alloc::dealloc(block, layout) };
+                }
+            };
+            // A "chain" deeper than the bound, built and dropped in a loop:
+            // every round takes the cache dry after it refused blocks.
+            let depth = 3 * CAPACITY;
+            let mut bounds = Vec::new();
+            for _ in 0..8 {
+                let chain: Vec<*mut u8> = (0..depth)
+                    .map(|_| imp::take(0).unwrap_or_else(fresh))
+                    .collect();
+                chain.into_iter().for_each(release);
+                bounds.push(imp::capacity()[0]);
+            }
+            assert_eq!(bounds[0], CAPACITY);
+            assert!(bounds.windows(2).all(|pair| pair[0] <= pair[1]));
+            assert_eq!(*bounds.last().unwrap(), 4 * CAPACITY);
+            assert_eq!(imp::held()[0], depth, "the whole chain is cached now");
+            // The other bin is untouched.
+            assert_eq!(imp::capacity()[1], CAPACITY);
+
+            // Shallow churn from then on: one block at a time. Each window
+            // of takes gives back half of what it never used.
+            for _ in 0..64 * CAPACITY {
+                let block = imp::take(0).expect("cached");
+                release(block);
+            }
+            assert_eq!(imp::capacity()[0], CAPACITY);
+            assert!(imp::held()[0] <= CAPACITY);
+
+            // Never past MAX_CAPACITY, however deep the churn.
+            let deep = MAX_CAPACITY + CAPACITY;
+            for _ in 0..12 {
+                let chain: Vec<*mut u8> = (0..deep)
+                    .map(|_| imp::take(0).unwrap_or_else(fresh))
+                    .collect();
+                chain.into_iter().for_each(release);
+            }
+            assert_eq!(imp::capacity()[0], MAX_CAPACITY);
+            assert_eq!(imp::held()[0], MAX_CAPACITY);
+            // The cached blocks are freed by the thread's exit.
         })
         .join()
         .unwrap();

@@ -118,14 +118,15 @@ fn warm_up() {
     assert_eq!(parent.registered_children(), 0);
 }
 
-/// goctx keeps up to 64 freed nodes of each layout per thread (its node
-/// cache, `src/node_cache.rs`), and a derivation takes its node from there
-/// before it asks the allocator. Holding more live contexts of each layout
-/// than that empties the cache, so the counts that follow are those of a
-/// cold cache: one allocation per derivation. (Hold the result.)
+/// goctx keeps freed nodes of each layout per thread (its node cache,
+/// `src/node_cache.rs`: 64 at first, up to 1024 when the thread's churn
+/// needs them), and a derivation takes its node from there before it asks
+/// the allocator. Holding more live contexts of each layout than the cache
+/// can hold empties it, so the counts that follow are those of a cold
+/// cache: one allocation per derivation. (Hold the result.)
 fn empty_node_cache() -> Vec<(Context, goctx::CancelFunc)> {
     let bg = Context::background();
-    (0..100)
+    (0..1100)
         .flat_map(|_| [bg.with_cancel(), bg.with_timeout(Duration::from_secs(3600))])
         .collect()
 }
