@@ -780,6 +780,7 @@ impl CancelNode {
 
 /// `Shape::alloc` of every shape: an uninitialised box for a `T` that
 /// starts with a `CancelNode` (`CancelNode`, `DeadlineNode`, `MergeNode`).
+#[inline(always)]
 pub(crate) fn alloc_as<T>() -> *mut CancelNode {
     node_cache::alloc::<T>(const { cache_bin::<T>() }).cast()
 }

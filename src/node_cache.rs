@@ -119,8 +119,8 @@ mod imp {
         cap: Cell<usize>,
         /// A block was refused since the bin last ran dry.
         refused: Cell<bool>,
-        /// Takes since the last trim.
-        takes: Cell<usize>,
+        /// Takes left before the next trim (a window is `cap` takes).
+        budget: Cell<usize>,
         /// The fewest blocks held since the last trim.
         low: Cell<usize>,
         /// The layout of the blocks (`Layout::new::<u8>()` while none
@@ -130,12 +130,22 @@ mod imp {
 
     impl Bin {
         /// Pops the top block; the bin holds at least one.
+        #[inline]
         fn pop(&self) -> *mut Free {
             let block = self.top.get();
             // SAFETY: a cached block, written by `give`.
             self.top.set(unsafe { (*block).next });
             self.len.set(self.len.get() - 1);
             block
+        }
+
+        /// A take found the bin empty: grow if it refused a block since it
+        /// last ran dry.
+        #[cold]
+        fn ran_dry(&self) {
+            if self.refused.replace(false) {
+                self.cap.set((self.cap.get() * 2).min(MAX_CAPACITY));
+            }
         }
 
         /// The end of a window of `cap` takes (see the type's docs).
@@ -156,7 +166,7 @@ mod imp {
                 // one layout; ours alone.
                 unsafe { std::alloc::dealloc(block.cast(), layout) };
             }
-            self.takes.set(0);
+            self.budget.set(cap);
             self.low.set(self.len.get());
         }
     }
@@ -194,7 +204,7 @@ mod imp {
                         len: Cell::new(0),
                         cap: Cell::new(CAPACITY),
                         refused: Cell::new(false),
-                        takes: Cell::new(0),
+                        budget: Cell::new(CAPACITY),
                         low: Cell::new(0),
                         layout: Cell::new(Layout::new::<u8>()),
                     }
@@ -210,16 +220,16 @@ mod imp {
             .try_with(|cache| {
                 let bin = &cache.bins[bin];
                 if bin.top.get().is_null() {
-                    if bin.refused.replace(false) {
-                        bin.cap.set((bin.cap.get() * 2).min(MAX_CAPACITY));
-                    }
+                    bin.ran_dry();
                     return None;
                 }
                 let block = bin.pop();
-                bin.low.set(bin.low.get().min(bin.len.get()));
-                bin.takes.set(bin.takes.get() + 1);
-                if bin.takes.get() >= bin.cap.get() {
-                    bin.trim();
+                if bin.len.get() < bin.low.get() {
+                    bin.low.set(bin.len.get());
+                }
+                match bin.budget.get() {
+                    0 => bin.trim(),
+                    budget => bin.budget.set(budget - 1),
                 }
                 Some(block.cast::<u8>())
             })
