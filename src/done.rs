@@ -191,17 +191,24 @@ impl<'a> Done<'a> {
     }
 }
 
+impl<'a> Done<'a> {
+    /// A `Done` that keeps `handle` (on an anchor), with no waiter entry.
+    fn holding(handle: NodeRef) -> Done<'a> {
+        Done {
+            node: handle.into_raw().as_ptr(),
+            held: ptr::without_provenance(OWNED),
+            finished: false,
+            _borrow: PhantomData,
+        }
+    }
+}
+
 impl Done<'static> {
     /// A `Done` holding one handle on `anchor` (taken by the caller), or a
     /// `Done` that never completes.
     pub(crate) fn owned(anchor: Option<NodeRef>) -> Done<'static> {
         match anchor {
-            Some(handle) => Done {
-                node: handle.into_raw().as_ptr(),
-                held: ptr::without_provenance(OWNED),
-                finished: false,
-                _borrow: PhantomData,
-            },
+            Some(handle) => Done::holding(handle),
             // SAFETY: null: a `Done` that never completes.
             None => unsafe { Done::borrowed(ptr::null()) },
         }
@@ -365,13 +372,7 @@ impl Clone for Done<'_> {
         if self.holds_handle() {
             // SAFETY: our handle keeps the node alive; the pointer has its
             // allocation's provenance.
-            let handle = unsafe { NodeRef::acquire(NonNull::new_unchecked(self.node.cast_mut())) };
-            Done {
-                node: handle.into_raw().as_ptr(),
-                held: ptr::without_provenance(OWNED),
-                finished: false,
-                _borrow: PhantomData,
-            }
+            Done::holding(unsafe { NodeRef::acquire(NonNull::new_unchecked(self.node.cast_mut())) })
         } else {
             // SAFETY: the same borrow.
             unsafe { Done::borrowed(self.node) }
@@ -404,10 +405,13 @@ impl Drop for Done<'_> {
 #[cold]
 #[inline(never)]
 fn drop_slow(held: *const Waiter, node: *const Node) {
-    // SAFETY: `OWNED` says the `Done` held one handle on `node`, given back
-    // once (here, last: it keeps the node alive for the withdrawal).
-    let _handle = (held.addr() & OWNED != 0)
-        .then(|| unsafe { NodeRef::from_raw(NonNull::new_unchecked(node.cast_mut())) });
+    let _handle = if held.addr() & OWNED != 0 {
+        // SAFETY: `OWNED` says the `Done` held one handle on `node`, given
+        // back once (here, last: it keeps the node alive for the withdrawal).
+        Some(unsafe { NodeRef::from_raw(NonNull::new_unchecked(node.cast_mut())) })
+    } else {
+        None
+    };
     let entry = held.map_addr(|addr| addr & !OWNED);
     if entry.is_null() {
         return;
