@@ -6,10 +6,11 @@
 //! A [`CancelNode`] has a state word (see [`crate::state`]), a list of the
 //! cancellable children registered with it, and a waiter set. To cancel:
 //!
-//! 1. **Decide.** One `compare_exchange(0 → done word)` on the state word.
-//!    The winner's error and cause are published together; losers return at
-//!    once (a stalled winner never blocks anybody: losers do not wait, and
-//!    readers see the final word already).
+//! 1. **Decide.** One `compare_exchange(active word → done word)` on the
+//!    state word (retried only if an announcement changed the active word
+//!    meanwhile). The winner's error and cause are published together;
+//!    losers return at once (a stalled winner never blocks anybody: losers
+//!    do not wait, and readers see the final word already).
 //! 2. **Deregister.** The winner removes the node from the list of the
 //!    ancestor it registered with (Go's `removeChild`), so a cancelled child
 //!    no longer counts against its parent.
@@ -20,11 +21,16 @@
 //!    of its own has its child list closed right there too (a leaf, the
 //!    usual case, is done with while its memory is in cache). A child with
 //!    children is pushed on an intrusive work stack (`work_next`) and its
-//!    list processed the same way: no recursion, no allocation.
+//!    list processed the same way: no recursion, no allocation. A list the
+//!    replaced active word does not announce is skipped (invariant 7): a
+//!    leaf nobody waited on costs its CAS and no list operation.
 //!
-//! A child registers by pushing itself on its anchor's child list. If the
-//! push finds the list closed, the anchor is already done and the child
-//! cancels itself with the anchor's word before the derivation returns.
+//! A child registers by announcing `HAS_CHILDREN` in its anchor's state
+//! word and then pushing itself on the anchor's child list; waiters and
+//! callbacks announce `HAS_WAITERS` before pushing on the waiter set. If
+//! the announcement finds the anchor done, or the push finds the list
+//! closed, the anchor is already done and the child cancels itself with the
+//! anchor's word before the derivation returns (a waiter is ready).
 //!
 //! A node's allocation has a [`Shape`]: a plain `CancelNode`, a
 //! [`DeadlineNode`], or one followed by a layer's data (a merged context's
@@ -35,7 +41,8 @@
 //!
 //! # Invariants
 //!
-//! 1. The state word goes `0 → done` once (state-table in `state.rs`).
+//! 1. The state word goes from active to done once (state table in
+//!    `state.rs`); before that it only gains announce bits.
 //! 2. Only the thread that won a node's CAS closes that node's lists for
 //!    cancellation, and writes its `work_next`; so each live child is
 //!    cancelled exactly once, by exactly one thread.
@@ -58,6 +65,19 @@
 //!    merged node holds a handle until it is released (merge.rs). Only a
 //!    node whose kind says `timed` is a `DeadlineNode`; only it has a timer
 //!    entry.
+//! 7. Every push onto a node's child list or waiter set is preceded by an
+//!    announcement of that list in the node's active state word
+//!    (`announce`: a CAS adding `HAS_CHILDREN` or `HAS_WAITERS`, or a load
+//!    that finds it added), and an announcement fails on a done word. The
+//!    deciding CAS reads the latest value in the word's modification order,
+//!    so it reads every announcement made before it; one made after it
+//!    fails. A list whose bit the winner did not read was therefore never
+//!    pushed onto and never will be: the winner leaves it open and empty
+//!    (two read-modify-writes saved per cancelled leaf). A list whose bit
+//!    it read is closed as before: a push racing the close is ordered with
+//!    it on the list's head (it comes first and is walked, or it fails).
+//!    This needs no fence: both sides are read-modify-writes of the same
+//!    two locations, the word and then the head.
 
 use core::fmt;
 use core::ptr::{self, NonNull};
@@ -357,10 +377,9 @@ impl CancelNode {
         unsafe {
             (*raw).node.anchor = raw.cast::<Node>();
             if let Some(anchor) = anchor.as_ref() {
-                // Ordering: Acquire — pairs with the winning CAS, so a done
-                // word's cause box is visible before we borrow it.
-                let word = anchor.state.load(Ordering::Acquire);
-                if state::is_done(word) {
+                // Invariant 7: announced before the push; `Err` carries the
+                // done word (its cause box visible: Acquire) to inherit.
+                if let Err(word) = anchor.announce(state::HAS_CHILDREN) {
                     (*raw).state.store(state::inherit(word), Ordering::Relaxed);
                 } else {
                     (*raw).node.links.store(links + 1, Ordering::Relaxed);
@@ -516,18 +535,12 @@ impl CancelNode {
     /// handle on its other parent until it is released).
     pub(crate) unsafe fn cancel_inherited(&self, word: Word) -> bool {
         let word = state::inherit(word);
-        // Ordering: AcqRel — as in `cancel`: Release publishes the word (its
-        // borrowed box was published to the caller by the Acquire load of
-        // the other node's word); Acquire orders the list operations after
-        // an earlier cancellation we might race with.
-        if self
-            .state
-            .compare_exchange(state::ACTIVE, word, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        // As in `cancel`; the word's borrowed box was published to the
+        // caller by the Acquire load of the other node's word.
+        let Some(active) = self.decide(word) else {
             return false;
-        }
-        self.after_decided(word);
+        };
+        self.after_decided(word, active);
         true
     }
 
@@ -546,26 +559,90 @@ impl CancelNode {
                 (state::boxed_word(raw, state::DONE | err_bits), raw)
             }
         };
-        // Ordering: AcqRel — Release publishes the cause box with the word
-        // (pairs with `word()`); Acquire orders our later list operations
-        // after any earlier cancellation we might race with.
-        if self
-            .state
-            .compare_exchange(state::ACTIVE, word, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        let Some(active) = self.decide(word) else {
             if !boxed.is_null() {
-                // SAFETY: the CAS failed, so the box was never published.
+                // SAFETY: we lost, so the box was never published.
                 drop(unsafe { Box::from_raw(boxed) });
             }
             return false;
-        }
-        self.after_decided(word);
+        };
+        self.after_decided(word, active);
         true
     }
 
-    /// Steps 2 and 3 of the protocol, for the winner of the CAS to `word`.
-    fn after_decided(&self, word: Word) {
+    /// Step 1 of the protocol: the CAS from the current active word to
+    /// `word` (done), retried while announcements change the active word.
+    /// Returns the active word it replaced — its announce bits name the
+    /// lists the winner must close — or `None` if the node was already done.
+    #[inline]
+    fn decide(&self, word: Word) -> Option<Word> {
+        // Ordering: Acquire — a done word's cause box and the canceller's
+        // writes are visible to a loser, as to any reader; otherwise only
+        // the expected value for the CAS.
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if state::is_done(current) {
+                return None;
+            }
+            // Ordering: AcqRel — Release publishes the cause box with the
+            // word (pairs with `word()`); Acquire orders our list operations
+            // after the pushes the announce bits we read announced (every
+            // announce precedes its push). Failure: Acquire, as the load.
+            match self
+                .state
+                .compare_exchange(current, word, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(active) => return Some(active),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Announces, before a push onto this node's child list
+    /// (`HAS_CHILDREN`) or waiter set (`HAS_WAITERS`), that the list may
+    /// hold entries, so that a cancellation closes it (invariant 7). `Err`
+    /// carries the done word if the node is done: the caller must not
+    /// push.
+    #[inline]
+    pub(crate) fn announce(&self, bit: usize) -> Result<(), Word> {
+        // Ordering: Acquire — pairs with the winning CAS, so a done word's
+        // cause box is visible before a caller borrows it.
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if state::is_done(current) {
+                return Err(current);
+            }
+            // Announced already (by an RMW that the cancelling CAS, later in
+            // the word's modification order, reads): the usual case.
+            if state::announces(current, bit) {
+                return Ok(());
+            }
+            // Ordering: success Relaxed — the bit publishes nothing: the
+            // entry is published by the push; only the modification order
+            // matters (the cancelling CAS reads the bit or we read done).
+            // Failure: Acquire, as the load.
+            match self.state.compare_exchange_weak(
+                current,
+                state::announcing(current, bit),
+                Ordering::Relaxed,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// `announce(HAS_WAITERS)`, for a waiter or callback about to be pushed
+    /// onto `waiters`: false if the node is done (do not push).
+    #[inline]
+    pub(crate) fn announce_waiter(&self) -> bool {
+        self.announce(state::HAS_WAITERS).is_ok()
+    }
+
+    /// Steps 2 and 3 of the protocol, for the winner of the CAS from
+    /// `active` to `word`.
+    fn after_decided(&self, word: Word, active: Word) {
         if let Some(entry) = CancelNode::own_timer(self) {
             // SAFETY: the caller holds a handle; the pointer has the
             // provenance of `self`, as every disarm's.
@@ -578,16 +655,21 @@ impl CancelNode {
             // SAFETY: we were pushed onto exactly this list.
             unsafe { registered.children.remove(self) };
         }
-        self.propagate(state::inherit(word));
+        self.propagate(state::inherit(word), active);
     }
 
     /// Wakes this node's waiters and cancels its subtree with `word`
-    /// (invariant 2), iteratively.
-    fn propagate(&self, word: Word) {
-        let panic = waiters::wake_all(&self.waiters);
-        // A leaf (the usual cancel): its empty child list closed in place,
-        // with no chain to walk.
-        if self.children.close_if_empty() {
+    /// (invariant 2), iteratively; `active` is the word our CAS replaced
+    /// (invariant 7: a list it does not announce is left alone).
+    fn propagate(&self, word: Word, active: Word) {
+        let panic = if state::announces(active, state::HAS_WAITERS) {
+            waiters::wake_all(&self.waiters)
+        } else {
+            None
+        };
+        // A leaf (the usual cancel): no child list to close, or its empty
+        // one closed in place, with no chain to walk.
+        if !state::announces(active, state::HAS_CHILDREN) || self.children.close_if_empty() {
             if let Some(payload) = panic {
                 std::panic::resume_unwind(payload);
             }
@@ -616,15 +698,14 @@ impl CancelNode {
             while let Some((child, removed)) = chain.next_entry_unfrozen() {
                 // SAFETY: the chain holds the child's link reference.
                 let child_ref = unsafe { &*child };
-                // Ordering: AcqRel — Release publishes the inherited word
-                // (its borrowed cause box was published to us by our own
-                // CAS); failure needs nothing.
-                let won = !removed
-                    && child_ref
-                        .state
-                        .compare_exchange(state::ACTIVE, word, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok();
-                if won {
+                // `decide` publishes the inherited word (its borrowed cause
+                // box was published to us by our own CAS).
+                let won = if removed {
+                    None
+                } else {
+                    child_ref.decide(word)
+                };
+                if let Some(active) = won {
                     // The child is valid: we hold its link reference, or its
                     // list is frozen by our close.
                     if let Some(entry) = CancelNode::own_timer(child_ref) {
@@ -635,10 +716,14 @@ impl CancelNode {
                     // cache; a leaf needs nothing more than its (empty)
                     // child list closed — a fanout of a million children
                     // is then one pass over them, not two.
-                    if let Some(payload) = waiters::wake_all(&child_ref.waiters) {
+                    if state::announces(active, state::HAS_WAITERS)
+                        && let Some(payload) = waiters::wake_all(&child_ref.waiters)
+                    {
                         panic.get_or_insert(payload);
                     }
-                    if child_ref.children.close_if_empty() {
+                    if !state::announces(active, state::HAS_CHILDREN)
+                        || child_ref.children.close_if_empty()
+                    {
                         // SAFETY: yielded by this chain, released once.
                         unsafe { chain.release(child) };
                         continue;

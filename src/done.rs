@@ -246,7 +246,8 @@ impl Done<'_> {
                 thread::park();
             },
             Some(node) => {
-                while !node.is_done() {
+                // Announced before each push (cancel.rs invariant 7).
+                while node.announce_waiter() {
                     park_on(&node.waiters, None);
                 }
             }
@@ -291,7 +292,8 @@ impl Done<'_> {
                 thread::park_timeout(deadline - now);
             },
             Some(node) => {
-                while !node.is_done() {
+                // Announced before each push (cancel.rs invariant 7).
+                while node.announce_waiter() {
                     if Instant::now() >= deadline {
                         return false;
                     }
@@ -320,6 +322,8 @@ impl Future for Done<'_> {
             return Poll::Ready(());
         }
         let poll = match this.task() {
+            // Announced before the push (cancel.rs invariant 7).
+            None if !node.announce_waiter() => Poll::Ready(()),
             None => match TaskWaiter::register(&node.waiters, cx.waker()) {
                 Ok(task) => {
                     this.set_task(Some(task));

@@ -133,12 +133,12 @@ pub(crate) fn derive(ctx: &Repr, other: &Repr) -> NonNull<CancelNode> {
         // One reference: the merged node's own, given up at release. (The
         // entry's memory reference was counted by the derivation.)
         entry.write(Waiter::new(WaiterKind::Callback(&ENTRY)));
-        // A node born done (derived from a done parent) never closes its
-        // waiter set, so look first; one that is not done yet can only
-        // become done by a cancellation, which closes the set after its
-        // state word: the push then either comes first (and is notified)
-        // or fails.
-        if anchor.is_done() || Waiter::push_unshared(entry, &anchor.waiters).is_err() {
+        // Announced first (cancel.rs invariant 7): a done node (born done,
+        // or cancelled without a waiter announced) may never close its
+        // waiter set; one that is not done yet can only become done by a
+        // cancellation, which then reads the announcement and closes the
+        // set: the push either comes first (and is notified) or fails.
+        if !anchor.announce_waiter() || Waiter::push_unshared(entry, &anchor.waiters).is_err() {
             // `other` is done already: dispatch here (claimed, so the
             // release's stop loses), before `merge` returns (invariant 5).
             (*entry).claim_unlisted();

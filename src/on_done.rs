@@ -351,7 +351,8 @@ impl OnDone {
             drop(f);
             return OnDone::idle(NEVER);
         };
-        if anchor.is_done() {
+        // Announced before the push (cancel.rs invariant 7).
+        if !anchor.announce_waiter() {
             f();
             return OnDone::idle(ptr::null_mut());
         }

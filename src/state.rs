@@ -26,9 +26,26 @@
 //! | `ptr\|DONE[\|DEADLINE]\|OWNED`| true      | per `DEADLINE`     | `*ptr`, freed with this node   |
 //! | `ptr\|DONE[\|DEADLINE]`       | true      | per `DEADLINE`     | `*ptr`, owned by an ancestor   |
 //!
-//! `CAUSE_DL` is only meaningful when the pointer is null. The only
-//! transition is `0 → done`; a done word never changes again (it is cleared
-//! only by the node's own destructor, which frees an `OWNED` pointer).
+//! `CAUSE_DL` is only meaningful when the pointer is null.
+//!
+//! An *active* word (no `DONE`) carries no pointer; two of its bits
+//! *announce* which of the node's lists were ever pushed onto:
+//!
+//! | active word                   | meaning                                        |
+//! |-------------------------------|------------------------------------------------|
+//! | `0`                           | no child and no waiter was ever registered     |
+//! | `HAS_CHILDREN`                | a derivation may have linked a child           |
+//! | `HAS_WAITERS`                 | a waiter or callback may have been linked      |
+//! | `HAS_CHILDREN\|HAS_WAITERS`   | both                                           |
+//!
+//! Transitions: an active word gains announce bits (a CAS by a registering
+//! thread, before its push: `CancelNode::announce`) and goes to a done word
+//! once (the cancelling CAS, which reads the bits it replaces); a done word
+//! never changes again (it is cleared only by the node's own destructor,
+//! which frees an `OWNED` pointer). A list whose bit the cancelling CAS did
+//! not read was never pushed onto and never will be (every push announces
+//! first, and an announce fails on a done word), so the canceller leaves it
+//! alone: a leaf is cancelled without touching either list.
 //!
 //! A *borrowed* pointer (no `OWNED`) always points into the `CauseBox` owned
 //! by an ancestor of this node — or, for a merged context (`merge.rs`) and
@@ -50,14 +67,32 @@ pub(crate) const OWNED: usize = 0b0100;
 /// With a null pointer: the cause is `DeadlineExceeded` (else `Canceled`).
 pub(crate) const CAUSE_DL: usize = 0b1000;
 const TAG_MASK: usize = 0b1111;
+/// In an active word: the child list may have been pushed onto.
+pub(crate) const HAS_CHILDREN: usize = 0b0010;
+/// In an active word: the waiter set may have been pushed onto.
+pub(crate) const HAS_WAITERS: usize = 0b0100;
 
 /// A state word: a (possibly null, possibly dangling) `CauseBox` pointer
 /// with the tag bits in its low address bits. Kept as a pointer so the cause
 /// box's provenance survives the tagging (strict provenance).
 pub(crate) type Word = *mut CauseBox;
 
-/// The active word.
+/// The active word of a new node (no announce bits).
 pub(crate) const ACTIVE: Word = ptr::null_mut();
+
+/// Whether the active word `word` announces `bit` (`HAS_CHILDREN`,
+/// `HAS_WAITERS`).
+#[inline]
+pub(crate) fn announces(word: Word, bit: usize) -> bool {
+    debug_assert!(!is_done(word));
+    word.addr() & bit != 0
+}
+
+/// `word` (active) with `bit` announced.
+#[inline]
+pub(crate) fn announcing(word: Word, bit: usize) -> Word {
+    word.map_addr(|addr| addr | bit)
+}
 
 /// A word with no cause pointer, only tag bits.
 #[inline]
@@ -100,10 +135,11 @@ pub(crate) fn cause_ptr(word: Word) -> *mut CauseBox {
     word.map_addr(|addr| addr & !TAG_MASK)
 }
 
-/// Whether this word owns its cause box.
+/// Whether this word owns its cause box (a done word with `OWNED`; in an
+/// active word that bit is `HAS_WAITERS`).
 #[inline]
 pub(crate) fn owns_cause(word: Word) -> bool {
-    word.addr() & OWNED != 0
+    word.addr() & (DONE | OWNED) == DONE | OWNED
 }
 
 /// Decodes the cause of a done word.
@@ -216,6 +252,21 @@ mod tests {
             Pending::new(Error::Canceled, Some(Cause::new(std::fmt::Error))),
             Pending::Boxed(_, Error::Canceled)
         ));
+    }
+
+    #[test]
+    fn announce_bits_keep_a_word_active() {
+        for bits in [0, HAS_CHILDREN, HAS_WAITERS, HAS_CHILDREN | HAS_WAITERS] {
+            let word = announcing(ACTIVE, bits);
+            assert!(!is_done(word));
+            assert_eq!(err(word), None);
+            assert!(!owns_cause(word));
+            assert!(cause_ptr(word).is_null());
+            // SAFETY: an active word carries no pointer.
+            assert!(unsafe { cause(word) }.is_none());
+            assert_eq!(announces(word, HAS_CHILDREN), bits & HAS_CHILDREN != 0);
+            assert_eq!(announces(word, HAS_WAITERS), bits & HAS_WAITERS != 0);
+        }
     }
 
     #[test]

@@ -57,3 +57,47 @@ fn grandchild_derive_races_root_cancel() {
         assert_eq!(root.registered_children(), 0);
     });
 }
+
+/// Announcements (cancel.rs invariant 7) racing the deciding CAS: one
+/// thread derives a child (announcing `HAS_CHILDREN`) while another blocks
+/// on the parent's `done()` (announcing `HAS_WAITERS`) and the parent is
+/// cancelled. The two announcing CASes and the cancel's contend for the
+/// state word, each retried when another changed it; whichever order they
+/// take, the child ends up cancelled and the waiter wakes (loom reports a
+/// deadlock if `wait` never returns).
+#[test]
+fn announcements_race_cancel() {
+    model("announcements_race_cancel", || {
+        let (parent, cancel) = Context::background().with_cancel_cause();
+        let done = parent.done_owned();
+        let waiter = thread::spawn(move || done.wait());
+        let deriving = parent.clone();
+        let deriver = thread::spawn(move || {
+            let (child, _child_cancel) = deriving.with_cancel();
+            child
+        });
+        cancel.cancel(Tag(4));
+        waiter.join().unwrap();
+        let child = deriver.join().unwrap();
+        assert_eq!(tag_of(&child), Some(4));
+        assert_eq!(parent.registered_children(), 0);
+    });
+}
+
+/// A list announced long before (by a child that is gone): a second child
+/// finds `HAS_CHILDREN` set and only loads the word before pushing, while
+/// the parent is cancelled. The deciding CAS reads the old announcement, so
+/// the canceller closes the list: the push comes first and is walked, or
+/// it fails and the child cancels itself.
+#[test]
+fn derive_on_announced_list_races_cancel() {
+    model("derive_on_announced_list_races_cancel", || {
+        let (parent, cancel) = Context::background().with_cancel_cause();
+        drop(parent.with_cancel());
+        let canceller = thread::spawn(move || cancel.cancel(Tag(5)));
+        let (child, _child_cancel) = parent.with_cancel();
+        canceller.join().unwrap();
+        assert_eq!(tag_of(&child), Some(5));
+        assert_eq!(parent.registered_children(), 0);
+    });
+}

@@ -222,7 +222,8 @@ impl AfterFunc {
             let raw = NonNull::new(anchor_ptr.cast_mut())
                 .expect("non-null: as_ref returned Some")
                 .cast();
-            if anchor.is_done() {
+            // Announced before the push (cancel.rs invariant 7).
+            if !anchor.announce_waiter() {
                 fire_now(header);
             } else {
                 if anchor.deadline().is_some() {
