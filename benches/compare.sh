@@ -34,7 +34,13 @@
 #   SKIP_GO=1        run no Go benchmark: reuse the Go output saved by the
 #                    last run (target/compare/go-*.txt), if any.
 #   COMPARE_ROUNDS   run the criterion suite this many times (default 1)
-#                    and report, per row, the median of the runs' medians.
+#                    and report, per row, the median of the runs' medians;
+#                    Go's benchmarks get the same treatment (go test
+#                    -count COMPARE_ROUNDS, the median of the runs, each
+#                    run's in go-rounds.tsv), so both sides of a ratio are
+#                    medians of as many runs (Go's WithTimeout/
+#                    concurrency=40, run four times in a row here: 3060,
+#                    4319, 4654, 4671 ns).
 #                    On a shared 2-vCPU VM one run of a row can land 30–50 %
 #                    off its usual time (the same binary, run five times:
 #                    58, 36, 60, 57, 60 ns), so a regression check between
@@ -201,6 +207,9 @@ else
     go_version=$("$go_cmd" version)
     printf '%s\n' "$go_version" >"$out_dir/go-version.txt"
     go_args=(test -run '^$' -bench "$GO_BENCH_FILTER" -benchmem -benchtime "$GO_BENCHTIME")
+    if ((COMPARE_ROUNDS > 1)); then
+        go_args+=(-count "$COMPARE_ROUNDS")
+    fi
     for suite in context twin; do
         if [[ $suite == context ]]; then
             cmd=("$go_cmd" "${go_args[@]}" context)
@@ -280,8 +289,10 @@ if allocs_log.exists():
             except ValueError:
                 pass
 
-# Go: name without "Benchmark" and the "-GOMAXPROCS" suffix -> (ns, allocs).
-go = {}
+# Go: name without "Benchmark" and the "-GOMAXPROCS" suffix -> (ns, allocs):
+# with -count N, the median of the N runs' ns/op (each run's kept in
+# go-rounds.tsv).
+go_runs = {}
 gomaxprocs = set()
 line_re = re.compile(r"^Benchmark(\S+?)(?:-(\d+))?\s+\d+\s+([\d.]+) ns/op(.*)$")
 for suite in ("context", "twin"):
@@ -295,7 +306,17 @@ for suite in ("context", "twin"):
         name, procs, ns, rest = m.groups()
         gomaxprocs.add(procs or "1")
         a = re.search(r"([\d.]+) allocs/op", rest)
-        go[name] = (float(ns), float(a.group(1)) if a else None)
+        go_runs.setdefault(name, []).append((float(ns), float(a.group(1)) if a else None))
+go = {}
+for name, runs in go_runs.items():
+    times = sorted(ns for ns, _ in runs)
+    mid = len(times) // 2
+    median = times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+    go[name] = (median, runs[-1][1])
+if env["CMP_GO_MODE"] == "run":
+    (out_dir / "go-rounds.tsv").write_text("".join(
+        f"{name}\t{go[name][0]:g}\t" + " ".join(f"{ns:g}" for ns, _ in runs) + "\n"
+        for name, runs in sorted(go_runs.items())))
 
 # Rows, in print order. goctx/tokio are criterion full ids from
 # benches/context.rs, go a Go benchmark name (without "Benchmark" and the
@@ -474,6 +495,9 @@ table = "\n".join(lines)
 procs = ", ".join(sorted(gomaxprocs)) if gomaxprocs else "—"
 go_mode = env["CMP_GO_MODE"]
 go_note = {"run": "run now", "reused": "reused from the last run", "none": "not run (no Go)"}[go_mode]
+go_counts = {len(runs) for runs in go_runs.values()}
+if max(go_counts, default=1) > 1:
+    go_note += f", {max(go_counts)} runs (`-count`): the median of their ns/op (each run's in go-rounds.tsv)"
 rust_note = "run now" if rust_ran else f"reused from {criterion_dir}"
 if rust_ran and env["CMP_FILTER"]:
     rust_note += f" (filter `{env['CMP_FILTER']}`)"
