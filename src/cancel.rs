@@ -1229,4 +1229,52 @@ mod tests {
         assert_eq!(core::mem::offset_of!(CancelNode, state), 32);
         assert_eq!(core::mem::offset_of!(CancelNode, children), 96);
     }
+
+    /// Invariant 7, pinned: a cancellation closes a node's child list or
+    /// waiter set only if its replaced word announced it. A leaf nobody
+    /// waited on keeps both lists open (and empty); a node with a child and
+    /// a callback closes both, directly or by propagation; a child derived
+    /// from a done node is born done and links nothing.
+    #[test]
+    fn cancel_closes_only_announced_lists() {
+        use crate::Context;
+        let lists = |ctx: &Context| {
+            let node = ctx.anchor().expect("a cancellable context");
+            (node.children.is_closed(), node.waiters.is_closed())
+        };
+
+        let (leaf, cancel) = Context::background().with_cancel();
+        cancel.cancel();
+        assert!(leaf.is_done());
+        assert_eq!(lists(&leaf), (false, false));
+        let (late, _late_cancel) = leaf.with_cancel();
+        assert!(late.is_done());
+        assert!(leaf.anchor().unwrap().children.is_empty());
+
+        let (root, cancel_root) = Context::background().with_cancel();
+        let (parent, _parent_cancel) = root.with_cancel();
+        let (child, _child_cancel) = parent.with_cancel();
+        let callback = parent.on_done(|| {});
+        let (waited, _waited_cancel) = parent.with_cancel();
+        // A task waiting on `done()`: registered by its first poll.
+        let mut done = core::pin::pin!(waited.done());
+        let mut task = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(core::future::Future::poll(done.as_mut(), &mut task).is_pending());
+        cancel_root.cancel();
+        assert!(core::future::Future::poll(done.as_mut(), &mut task).is_ready());
+        assert!(child.is_done());
+        assert_eq!(lists(&root), (true, false), "root: a child, no waiter");
+        assert_eq!(
+            lists(&parent),
+            (true, true),
+            "parent: children and a callback"
+        );
+        assert_eq!(
+            lists(&child),
+            (false, false),
+            "child: a leaf nobody waited on"
+        );
+        assert_eq!(lists(&waited), (false, true), "waited: a waiter, no child");
+        assert!(!callback.stop(), "the callback ran");
+    }
 }
