@@ -89,6 +89,7 @@ use crate::error::{Cause, Error};
 use crate::list::{Entry, Link, List, release_link_from};
 use crate::node::{Kind, Merged, Node, NodeRef, Repr};
 use crate::node_cache;
+use crate::park;
 use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicPtr, Ordering};
 use crate::state::{self, CauseBox, Pending, Word};
@@ -640,6 +641,28 @@ impl CancelNode {
         self.announce(state::HAS_WAITERS).is_ok()
     }
 
+    /// Blocks the calling thread until this node is done (true) or
+    /// `deadline` passes (false, unless it is done by then): parked on the
+    /// node's sequence word, announced with `HAS_PARKED` (`park.rs` has the
+    /// protocol). Only where `park::SUPPORTED`.
+    pub(crate) fn park_until(&self, deadline: Option<Instant>) -> bool {
+        let addr = ptr::from_ref(self).addr();
+        loop {
+            let sequence = park::sequence(addr);
+            if self.announce(state::HAS_PARKED).is_err() {
+                return true;
+            }
+            let timeout = match deadline {
+                None => None,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return self.is_done(),
+                },
+            };
+            park::park(addr, sequence, timeout);
+        }
+    }
+
     /// Steps 2 and 3 of the protocol, for the winner of the CAS from
     /// `active` to `word`.
     fn after_decided(&self, word: Word, active: Word) {
@@ -662,6 +685,9 @@ impl CancelNode {
     /// (invariant 2), iteratively; `active` is the word our CAS replaced
     /// (invariant 7: a list it does not announce is left alone).
     fn propagate(&self, word: Word, active: Word) {
+        if state::announces(active, state::HAS_PARKED) {
+            park::wake_all(ptr::from_ref(self).addr());
+        }
         let panic = if state::announces(active, state::HAS_WAITERS) {
             waiters::wake_all(&self.waiters)
         } else {
@@ -716,6 +742,9 @@ impl CancelNode {
                     // cache; a leaf needs nothing more than its (empty)
                     // child list closed — a fanout of a million children
                     // is then one pass over them, not two.
+                    if state::announces(active, state::HAS_PARKED) {
+                        park::wake_all(child.addr());
+                    }
                     if state::announces(active, state::HAS_WAITERS)
                         && let Some(payload) = waiters::wake_all(&child_ref.waiters)
                     {

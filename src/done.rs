@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::cancel::CancelNode;
 use crate::error::ContextError;
 use crate::node::{Node, NodeRef};
+use crate::park;
 use crate::primitive::thread;
 use crate::waiters::{TaskWaiter, Waiter, park_on};
 
@@ -245,6 +246,10 @@ impl Done<'_> {
             None => loop {
                 thread::park();
             },
+            // Parked with every other waiting thread, woken by one call.
+            Some(node) if park::SUPPORTED => {
+                node.park_until(None);
+            }
             Some(node) => {
                 // Announced before each push (cancel.rs invariant 7).
                 while node.announce_waiter() {
@@ -291,6 +296,7 @@ impl Done<'_> {
                 }
                 thread::park_timeout(deadline - now);
             },
+            Some(node) if park::SUPPORTED => node.park_until(Some(deadline)),
             Some(node) => {
                 // Announced before each push (cancel.rs invariant 7).
                 while node.announce_waiter() {

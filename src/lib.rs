@@ -149,6 +149,7 @@ mod merge;
 mod node;
 mod node_cache;
 mod on_done;
+mod park;
 mod primitive;
 #[cfg(feature = "crossbeam-channel")]
 mod receiver;

@@ -28,8 +28,9 @@
 //!
 //! `CAUSE_DL` is only meaningful when the pointer is null.
 //!
-//! An *active* word (no `DONE`) carries no pointer; two of its bits
-//! *announce* which of the node's lists were ever pushed onto:
+//! An *active* word (no `DONE`) carries no pointer; three of its bits
+//! *announce* which of the node's lists were ever pushed onto, and whether
+//! a thread ever parked on it:
 //!
 //! | active word                   | meaning                                        |
 //! |-------------------------------|------------------------------------------------|
@@ -37,6 +38,7 @@
 //! | `HAS_CHILDREN`                | a derivation may have linked a child           |
 //! | `HAS_WAITERS`                 | a waiter or callback may have been linked      |
 //! | `HAS_CHILDREN\|HAS_WAITERS`   | both                                           |
+//! | `HAS_PARKED` (with any above) | a thread may be parked for it (`park.rs`)      |
 //!
 //! Transitions: an active word gains announce bits (a CAS by a registering
 //! thread, before its push: `CancelNode::announce`) and goes to a done word
@@ -71,6 +73,9 @@ const TAG_MASK: usize = 0b1111;
 pub(crate) const HAS_CHILDREN: usize = 0b0010;
 /// In an active word: the waiter set may have been pushed onto.
 pub(crate) const HAS_WAITERS: usize = 0b0100;
+/// In an active word: a thread may be parked on the node's sequence word
+/// (`park.rs`).
+pub(crate) const HAS_PARKED: usize = 0b1000;
 
 /// A state word: a (possibly null, possibly dangling) `CauseBox` pointer
 /// with the tag bits in its low address bits. Kept as a pointer so the cause
@@ -256,7 +261,13 @@ mod tests {
 
     #[test]
     fn announce_bits_keep_a_word_active() {
-        for bits in [0, HAS_CHILDREN, HAS_WAITERS, HAS_CHILDREN | HAS_WAITERS] {
+        for bits in [
+            0,
+            HAS_CHILDREN,
+            HAS_WAITERS,
+            HAS_PARKED,
+            HAS_CHILDREN | HAS_WAITERS | HAS_PARKED,
+        ] {
             let word = announcing(ACTIVE, bits);
             assert!(!is_done(word));
             assert_eq!(err(word), None);
@@ -266,6 +277,7 @@ mod tests {
             assert!(unsafe { cause(word) }.is_none());
             assert_eq!(announces(word, HAS_CHILDREN), bits & HAS_CHILDREN != 0);
             assert_eq!(announces(word, HAS_WAITERS), bits & HAS_WAITERS != 0);
+            assert_eq!(announces(word, HAS_PARKED), bits & HAS_PARKED != 0);
         }
     }
 

@@ -9,9 +9,12 @@
 //!   the worker pool (`after_func/`), an on-done entry runs its `f` on the
 //!   notifying thread (`on_done.rs`, which also parks its stoppers on a
 //!   waiter set of its own with `park_on`).
-//! * **Blocking waits** use a per-thread cached entry: once a thread has
-//!   waited, later untimed waits reuse it and allocate nothing. The entry is
-//!   reused only when no list holds a reference to it any more.
+//! * **Blocking waits** park on the node's sequence word where the target
+//!   has a futex (`park.rs`: Linux), outside the waiter set. Elsewhere, and
+//!   for `on_done`'s stoppers, they use a per-thread cached entry
+//!   (`park_on`): once a thread has waited, later untimed waits reuse it
+//!   and allocate nothing. The entry is reused only when no list holds a
+//!   reference to it any more.
 //! * **Async waits** (`Done` as a `Future`) take an entry on their first
 //!   pending poll and keep it for the life of that `Done`. The entry comes
 //!   from the polling thread's spares (`SPARE_TASKS`, a few entries per
