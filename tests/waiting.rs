@@ -249,3 +249,43 @@ fn done_of_value_and_without_cancel_children() {
     assert!(waiter.join().expect("waiter does not panic"));
     assert!(!detached.is_done());
 }
+
+/// Blocked threads of many contexts share the few sequence words they park
+/// on (64, chosen by the node's address; more contexts than words here, so
+/// some share one): a cancellation wakes every thread parked on its word,
+/// and those of other contexts must go back to sleep. Contexts are
+/// cancelled one at a time, each only after the previous one's waiter has
+/// reported, so any report but the expected one is a wait that returned
+/// before its context was done.
+#[test]
+fn waiters_of_contexts_sharing_a_sequence_word_wake_only_for_their_own() {
+    let contexts = if cfg!(miri) { 6 } else { 96 };
+    let (reported, reports) = mpsc::channel();
+    let mut cancels = Vec::new();
+    for i in 0..contexts {
+        let (ctx, cancel) = Context::background().with_cancel();
+        cancels.push(cancel);
+        let reported = reported.clone();
+        thread::spawn(move || {
+            if i % 2 == 0 {
+                ctx.done().wait();
+            } else {
+                assert!(ctx.done().wait_timeout(QUIESCENT), "waiter {i} timed out");
+            }
+            reported
+                .send((i, ctx.is_done()))
+                .expect("the test is listening");
+        });
+    }
+    for (i, cancel) in cancels.into_iter().enumerate() {
+        cancel.cancel();
+        let report = reports
+            .recv_timeout(QUIESCENT)
+            .expect("a waiter never woke");
+        assert_eq!(
+            report,
+            (i, true),
+            "only the cancelled context's waiter returns"
+        );
+    }
+}
