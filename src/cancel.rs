@@ -21,16 +21,16 @@
 //!    of its own has its child list closed right there too (a leaf, the
 //!    usual case, is done with while its memory is in cache). A child with
 //!    children is pushed on an intrusive work stack (`work_next`) and its
-//!    list processed the same way: no recursion, no allocation. A list the
-//!    replaced active word does not announce is skipped (invariant 7): a
-//!    leaf nobody waited on costs its CAS and no list operation.
+//!    list processed the same way: no recursion, no allocation. An empty
+//!    child list and an unannounced waiter set are left alone (invariant
+//!    7): a leaf nobody waited on costs its CAS and no list operation.
 //!
-//! A child registers by announcing `HAS_CHILDREN` in its anchor's state
-//! word and then pushing itself on the anchor's child list; waiters and
-//! callbacks announce `HAS_WAITERS` before pushing on the waiter set. If
-//! the announcement finds the anchor done, or the push finds the list
-//! closed, the anchor is already done and the child cancels itself with the
-//! anchor's word before the derivation returns (a waiter is ready).
+//! A child registers by pushing itself on its anchor's child list and then
+//! reading the anchor's word again; waiters and callbacks announce
+//! `HAS_WAITERS` before pushing on the waiter set. If the anchor is done
+//! before the push, or the push finds the list closed, or the word read
+//! after it is done, the child cancels itself with the anchor's word before
+//! the derivation returns (a waiter is ready).
 //!
 //! A node's allocation has a [`Shape`]: a plain `CancelNode`, a
 //! [`DeadlineNode`], or one followed by a layer's data (a merged context's
@@ -65,19 +65,32 @@
 //!    merged node holds a handle until it is released (merge.rs). Only a
 //!    node whose kind says `timed` is a `DeadlineNode`; only it has a timer
 //!    entry.
-//! 7. Every push onto a node's child list or waiter set is preceded by an
-//!    announcement of that list in the node's active state word
-//!    (`announce`: a CAS adding `HAS_CHILDREN` or `HAS_WAITERS`, or a load
-//!    that finds it added), and an announcement fails on a done word. The
-//!    deciding CAS reads the latest value in the word's modification order,
-//!    so it reads every announcement made before it; one made after it
-//!    fails. A list whose bit the winner did not read was therefore never
-//!    pushed onto and never will be: the winner leaves it open and empty
-//!    (two read-modify-writes saved per cancelled leaf). A list whose bit
-//!    it read is closed as before: a push racing the close is ordered with
-//!    it on the list's head (it comes first and is walked, or it fails).
-//!    This needs no fence: both sides are read-modify-writes of the same
-//!    two locations, the word and then the head.
+//! 7. A cancellation touches a list only if something may be in it, and no
+//!    entry is missed:
+//!    * **Waiter set.** Every push is preceded by an announcement in the
+//!      node's active word (`announce`: a CAS adding `HAS_WAITERS`, or a
+//!      load that finds it added), and an announcement fails on a done
+//!      word. The deciding CAS reads the latest value in the word's
+//!      modification order, so it reads every announcement made before it;
+//!      one made after it fails. A set whose bit the winner did not read
+//!      was never pushed onto and never will be: it is left open and empty.
+//!      A set whose bit it read is closed as before: a push racing the
+//!      close is ordered with it on the set's head. No fence: both sides
+//!      are read-modify-writes of the same two locations.
+//!    * **Child list.** A store-buffer pattern instead, so a derivation
+//!      pays no read-modify-write on its anchor's word: the deriver pushes
+//!      (SeqCst) and then loads the anchor's word (SeqCst); the winner
+//!      CASes the word (SeqCst) and then loads the list's head (SeqCst,
+//!      `List::is_empty_after_rmw`). In the single total order one of the
+//!      two loads sees the other side's write (the argument of list
+//!      invariant 6; under loom both sides fence, `list::sb_fence`). If the
+//!      winner sees the list empty, it leaves it open, and any deriver
+//!      whose push it missed sees the word done and cancels its child
+//!      itself (its CAS, then its own removal from the list); otherwise the
+//!      winner closes and walks the list as before. A child that both
+//!      cancel is decided by its own CAS.
+//!
+//!    Two read-modify-writes saved per cancelled leaf nobody waited on.
 
 use core::fmt;
 use core::ptr::{self, NonNull};
@@ -86,7 +99,7 @@ use std::time::Instant;
 use crossbeam_epoch::Guard;
 
 use crate::error::{Cause, Error};
-use crate::list::{Entry, Link, List, release_link_from};
+use crate::list::{Entry, Link, List, release_link_from, sb_fence};
 use crate::node::{Kind, Merged, Node, NodeRef, Repr};
 use crate::node_cache;
 use crate::park;
@@ -378,14 +391,30 @@ impl CancelNode {
         unsafe {
             (*raw).node.anchor = raw.cast::<Node>();
             if let Some(anchor) = anchor.as_ref() {
-                // Invariant 7: announced before the push; `Err` carries the
-                // done word (its cause box visible: Acquire) to inherit.
-                if let Err(word) = anchor.announce(state::HAS_CHILDREN) {
+                // Ordering: Acquire — pairs with the winning CAS, so a done
+                // word's cause box is visible before we borrow it.
+                let word = anchor.state.load(Ordering::Acquire);
+                if state::is_done(word) {
                     (*raw).state.store(state::inherit(word), Ordering::Relaxed);
                 } else {
                     (*raw).node.links.store(links + 1, Ordering::Relaxed);
                     (*raw).registered = anchor;
-                    if anchor.children.push(raw).is_err() {
+                    // Invariant 7: a SeqCst push, then a SeqCst load of the
+                    // anchor's word (the store-buffer pattern with the
+                    // canceller's CAS and its load of our list's head).
+                    if anchor.children.push_seqcst(raw).is_ok() {
+                        sb_fence();
+                        let word = anchor.state.load(Ordering::SeqCst);
+                        if state::is_done(word) {
+                            // The canceller may have found the list empty
+                            // and left it alone: cancel ourselves as its
+                            // propagation would (whoever wins our CAS also
+                            // unlinks us from the anchor's list).
+                            if let Some(active) = (*raw).decide(state::inherit(word)) {
+                                (*raw).after_decided(state::inherit(word), active);
+                            }
+                        }
+                    } else {
                         // Closed: the anchor is done (it closes only after
                         // its CAS; the failed push loaded CLOSED with
                         // Acquire). Never linked, so still exclusive.
@@ -573,8 +602,9 @@ impl CancelNode {
 
     /// Step 1 of the protocol: the CAS from the current active word to
     /// `word` (done), retried while announcements change the active word.
-    /// Returns the active word it replaced — its announce bits name the
-    /// lists the winner must close — or `None` if the node was already done.
+    /// Returns the active word it replaced — its announce bits say whether
+    /// the winner must close the waiter set — or `None` if the node was
+    /// already done.
     #[inline]
     fn decide(&self, word: Word) -> Option<Word> {
         // Ordering: Acquire — a done word's cause box and the canceller's
@@ -585,13 +615,16 @@ impl CancelNode {
             if state::is_done(current) {
                 return None;
             }
-            // Ordering: AcqRel — Release publishes the cause box with the
-            // word (pairs with `word()`); Acquire orders our list operations
-            // after the pushes the announce bits we read announced (every
-            // announce precedes its push). Failure: Acquire, as the load.
+            // Ordering: SeqCst (AcqRel and more) — Release publishes the
+            // cause box with the word (pairs with `word()`); Acquire orders
+            // our list operations after the pushes the announce bits we read
+            // announced (every announce precedes its push); SeqCst for the
+            // store-buffer pattern with derivations (invariant 7, child
+            // list). The same instruction as AcqRel on x86-64. Failure:
+            // Acquire, as the load.
             match self
                 .state
-                .compare_exchange(current, word, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(current, word, Ordering::SeqCst, Ordering::Acquire)
             {
                 Ok(active) => return Some(active),
                 Err(actual) => current = actual,
@@ -599,11 +632,11 @@ impl CancelNode {
         }
     }
 
-    /// Announces, before a push onto this node's child list
-    /// (`HAS_CHILDREN`) or waiter set (`HAS_WAITERS`), that the list may
-    /// hold entries, so that a cancellation closes it (invariant 7). `Err`
-    /// carries the done word if the node is done: the caller must not
-    /// push.
+    /// Announces, before a push onto this node's waiter set
+    /// (`HAS_WAITERS`) or a park on its sequence word (`HAS_PARKED`), that
+    /// a cancellation must close the set or wake the word (invariant 7).
+    /// `Err` carries the done word if the node is done: the caller must not
+    /// push or park.
     #[inline]
     pub(crate) fn announce(&self, bit: usize) -> Result<(), Word> {
         // Ordering: Acquire — pairs with the winning CAS, so a done word's
@@ -695,7 +728,7 @@ impl CancelNode {
         };
         // A leaf (the usual cancel): no child list to close, or its empty
         // one closed in place, with no chain to walk.
-        if !state::announces(active, state::HAS_CHILDREN) || self.children.close_if_empty() {
+        if self.children.is_empty_after_rmw() || self.children.close_if_empty() {
             if let Some(payload) = panic {
                 std::panic::resume_unwind(payload);
             }
@@ -750,7 +783,7 @@ impl CancelNode {
                     {
                         panic.get_or_insert(payload);
                     }
-                    if !state::announces(active, state::HAS_CHILDREN)
+                    if child_ref.children.is_empty_after_rmw()
                         || child_ref.children.close_if_empty()
                     {
                         // SAFETY: yielded by this chain, released once.

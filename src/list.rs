@@ -328,8 +328,6 @@ impl<E: Entry> List<E> {
     /// # Safety
     ///
     /// As `push`.
-    // (Under loom the models arm timers by hand: no wheel pushes.)
-    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) unsafe fn push_seqcst(&self, entry: *const E) -> Result<(), Closed> {
         // SAFETY: forwarded.
         unsafe { self.push_ordered(entry, Ordering::SeqCst) }
@@ -677,6 +675,17 @@ impl<E: Entry> List<E> {
             Ok(_) => true,
             Err(head) => tagged(head, CLOSED),
         }
+    }
+
+    /// Whether the list was never pushed onto or is empty again, read as
+    /// the load side of a store-buffer pattern whose other side is a push
+    /// (`push_seqcst`) followed by a SeqCst load: the caller has just made
+    /// a SeqCst read-modify-write (a node's deciding CAS, cancel.rs
+    /// invariant 7). `sb_fence` then a SeqCst load, as the head unlink's
+    /// read of `cleaners` (invariant 6 has the argument).
+    pub(crate) fn is_empty_after_rmw(&self) -> bool {
+        sb_fence();
+        self.head.load(Ordering::SeqCst).is_null()
     }
 
     /// Whether nothing is linked (the list is empty or closed).

@@ -28,26 +28,26 @@
 //!
 //! `CAUSE_DL` is only meaningful when the pointer is null.
 //!
-//! An *active* word (no `DONE`) carries no pointer; three of its bits
-//! *announce* which of the node's lists were ever pushed onto, and whether
-//! a thread ever parked on it:
+//! An *active* word (no `DONE`) carries no pointer; two of its bits
+//! *announce* whether the node's waiter set was ever pushed onto, and
+//! whether a thread ever parked on it:
 //!
 //! | active word                   | meaning                                        |
 //! |-------------------------------|------------------------------------------------|
-//! | `0`                           | no child and no waiter was ever registered     |
-//! | `HAS_CHILDREN`                | a derivation may have linked a child           |
+//! | `0`                           | no waiter was ever registered                  |
 //! | `HAS_WAITERS`                 | a waiter or callback may have been linked      |
-//! | `HAS_CHILDREN\|HAS_WAITERS`   | both                                           |
-//! | `HAS_PARKED` (with any above) | a thread may be parked for it (`park.rs`)      |
+//! | `HAS_PARKED`                  | a thread may be parked for it (`park.rs`)      |
+//! | `HAS_WAITERS\|HAS_PARKED`     | both                                           |
 //!
 //! Transitions: an active word gains announce bits (a CAS by a registering
-//! thread, before its push: `CancelNode::announce`) and goes to a done word
-//! once (the cancelling CAS, which reads the bits it replaces); a done word
-//! never changes again (it is cleared only by the node's own destructor,
-//! which frees an `OWNED` pointer). A list whose bit the cancelling CAS did
-//! not read was never pushed onto and never will be (every push announces
-//! first, and an announce fails on a done word), so the canceller leaves it
-//! alone: a leaf is cancelled without touching either list.
+//! thread, before its push or park: `CancelNode::announce`) and goes to a
+//! done word once (the cancelling CAS, which reads the bits it replaces); a
+//! done word never changes again (it is cleared only by the node's own
+//! destructor, which frees an `OWNED` pointer). A waiter set whose bit the
+//! cancelling CAS did not read was never pushed onto and never will be
+//! (every push announces first, and an announce fails on a done word), so
+//! the canceller leaves it alone. (The child list needs no bit: cancel.rs
+//! invariant 7.)
 //!
 //! A *borrowed* pointer (no `OWNED`) always points into the `CauseBox` owned
 //! by an ancestor of this node — or, for a merged context (`merge.rs`) and
@@ -69,8 +69,6 @@ pub(crate) const OWNED: usize = 0b0100;
 /// With a null pointer: the cause is `DeadlineExceeded` (else `Canceled`).
 pub(crate) const CAUSE_DL: usize = 0b1000;
 const TAG_MASK: usize = 0b1111;
-/// In an active word: the child list may have been pushed onto.
-pub(crate) const HAS_CHILDREN: usize = 0b0010;
 /// In an active word: the waiter set may have been pushed onto.
 pub(crate) const HAS_WAITERS: usize = 0b0100;
 /// In an active word: a thread may be parked on the node's sequence word
@@ -85,8 +83,8 @@ pub(crate) type Word = *mut CauseBox;
 /// The active word of a new node (no announce bits).
 pub(crate) const ACTIVE: Word = ptr::null_mut();
 
-/// Whether the active word `word` announces `bit` (`HAS_CHILDREN`,
-/// `HAS_WAITERS`).
+/// Whether the active word `word` announces `bit` (`HAS_WAITERS`,
+/// `HAS_PARKED`).
 #[inline]
 pub(crate) fn announces(word: Word, bit: usize) -> bool {
     debug_assert!(!is_done(word));
@@ -261,13 +259,7 @@ mod tests {
 
     #[test]
     fn announce_bits_keep_a_word_active() {
-        for bits in [
-            0,
-            HAS_CHILDREN,
-            HAS_WAITERS,
-            HAS_PARKED,
-            HAS_CHILDREN | HAS_WAITERS | HAS_PARKED,
-        ] {
+        for bits in [0, HAS_WAITERS, HAS_PARKED, HAS_WAITERS | HAS_PARKED] {
             let word = announcing(ACTIVE, bits);
             assert!(!is_done(word));
             assert_eq!(err(word), None);
@@ -275,7 +267,6 @@ mod tests {
             assert!(cause_ptr(word).is_null());
             // SAFETY: an active word carries no pointer.
             assert!(unsafe { cause(word) }.is_none());
-            assert_eq!(announces(word, HAS_CHILDREN), bits & HAS_CHILDREN != 0);
             assert_eq!(announces(word, HAS_WAITERS), bits & HAS_WAITERS != 0);
             assert_eq!(announces(word, HAS_PARKED), bits & HAS_PARKED != 0);
         }

@@ -58,13 +58,15 @@ fn grandchild_derive_races_root_cancel() {
     });
 }
 
-/// Announcements (cancel.rs invariant 7) racing the deciding CAS: one
-/// thread derives a child (announcing `HAS_CHILDREN`) while another blocks
-/// on the parent's `done()` (announcing `HAS_WAITERS`) and the parent is
-/// cancelled. The two announcing CASes and the cancel's contend for the
-/// state word, each retried when another changed it; whichever order they
+/// Both halves of cancel.rs invariant 7 racing the deciding CAS: one
+/// thread derives a child (a push, then a second read of the parent's
+/// word: the store-buffer pattern with the canceller's CAS and its read of
+/// the child list's head) while another blocks on the parent's `done()`
+/// (announcing `HAS_PARKED`, a CAS on the word that the cancel's CAS may
+/// have to retry after) and the parent is cancelled. Whichever order they
 /// take, the child ends up cancelled and the waiter wakes (loom reports a
-/// deadlock if `wait` never returns).
+/// deadlock if `wait` never returns). Fails if the deriver skips its
+/// second read, or either side its fence.
 #[test]
 fn announcements_race_cancel() {
     model("announcements_race_cancel", || {
@@ -84,11 +86,11 @@ fn announcements_race_cancel() {
     });
 }
 
-/// A list announced long before (by a child that is gone): a second child
-/// finds `HAS_CHILDREN` set and only loads the word before pushing, while
-/// the parent is cancelled. The deciding CAS reads the old announcement, so
-/// the canceller closes the list: the push comes first and is walked, or
-/// it fails and the child cancels itself.
+/// A child list used before (by a child that is gone, so it is empty
+/// again): a second child derives while the parent is cancelled. The
+/// canceller finds the list empty and leaves it open, or finds the new
+/// child and closes and walks the list; the child's second read of the
+/// parent's word covers the first case (cancel.rs invariant 7).
 #[test]
 fn derive_on_announced_list_races_cancel() {
     model("derive_on_announced_list_races_cancel", || {
