@@ -14,6 +14,7 @@ use crate::error::ContextError;
 use crate::node::{Node, NodeRef};
 use crate::park;
 use crate::primitive::thread;
+use crate::state;
 use crate::waiters::{TaskWaiter, Waiter, park_on};
 
 /// Waits for a context to be done: Go's `ctx.Done()` channel.
@@ -319,7 +320,8 @@ impl Future for Done<'_> {
         let Some(node) = this.node() else {
             return Poll::Pending;
         };
-        if node.is_done() {
+        let word = node.word();
+        if state::is_done(word) {
             if let Some(task) = this.task() {
                 this.set_task(None);
                 task.finish();
@@ -328,8 +330,12 @@ impl Future for Done<'_> {
             return Poll::Ready(());
         }
         let poll = match this.task() {
-            // Announced before the push (cancel.rs invariant 7).
-            None if !node.announce_waiter() => Poll::Ready(()),
+            // Announced before the push (cancel.rs invariant 7): the word
+            // just read usually has the bit already (a `select!` loop
+            // polls a fresh `Done` of one context on every iteration).
+            None if !state::announces(word, state::HAS_WAITERS) && !node.announce_waiter() => {
+                Poll::Ready(())
+            }
             None => match TaskWaiter::register(&node.waiters, cx.waker()) {
                 Ok(task) => {
                     this.set_task(Some(task));
