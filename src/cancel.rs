@@ -1292,13 +1292,14 @@ mod tests {
         assert_eq!(core::mem::offset_of!(CancelNode, children), 96);
     }
 
-    /// Invariant 7, pinned: a cancellation closes a node's child list or
-    /// waiter set only if its replaced word announced it. A leaf nobody
-    /// waited on keeps both lists open (and empty); a node with a child and
-    /// a callback closes both, directly or by propagation; a child derived
-    /// from a done node is born done and links nothing.
+    /// Invariant 7, pinned: a cancellation closes a node's waiter set only
+    /// if its replaced word announced it, and its child list only if it
+    /// finds an entry there. A leaf nobody waited on keeps both lists open
+    /// (and empty); a node with a child and a callback closes both,
+    /// directly or by propagation; a child derived from a done node is born
+    /// done and links nothing.
     #[test]
-    fn cancel_closes_only_announced_lists() {
+    fn cancel_closes_only_lists_in_use() {
         use crate::Context;
         let lists = |ctx: &Context| {
             let node = ctx.anchor().expect("a cancellable context");
