@@ -635,33 +635,38 @@ impl CancelNode {
     /// Announces, before a push onto this node's waiter set
     /// (`HAS_WAITERS`) or a park on its sequence word (`HAS_PARKED`), that
     /// a cancellation must close the set or wake the word (invariant 7).
-    /// `Err` carries the done word if the node is done: the caller must not
-    /// push or park.
+    /// False if the node is done: the caller must not push or park.
     #[inline]
-    pub(crate) fn announce(&self, bit: usize) -> Result<(), Word> {
+    pub(crate) fn announce(&self, bit: usize) -> bool {
         // Ordering: Acquire — pairs with the winning CAS, so a done word's
         // cause box is visible before a caller borrows it.
-        let mut current = self.state.load(Ordering::Acquire);
+        self.announce_from(self.state.load(Ordering::Acquire), bit)
+    }
+
+    /// `announce`, starting from `current`, a word the caller has just read
+    /// with Acquire (a poll that read it to test for done saves a load).
+    #[inline]
+    pub(crate) fn announce_from(&self, mut current: Word, bit: usize) -> bool {
         loop {
             if state::is_done(current) {
-                return Err(current);
+                return false;
             }
             // Announced already (by an RMW that the cancelling CAS, later in
             // the word's modification order, reads): the usual case.
             if state::announces(current, bit) {
-                return Ok(());
+                return true;
             }
             // Ordering: success Relaxed — the bit publishes nothing: the
             // entry is published by the push; only the modification order
             // matters (the cancelling CAS reads the bit or we read done).
-            // Failure: Acquire, as the load.
+            // Failure: Acquire, as the caller's load.
             match self.state.compare_exchange_weak(
                 current,
                 state::announcing(current, bit),
                 Ordering::Relaxed,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(_) => return true,
                 Err(actual) => current = actual,
             }
         }
@@ -671,7 +676,7 @@ impl CancelNode {
     /// onto `waiters`: false if the node is done (do not push).
     #[inline]
     pub(crate) fn announce_waiter(&self) -> bool {
-        self.announce(state::HAS_WAITERS).is_ok()
+        self.announce(state::HAS_WAITERS)
     }
 
     /// Blocks the calling thread until this node is done (true) or
@@ -682,7 +687,7 @@ impl CancelNode {
         let addr = ptr::from_ref(self).addr();
         loop {
             let sequence = park::sequence(addr);
-            if self.announce(state::HAS_PARKED).is_err() {
+            if !self.announce(state::HAS_PARKED) {
                 return true;
             }
             let timeout = match deadline {

@@ -330,12 +330,10 @@ impl Future for Done<'_> {
             return Poll::Ready(());
         }
         let poll = match this.task() {
-            // Announced before the push (cancel.rs invariant 7): the word
-            // just read usually has the bit already (a `select!` loop
-            // polls a fresh `Done` of one context on every iteration).
-            None if !state::announces(word, state::HAS_WAITERS) && !node.announce_waiter() => {
-                Poll::Ready(())
-            }
+            // Announced before the push (cancel.rs invariant 7), from the
+            // word just read: it usually has the bit already (a `select!`
+            // loop polls a fresh `Done` of one context on every iteration).
+            None if !node.announce_from(word, state::HAS_WAITERS) => Poll::Ready(()),
             None => match TaskWaiter::register(&node.waiters, cx.waker()) {
                 Ok(task) => {
                     this.set_task(Some(task));

@@ -11,7 +11,8 @@
 //!   remover with one CAS, and any other is unlinked later by a Harris–Michael
 //!   style cleanup pass, amortised over removals and one CAS per run of
 //!   removed entries, so a long-lived list under churn stays at a length
-//!   proportional to its live entries;
+//!   proportional to its live entries; a lone entry (the head, with no
+//!   successor) is unlinked with its one CAS and no mark (invariant 9);
 //! * [`List::close`] — one atomic swap takes the whole list and forbids new
 //!   pushes; the closer then walks the detached chain, *freezing* each
 //!   `next` pointer as it goes.
@@ -107,6 +108,19 @@
 //!    machine (miri found it: `tests/churn.rs` under Tree Borrows, and
 //!    `list::tests::unit::two_threads_push_and_remove_their_own_entries`).
 //!    Exposing costs nothing at run time.
+//! 9. In a list no sweep claims from (all but the timer's, [`List::swept`]),
+//!    the remover of an entry that is the head and has no successor
+//!    (`next` null) unlinks it with one CAS of the head from the entry to
+//!    null, without marking it. Its `next` cannot change meanwhile: only a
+//!    pass unlinking its successor writes an unmarked `next`, and it has
+//!    none (pushes link in front of the head, never behind an entry). The
+//!    CAS and the closer's swap are on the same word, so one of them comes
+//!    first: a closer that comes later finds an empty list, and a remover
+//!    that comes later fails and marks as usual (invariant 2 decides). A
+//!    pass that reached the entry through the head is counted in
+//!    `cleaners`, as for the marked unlink (invariant 6). A sweep, though,
+//!    claims a live entry by marking its `next`, which this remover does
+//!    not read again, so swept lists always mark.
 //!
 //! # Orderings
 //!
@@ -117,7 +131,8 @@
 //!   everything the closer did before closing (the owner's done state).
 //! * `remove`/freezing: `fetch_or` with AcqRel — each side sees the other's
 //!   prior writes to the entry when it loses.
-//! * Head unlink by the remover: SeqCst CAS, then a SeqCst load of
+//! * Head unlink by the remover (marked, or a lone entry's): SeqCst CAS,
+//!   then a SeqCst load of
 //!   `cleaners` (invariant 6; under loom a SeqCst fence between them).
 //!   The closer's swap likewise (invariant 5).
 //! * `marked` and `threshold` only decide when to clean; they are Relaxed.
@@ -241,8 +256,12 @@ pub(crate) struct List<E: Entry> {
     /// paid for by removals in proportion), and at least `cleanup_min`.
     /// Written only by passes.
     threshold: AtomicU32,
-    /// The least `threshold`.
-    cleanup_min: u32,
+    /// The least `threshold` (at most `CLEANUP_MIN`).
+    cleanup_min: u16,
+    /// Whether `sweep` may claim live entries (`List::swept`). If not, the
+    /// remover of a lone entry at the head unlinks it with one CAS
+    /// (invariant 9).
+    swept: bool,
     _entries: PhantomData<*const E>,
 }
 
@@ -297,12 +316,23 @@ impl<E: Entry> List<E> {
     /// A list that cleans up once `min` removed entries (and at least half
     /// of the list) are waiting to be unlinked.
     pub(crate) fn with_cleanup_min(min: usize) -> Self {
-        // At most `CLEANUP_MIN`, so it fits in 32 bits.
-        let min = min.min(CLEANUP_MIN) as u32;
+        List::build(min, false)
+    }
+
+    /// `with_cleanup_min`, for a list that `sweep` may claim entries of
+    /// (the timer wheel's): its removers always mark (invariant 9).
+    pub(crate) fn swept(min: usize) -> Self {
+        List::build(min, true)
+    }
+
+    fn build(min: usize, swept: bool) -> Self {
+        // At most `CLEANUP_MIN`, so it fits in 16 bits.
+        let min = min.min(CLEANUP_MIN) as u16;
         List {
             cleanup_min: min,
+            swept,
             head: AtomicPtr::new(ptr::null_mut()),
-            threshold: AtomicU32::new(min),
+            threshold: AtomicU32::new(u32::from(min)),
             marked: AtomicU32::new(0),
             cleaners: AtomicU32::new(0),
             _entries: PhantomData,
@@ -401,6 +431,25 @@ impl<E: Entry> List<E> {
             self.maybe_cleanup();
             return true;
         }
+        // A lone entry (no successor) of a list no sweep claims from:
+        // unlinked with one CAS, unmarked (invariant 9). Ordering: Relaxed
+        // — only picks the path: `next` was set by our push, which happens
+        // before our removal, and it becomes null only when a pass unlinks
+        // our successor, never non-null again; the CAS decides.
+        if !self.swept && link.next.load(Ordering::Relaxed).is_null() {
+            // Ordering: SeqCst on success — as the marked unlink below;
+            // failure needs nothing (we fall back to marking).
+            if let Ok(linked) = self.head.compare_exchange(
+                raw,
+                ptr::null_mut(),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                // SAFETY: our CAS unlinked the entry (invariant 9).
+                unsafe { self.release_unlinked_head(linked) };
+                return true;
+            }
+        }
         // Ordering: AcqRel — as above (invariant 2).
         let prev = fetch_or_tag(&link.next, MARK, Ordering::AcqRel);
         if tagged(prev, MARK) {
@@ -416,25 +465,8 @@ impl<E: Entry> List<E> {
             self.head
                 .compare_exchange(raw, succ, Ordering::SeqCst, Ordering::Relaxed)
         {
-            // Release through the provenance the pusher exposed (the
-            // allocation's full one, invariant 8), not through `entry`,
-            // which a caller may have made from a shared reference: freeing
-            // through that would be undefined behaviour (Tree Borrows).
-            let entry = entry_at::<E>(linked);
-            sb_fence();
-            // Invariant 6: a pass that started after our CAS cannot reach
-            // the entry (it was only reachable from the head); one that
-            // started before is counted here.
-            if self.cleaners.load(Ordering::SeqCst) == 0 {
-                // SAFETY: our CAS unlinked it, so we own its link reference
-                // (invariant 3), and no pass can reach it (invariant 6).
-                unsafe { E::release_link_unlinked(entry) };
-            } else {
-                let guard = epoch::pin();
-                // SAFETY: we own the link reference; a running pass may
-                // still read the entry (invariant 4).
-                unsafe { defer_release(&guard, entry) };
-            }
+            // SAFETY: our CAS unlinked the entry (invariant 3).
+            unsafe { self.release_unlinked_head(linked) };
             return true;
         }
         // A push or a cleanup pass moved the head (or a closer took the
@@ -444,6 +476,37 @@ impl<E: Entry> List<E> {
         self.marked.fetch_add(1, Ordering::Relaxed);
         self.maybe_cleanup();
         true
+    }
+
+    /// Drops the link reference of the entry at `linked`, which the
+    /// caller's SeqCst CAS has just unlinked from the head.
+    ///
+    /// # Safety
+    ///
+    /// The caller's CAS unlinked it (so it owns the link reference,
+    /// invariant 3) and it holds a reference of its own (`remove`'s
+    /// contract).
+    #[inline]
+    unsafe fn release_unlinked_head(&self, linked: *mut ()) {
+        // Release through the provenance the pusher exposed (the
+        // allocation's full one, invariant 8), not through the remover's
+        // pointer, which a caller may have made from a shared reference:
+        // freeing through that would be undefined behaviour (Tree Borrows).
+        let entry = entry_at::<E>(linked);
+        sb_fence();
+        // Invariant 6: a pass that started after our CAS cannot reach the
+        // entry (it was only reachable from the head); one that started
+        // before is counted here.
+        if self.cleaners.load(Ordering::SeqCst) == 0 {
+            // SAFETY: we own its link reference (the caller's), and no pass
+            // can reach it (invariant 6).
+            unsafe { E::release_link_unlinked(entry) };
+        } else {
+            let guard = epoch::pin();
+            // SAFETY: we own the link reference; a running pass may still
+            // read the entry (invariant 4).
+            unsafe { defer_release(&guard, entry) };
+        }
     }
 
     /// Runs a cleanup pass if enough removed entries wait to be unlinked
@@ -477,6 +540,11 @@ impl<E: Entry> List<E> {
     /// the list's own is released (after an epoch) once it is unlinked.
     /// It walks the whole list.
     pub(crate) fn sweep(&self, remove: impl FnMut(*const E) -> bool) {
+        // Invariant 9: a lone head's remover would not see the claim.
+        assert!(
+            self.swept,
+            "goctx: `sweep` on a list not built by `List::swept`"
+        );
         self.pass(remove, false);
     }
 
@@ -599,7 +667,7 @@ impl<E: Entry> List<E> {
         if cfg!(not(loom)) {
             let half = u32::try_from(kept / 2).unwrap_or(u32::MAX);
             self.threshold
-                .store(half.max(self.cleanup_min), Ordering::Relaxed);
+                .store(half.max(u32::from(self.cleanup_min)), Ordering::Relaxed);
         }
         if deferred {
             // Hand what we deferred to the global queue and collect what has

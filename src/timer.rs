@@ -657,7 +657,7 @@ mod imp {
             })
             .collect();
         let lists = (0..STRIPES * WHEEL)
-            .map(|_| List::with_cleanup_min(LIST_CLEANUP))
+            .map(|_| List::swept(LIST_CLEANUP))
             .collect();
         let timer: &'static Timer = Box::leak(Box::new(Timer {
             base: Instant::now(),
@@ -918,9 +918,10 @@ mod imp {
     }
 
     crate::primitive::lazy_static! {
-        /// One per model execution.
+        /// One per model execution; the lists clean up as the crate's
+        /// default (`usize::MAX` is clamped to it).
         pub(super) static ref WHEEL: ModelWheel = ModelWheel {
-            lists: [List::new(), List::new()],
+            lists: [List::swept(usize::MAX), List::swept(usize::MAX)],
             earliest: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
         };
     }

@@ -227,7 +227,7 @@ mod unit {
 
     #[test]
     fn sweep_claims_live_entries_and_unlinks_them_with_the_removed() {
-        let list = TrackedList::new();
+        let list = TrackedList::swept(usize::MAX);
         let owners = filled(&list, 6);
         assert!(list.remove(&owners[3]));
         let claimed = list.sweep(|id| id % 2 == 0);
@@ -248,7 +248,7 @@ mod unit {
 
     #[test]
     fn sweep_of_a_closed_list_claims_nothing() {
-        let list = TrackedList::new();
+        let list = TrackedList::swept(usize::MAX);
         let _owners = filled(&list, 2);
         list.close();
         assert!(list.sweep(|_| true).is_empty());
@@ -297,15 +297,51 @@ mod unit {
         assert_eq!(list.linked(), 0);
     }
 
+    #[test]
+    #[should_panic(expected = "not built by `List::swept`")]
+    fn sweep_of_a_list_not_built_for_it_panics() {
+        let list = TrackedList::new();
+        let _owners = filled(&list, 1);
+        drop(list.sweep(|_| true));
+    }
+
+    /// A lone entry (the head, no successor) is unlinked at once and
+    /// unmarked (list invariant 9); with a successor, or in a swept list,
+    /// its remover marks it first (the closer then sees no difference).
+    #[test]
+    fn a_lone_head_is_unlinked_by_its_remover() {
+        for list in [TrackedList::new(), TrackedList::swept(usize::MAX)] {
+            let owners = filled(&list, 2);
+            assert!(list.remove(&owners[1]));
+            assert_eq!(list.linked(), 1);
+            assert!(list.remove(&owners[0]));
+            assert_eq!(list.linked(), 0);
+            let watches: Vec<_> = owners.iter().map(Owner::watch).collect();
+            drop(owners);
+            assert!(watches.iter().all(|w| w.is_freed()));
+            assert!(list.close().is_empty());
+        }
+    }
+
     /// Threads push, remove (some at the head, most inside) and sweep while
     /// the list is cleaned; then one closes it. Every entry is freed exactly
     /// once and the closer sees exactly the entries nobody removed.
     #[test]
     fn churn_on_several_threads_then_close() {
+        churn_then_close(TrackedList::swept(4), true);
+    }
+
+    /// The same without sweeps, on a list whose lone head is unlinked
+    /// unmarked (list invariant 9).
+    #[test]
+    fn churn_without_sweeps_then_close() {
+        churn_then_close(TrackedList::with_cleanup_min(4), false);
+    }
+
+    fn churn_then_close(list: TrackedList, sweeps: bool) {
         use std::sync::Barrier;
         let threads = 4;
         let rounds = if cfg!(miri) { 20 } else { 2_000 };
-        let list = TrackedList::with_cleanup_min(4);
         let barrier = Barrier::new(threads);
         let kept: Vec<Vec<Owner>> = std::thread::scope(|s| {
             let workers: Vec<_> = (0..threads as u64)
@@ -327,7 +363,7 @@ mod unit {
                                     let owner = mine.swap_remove(0);
                                     assert!(list.remove(&owner));
                                 }
-                                2 if t == 0 => drop(list.sweep(|_| false)),
+                                2 if sweeps && t == 0 => drop(list.sweep(|_| false)),
                                 _ => {}
                             }
                             if mine.len() > 8 {

@@ -187,6 +187,12 @@ impl TrackedList {
         TrackedList::from_list(List::with_cleanup_min(min))
     }
 
+    /// A list that `sweep` may claim entries of (see `List::swept`): its
+    /// removers always mark.
+    pub fn swept(min: usize) -> TrackedList {
+        TrackedList::from_list(List::swept(min))
+    }
+
     fn from_list(list: List<TrackedEntry>) -> TrackedList {
         TrackedList {
             list,

@@ -15,8 +15,11 @@
 //! linked entries, each entry's `is_linked()`, and whether each entry is
 //! freed (no owner left and unlinked) must all match.
 //!
-//! Byte format: the first byte picks the cleanup minimum (1 to 8); then
-//! each operation is one byte (`op % 8`) and its argument bytes:
+//! Byte format: the first byte `b` picks the cleanup minimum (`1 + b % 8`)
+//! and whether the list is built for sweeps (`b / 8` odd: `List::swept`,
+//! whose removers always mark; otherwise a lone head is unlinked unmarked,
+//! list invariant 9, which the model cannot tell apart); then each
+//! operation is one byte (`op % 8`) and its argument bytes:
 //!
 //! | op | operation | argument |
 //! |----|-----------|----------|
@@ -25,7 +28,7 @@
 //! | 3 | drop an owner | which owner |
 //! | 4 | clone an owner | which owner |
 //! | 5 | cleanup pass | — |
-//! | 6 | sweep, claiming live ids `id % 3 == k` | `k` |
+//! | 6 | sweep, claiming live ids `id % 3 == k` (a cleanup pass if the list is not swept) | `k` |
 //! | 7 | close (each entry back with whether it was removed) | — |
 //!
 //! Target `list_threads` runs the two-thread variant, [`run_two_threads`].
@@ -155,6 +158,8 @@ impl Model {
 
 struct Harness {
     list: TrackedList,
+    /// Whether `list` is built for sweeps.
+    swept: bool,
     model: Model,
     /// Owner references the harness holds (several may share an entry).
     owners: Vec<Owner>,
@@ -228,6 +233,11 @@ impl Harness {
                 self.list.cleanup();
                 self.model.pass();
             }
+            6 if !self.swept => {
+                let _k = input.byte();
+                self.list.cleanup();
+                self.model.pass();
+            }
             6 => {
                 let k = input.choose(3) as u64;
                 let claimed = self.list.sweep(|id| id % 3 == k);
@@ -278,9 +288,14 @@ impl Harness {
 /// Runs one input (target `list`).
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
-    let min = 1 + input.choose(8);
+    let (min, swept) = list_kind(input.byte().unwrap_or(0));
     let mut harness = Harness {
-        list: TrackedList::with_cleanup_min(min),
+        list: if swept {
+            TrackedList::swept(min)
+        } else {
+            TrackedList::with_cleanup_min(min)
+        },
+        swept,
         model: Model::new(min),
         owners: Vec::new(),
         watches: Vec::new(),
@@ -298,11 +313,19 @@ pub fn run(data: &[u8]) {
     assert!(harness.watches.iter().all(Watch::is_freed));
 }
 
-/// Target `list_threads`: the first byte picks the cleanup minimum; the
-/// bytes after it are dealt alternately
+/// The cleanup minimum and whether the list is built for sweeps, from the
+/// first byte.
+fn list_kind(first: u8) -> (usize, bool) {
+    (1 + usize::from(first % 8), (first / 8) % 2 == 1)
+}
+
+/// Target `list_threads`: the first byte picks the cleanup minimum and
+/// whether the list is built for sweeps (as `list`); the bytes after it are
+/// dealt alternately
 /// to two threads, each running its own operations on the shared list (ops
 /// `% 4`: 0, 1 push; 2 remove one of its own entries, chosen by the next
-/// byte; 3 a cleanup pass, or a sweep that claims nothing), starting
+/// byte; 3 a cleanup pass, or on a swept list's second thread a sweep that
+/// claims nothing), starting
 /// together. No step-by-step model (the interleaving is the scheduler's);
 /// checked are set semantics: every remove of a live entry of one's own
 /// succeeds, and at the end the closer finds exactly the entries nobody
@@ -310,8 +333,12 @@ pub fn run(data: &[u8]) {
 /// gone and no link is released twice (`TrackedEntry` asserts both).
 pub fn run_two_threads(data: &[u8]) {
     let Some(&first) = data.first() else { return };
-    let min = 1 + usize::from(first % 8);
-    let list = TrackedList::with_cleanup_min(min);
+    let (min, swept) = list_kind(first);
+    let list = if swept {
+        TrackedList::swept(min)
+    } else {
+        TrackedList::with_cleanup_min(min)
+    };
     let streams: [Vec<u8>; 2] =
         [0, 1].map(|t| data[1..].iter().skip(t).step_by(2).copied().collect());
     let barrier = Barrier::new(2);
@@ -341,7 +368,7 @@ pub fn run_two_threads(data: &[u8]) {
                                     assert!(list.remove(&owner), "remove({})", owner.id());
                                 }
                             }
-                            _ if t == 0 => list.cleanup(),
+                            _ if t == 0 || !swept => list.cleanup(),
                             _ => assert!(list.sweep(|_| false).is_empty()),
                         }
                     }

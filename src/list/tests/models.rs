@@ -10,8 +10,9 @@
 //! nothing is deferred: here a release deferred through the epoch may run
 //! only when the model's collector is torn down, after the model's checks.
 //!
-//! `pass_races_close` and `pass_races_head_unlink` are the store-buffer
-//! cases of list invariants 5 and 6, and `sweep_races_remove` covers the
+//! `pass_races_close` and `pass_races_head_unlink` (and
+//! `pass_races_lone_head_unlink`, invariant 9's unlink) are the
+//! store-buffer cases of list invariants 5 and 6, and `sweep_races_remove` covers the
 //! same pattern between two passes. Each fails (a loom causality violation
 //! on the entry's `freed` flag: the pass reads the entry while the closer
 //! or the remover frees it) when the releasing side's fence is deleted:
@@ -57,7 +58,12 @@ fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
 
 /// A list holding entries `0..n` (head `n - 1`), and their owners.
 fn filled(n: u64) -> (Arc<TrackedList>, Vec<Owner>) {
-    let list = Arc::new(TrackedList::new());
+    filled_in(TrackedList::new(), n)
+}
+
+/// `list`, filled with entries `0..n`.
+fn filled_in(list: TrackedList, n: u64) -> (Arc<TrackedList>, Vec<Owner>) {
+    let list = Arc::new(list);
     let owners = (0..n).map(|id| list.push(id).expect("open")).collect();
     (list, owners)
 }
@@ -122,7 +128,7 @@ fn push_races_head_removal() {
 #[test]
 fn sweep_races_remove() {
     model("sweep_races_remove", || {
-        let (list, mut owners) = filled(2);
+        let (list, mut owners) = filled_in(TrackedList::swept(usize::MAX), 2);
         let inner = owners.remove(0);
         let sweeper = thread::spawn({
             let list = Arc::clone(&list);
@@ -179,6 +185,24 @@ fn pass_races_close() {
     });
 }
 
+/// `n` entries; the head's owner removes it on another thread and lets go
+/// at once, while this one removes the first pushed (id 0, not the head: a
+/// mark and a cleanup pass). Both succeed. Returns the list and the owners
+/// of the entries between.
+fn head_removal_races_inner_removal(n: u64) -> (Arc<TrackedList>, Vec<Owner>) {
+    let (list, mut owners) = filled(n);
+    let head = owners.pop().expect("a head");
+    let inner = owners.remove(0);
+    let remover = thread::spawn({
+        let list = Arc::clone(&list);
+        move || list.remove(&head)
+    });
+    assert!(list.remove(&inner));
+    drop(inner);
+    assert!(remover.join().unwrap());
+    (list, owners)
+}
+
 /// List invariant 6, the store-buffer case: the remover of the head unlinks
 /// it and reads `cleaners` after its CAS; a pass started by the removal of
 /// an inner entry reads the head after counting itself. With the fences,
@@ -188,22 +212,7 @@ fn pass_races_close() {
 #[test]
 fn pass_races_head_unlink() {
     model("pass_races_head_unlink", || {
-        let (list, owners) = filled(3);
-        let mut owners = owners.into_iter();
-        let (inner, middle, head) = (
-            owners.next().unwrap(),
-            owners.next().unwrap(),
-            owners.next().unwrap(),
-        );
-        let remover = thread::spawn({
-            let list = Arc::clone(&list);
-            // The head's owner removes it and lets go at once.
-            move || list.remove(&head)
-        });
-        // Not the head: marks it and runs a cleanup pass.
-        assert!(list.remove(&inner));
-        drop(inner);
-        assert!(remover.join().unwrap());
+        let (list, middle) = head_removal_races_inner_removal(3);
         assert_eq!(list.live_ids(), [1]);
         assert_eq!(live(&list.close()), [1]);
         drop(middle);
@@ -223,5 +232,51 @@ fn pass_races_unfrozen_close() {
         assert!(removed, "nobody else removes it");
         assert_eq!(closed[..2], [(2, false), (1, false)]);
         assert!(closed.len() == 2 || closed[2].0 == 0, "{closed:?}");
+    });
+}
+
+/// List invariant 9: the remover of a lone head unlinks it with one CAS,
+/// unmarked, while the list is closed. The head word orders the two: the
+/// closer finds the list empty, or the remover's CAS fails and it marks,
+/// racing the closer's freeze as any remover does (invariant 2). Nobody
+/// reads the entry after its owner lets go.
+#[test]
+fn lone_head_removal_races_close() {
+    model("lone_head_removal_races_close", || {
+        let (closed, removed) = close_races_inner_removal(1, TrackedList::close);
+        if removed {
+            assert!(closed.is_empty() || closed == [(0, true)], "{closed:?}");
+        } else {
+            assert_eq!(closed, [(0, false)], "frozen by the closer");
+        }
+    });
+}
+
+/// `lone_head_removal_races_close` with the unfrozen walk: the removal
+/// always succeeds, and the walk finds the list empty or reads the entry
+/// either way.
+#[test]
+fn lone_head_removal_races_unfrozen_close() {
+    model("lone_head_removal_races_unfrozen_close", || {
+        let (closed, removed) = close_races_inner_removal(1, TrackedList::close_unfrozen);
+        assert!(removed, "nobody else removes it");
+        assert!(
+            closed.len() <= 1 && closed.iter().all(|&(id, _)| id == 0),
+            "{closed:?}"
+        );
+    });
+}
+
+/// List invariants 6 and 9: the head's successor is removed (a mark and a
+/// cleanup pass, which unlinks it from the head's `next`) while the head's
+/// owner removes the head: it finds a successor and marks, or finds `next`
+/// null and unlinks the lone head unmarked, reading `cleaners` after its
+/// CAS either way.
+#[test]
+fn pass_races_lone_head_unlink() {
+    model("pass_races_lone_head_unlink", || {
+        let (list, _) = head_removal_races_inner_removal(2);
+        assert!(list.live_ids().is_empty());
+        assert!(live(&list.close()).is_empty());
     });
 }
