@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{
-    BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main,
+    Bencher, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main,
 };
 use goctx::{CancelFunc, Context, Done};
 use tokio_util::sync::CancellationToken;
@@ -843,23 +843,11 @@ fn after_func(c: &mut Criterion) {
     quick(&mut group);
     let fired_before = FIRED.load(Ordering::Acquire);
     group.bench_function(BenchmarkId::new(GOCTX, "register_stop"), |b| {
-        b.iter(|| {
-            let after = black_box(&ctx).after_func(|| {
-                FIRED.fetch_add(1, Ordering::Release);
-            });
-            assert!(black_box(&after).stop());
-        });
+        after_func_register_stop(b, &ctx);
     });
-    assert_eq!(
-        FIRED.load(Ordering::Acquire),
-        fired_before,
-        "a stopped callback ran"
-    );
+    assert_none_fired_since(fired_before);
     group.bench_function(BenchmarkId::new(TOKIO, "register_stop"), |b| {
-        b.iter(|| {
-            let cancelled = pin!(black_box(&token).cancelled());
-            assert!(cancelled.poll(&mut cx).is_pending());
-        });
+        cancelled_register_drop(b, &token, &mut cx);
     });
     group.bench_function(BenchmarkId::new(GOCTX, "register_fire"), |b| {
         b.iter(|| {
@@ -893,6 +881,38 @@ fn after_func(c: &mut Criterion) {
     group.finish();
 }
 
+/// `after_func` on a live `ctx`, then `stop()` (which wins).
+fn after_func_register_stop(b: &mut Bencher<'_, WallTime>, ctx: &Context) {
+    b.iter(|| {
+        let after = black_box(ctx).after_func(|| {
+            FIRED.fetch_add(1, Ordering::Release);
+        });
+        assert!(black_box(&after).stop());
+    });
+}
+
+/// tokio-util's nearest to registering and withdrawing a callback: a fresh
+/// `cancelled()` future polled once (pending), then dropped.
+fn cancelled_register_drop(
+    b: &mut Bencher<'_, WallTime>,
+    token: &CancellationToken,
+    cx: &mut TaskContext<'_>,
+) {
+    b.iter(|| {
+        let cancelled = pin!(black_box(token).cancelled());
+        assert!(cancelled.poll(cx).is_pending());
+    });
+}
+
+/// No callback ran since `FIRED` read `before` (the stopped ones must not).
+fn assert_none_fired_since(before: u64) {
+    assert_eq!(
+        FIRED.load(Ordering::Acquire),
+        before,
+        "a stopped callback ran"
+    );
+}
+
 /// `on_done` (API rule 14), with its nearest peers in the same group so
 /// one run compares them:
 ///
@@ -922,23 +942,11 @@ fn on_done(c: &mut Criterion) {
         });
     });
     group.bench_function(BenchmarkId::new(GOCTX, "after_func_register_stop"), |b| {
-        b.iter(|| {
-            let after = black_box(&ctx).after_func(|| {
-                FIRED.fetch_add(1, Ordering::Release);
-            });
-            assert!(black_box(&after).stop());
-        });
+        after_func_register_stop(b, &ctx);
     });
-    assert_eq!(
-        FIRED.load(Ordering::Acquire),
-        fired_before,
-        "a stopped callback ran"
-    );
+    assert_none_fired_since(fired_before);
     group.bench_function(BenchmarkId::new(TOKIO, "register_stop"), |b| {
-        b.iter(|| {
-            let cancelled = pin!(black_box(&token).cancelled());
-            assert!(cancelled.poll(&mut cx).is_pending());
-        });
+        cancelled_register_drop(b, &token, &mut cx);
     });
     group.bench_function(BenchmarkId::new(GOCTX, "register_fire"), |b| {
         b.iter(|| {

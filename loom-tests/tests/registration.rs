@@ -114,6 +114,18 @@ fn head_unlink_races_push_and_close() {
     });
 }
 
+/// Reads whether `cancelled` is done, then how many children `parent` has
+/// registered (one at most): none once `cancelled` read as done.
+fn done_means_unregistered(cancelled: &Context, parent: &Context) {
+    let done = cancelled.is_done();
+    let registered = parent.registered_children();
+    if done {
+        assert_eq!(registered, 0);
+    } else {
+        assert!(registered <= 1);
+    }
+}
+
 /// Reading `registered_children()` while another thread cancels: once the
 /// parent reads as done, it reports no registered children, even before
 /// the canceller has closed its list (found by the `ops` fuzz target under
@@ -124,13 +136,7 @@ fn registered_children_once_done_is_zero() {
         let (parent, cancel) = Context::background().with_cancel();
         let (child, _child_cancel) = parent.with_cancel();
         let t = thread::spawn(move || cancel.cancel());
-        let done = parent.is_done();
-        let registered = parent.registered_children();
-        if done {
-            assert_eq!(registered, 0);
-        } else {
-            assert!(registered <= 1);
-        }
+        done_means_unregistered(&parent, &parent);
         t.join().unwrap();
         assert!(child.is_done());
         assert_eq!(parent.registered_children(), 0);
@@ -147,13 +153,7 @@ fn done_child_is_not_registered() {
         let (parent, _cancel) = Context::background().with_cancel();
         let (child, child_cancel) = parent.with_cancel();
         let t = thread::spawn(move || child_cancel.cancel());
-        let done = child.is_done();
-        let registered = parent.registered_children();
-        if done {
-            assert_eq!(registered, 0);
-        } else {
-            assert!(registered <= 1);
-        }
+        done_means_unregistered(&child, &parent);
         t.join().unwrap();
         assert_eq!(parent.registered_children(), 0);
     });
