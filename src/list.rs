@@ -409,6 +409,7 @@ impl<E: Entry> List<E> {
     /// # Safety
     ///
     /// `entry` must have been pushed onto *this* list and still be valid.
+    #[inline]
     pub(crate) unsafe fn remove(&self, entry: *const E) -> bool {
         // SAFETY: the caller guarantees `entry` is valid.
         let link = unsafe { (*entry).link() };

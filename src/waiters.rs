@@ -602,6 +602,7 @@ fn take_spare_task() -> Option<*const Waiter> {
 /// spares: into an empty slot, else in place of a spare that a list still
 /// holds (whose reference is dropped: the list frees it). With no room, or
 /// while the thread-local is being destroyed, the reference is dropped.
+#[inline]
 fn recycle_task(waiter: *const Waiter) {
     let kept = SPARE_TASKS
         .try_with(|spares| {
@@ -644,6 +645,7 @@ unsafe impl Sync for TaskWaiter {}
 impl TaskWaiter {
     /// Registers an entry with `waker`: a spare of this thread, or a new
     /// one. `Err` means the list is closed (the node is done).
+    #[inline]
     pub(crate) fn register(list: &WaiterList, waker: &Waker) -> Result<TaskWaiter, ()> {
         let waiter = match take_spare_task() {
             Some(waiter) => {
@@ -742,6 +744,7 @@ impl TaskWaiter {
     /// # Safety
     ///
     /// `list` is the list this entry was registered on, and it is alive.
+    #[inline]
     pub(crate) unsafe fn cancel(self, list: &WaiterList) {
         let this = self.0;
         // SAFETY: registered on `list`, alive (our reference).
