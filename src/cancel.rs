@@ -49,9 +49,14 @@
 //! 3. `links` (in the header: `Node::links`) counts the references that
 //!    keep the node's *memory* (not its contents) alive: one for all
 //!    handles together, dropped at release, and one while an anchor's child
-//!    list links it. The memory is freed when
-//!    both are gone; the list's reference outlives every reader of the chain
-//!    (see `list.rs`).
+//!    list links it (and one each for a deadline node's armed timer and a
+//!    merge's entry in its other parent's list). The memory is freed when
+//!    all are gone; the list's reference outlives every reader of the chain
+//!    (see `list.rs`). A node with only those two
+//!    (`has_list_and_handles_only`) that its remover unlinks from the head
+//!    while no pass runs (list invariant 6) gives the list's back with a
+//!    store: the remover holds the handles' (a handle, or the release of
+//!    the last one), so nobody else can change the count.
 //! 4. A released node may still be reached through a frozen chain. Work done
 //!    on it then is harmless: it has no waiters (a `Done` holds a handle or
 //!    borrows a context that holds one), no
@@ -169,6 +174,27 @@ unsafe impl Entry for CancelNode {
     unsafe fn release_link(this: *const Self) {
         // SAFETY: forwarded (the list's reference on the memory).
         unsafe { CancelNode::release_memory(this) }
+    }
+
+    unsafe fn release_link_unlinked(this: *const Self) {
+        // SAFETY: the remover's reference keeps the node alive.
+        let node = unsafe { &*this };
+        if node.has_list_and_handles_only() {
+            // Invariant 3: the memory has two references, the list's (ours
+            // now) and the handles', which the remover holds (it holds a
+            // handle, or is releasing the last one): nobody else can change
+            // the count, so no read-modify-write.
+            // Checked in debug builds and in every loom schedule.
+            if cfg!(any(debug_assertions, loom)) {
+                assert_eq!(node.node.links.load(Ordering::Relaxed), 2);
+            }
+            // Ordering: Release — as the decrement it stands for: pairs
+            // with the Acquire load of whoever frees.
+            node.node.links.store(1, Ordering::Release);
+        } else {
+            // SAFETY: forwarded.
+            unsafe { CancelNode::release_memory(this) }
+        }
     }
 }
 
@@ -443,6 +469,22 @@ impl CancelNode {
     #[inline]
     pub(crate) fn deadline_ptr(&self) -> *const Instant {
         self.deadline
+    }
+
+    /// Whether only the handles and one list can hold references on this
+    /// node's memory (invariant 3): not a deadline node (its timer holds
+    /// one too) nor a merge with a derived context (its entry in the other
+    /// parent's list holds one).
+    #[inline]
+    fn has_list_and_handles_only(&self) -> bool {
+        matches!(
+            self.node.kind,
+            Kind::Cancel {
+                timed: false,
+                merged: Merged::No | Merged::Background | Merged::Todo,
+                ..
+            }
+        )
     }
 
     /// Whether this is a `DeadlineNode` (made by the deadline variants).
