@@ -12,7 +12,8 @@
 //!   style cleanup pass, amortised over removals and one CAS per run of
 //!   removed entries, so a long-lived list under churn stays at a length
 //!   proportional to its live entries; a lone entry (the head, with no
-//!   successor) is unlinked with its one CAS and no mark (invariant 9);
+//!   successor) is unlinked with its one CAS before it is marked, with a
+//!   store (invariant 9);
 //! * [`List::close`] — one atomic swap takes the whole list and forbids new
 //!   pushes; the closer then walks the detached chain, *freezing* each
 //!   `next` pointer as it goes.
@@ -111,7 +112,10 @@
 //! 9. In a list no sweep claims from (all but the timer's, [`List::swept`]),
 //!    the remover of an entry that is the head and has no successor
 //!    (`next` null) unlinks it with one CAS of the head from the entry to
-//!    null, without marking it. Its `next` cannot change meanwhile: only a
+//!    null before marking it, and then marks it with a plain store (so a
+//!    second removal reads it as removed, and a pass that still reaches it
+//!    finds what the marked unlink leaves). Its `next` cannot change
+//!    between the read and the CAS: only a
 //!    pass unlinking its successor writes an unmarked `next`, and it has
 //!    none (pushes link in front of the head, never behind an entry). The
 //!    CAS and the closer's swap are on the same word, so one of them comes
@@ -433,7 +437,7 @@ impl<E: Entry> List<E> {
             return true;
         }
         // A lone entry (no successor) of a list no sweep claims from:
-        // unlinked with one CAS, unmarked (invariant 9). Ordering: Relaxed
+        // unlinked with one CAS, marked after it (invariant 9). Ordering: Relaxed
         // — only picks the path: `next` was set by our push, which happens
         // before our removal, and it becomes null only when a pass unlinks
         // our successor, never non-null again; the CAS decides.
@@ -446,6 +450,13 @@ impl<E: Entry> List<E> {
                 Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {
+                // Marked now, as the path below leaves it, so that removing
+                // it again returns false. A store: nobody else writes this
+                // `next` any more (invariant 9). Ordering: Relaxed — read
+                // only by a later removal of ours and by passes, which
+                // treat it as the marked path's unlinked entry.
+                link.next
+                    .store(ptr::without_provenance_mut(MARK), Ordering::Relaxed);
                 // SAFETY: our CAS unlinked the entry (invariant 9).
                 unsafe { self.release_unlinked_head(linked) };
                 return true;

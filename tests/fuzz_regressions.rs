@@ -81,6 +81,21 @@ fn list_threads_corpus() {
     replay("list_threads", list::run_two_threads);
 }
 
+/// Found by the `list` target under ASan, the day a lone head's remover
+/// first unlinked it with one CAS (list invariant 9) and left it unmarked;
+/// input `tests/fuzz/regressions/list/lone-head-removed-twice`: an entry
+/// pushed onto an empty list, removed (the one-CAS unlink), then removed
+/// again through a clone of its owner, which must return false (it
+/// returned true: the second removal found no mark). The remover now marks
+/// the entry with a store after its CAS.
+#[cfg(feature = "fuzzing-internals")]
+#[test]
+fn lone_head_removed_twice() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz/regressions/list/lone-head-removed-twice");
+    list::run(&std::fs::read(path).expect("the committed input"));
+}
+
 /// Found by the `ops` target (LeakSanitizer, "indirect leak" of a
 /// `CancelNode` and an after-func entry); input
 /// `tests/fuzz/regressions/ops/leak-after-func-on-context-nobody-can-cancel`:

@@ -119,12 +119,21 @@ mod unit {
 
     #[test]
     fn removing_twice_is_false() {
+        for list in [TrackedList::new(), TrackedList::swept(usize::MAX)] {
+            let owners = filled(&list, 2);
+            // Inside the list, then at the head with a (removed) successor.
+            assert!(list.remove(&owners[0]));
+            assert!(!list.remove(&owners[0]));
+            assert!(list.remove(&owners[1]));
+            assert!(!list.remove(&owners[1]));
+            assert!(list.close().iter().all(|&(_, removed)| removed));
+        }
+        // A lone head: unlinked by one CAS, marked after (invariant 9).
         let list = TrackedList::new();
-        let owners = filled(&list, 2);
-        assert!(list.remove(&owners[0]));
-        assert!(!list.remove(&owners[0]));
-        assert!(list.remove(&owners[1]));
-        assert!(!list.remove(&owners[1]));
+        let lone = list.push(0).expect("open");
+        assert!(list.remove(&lone));
+        assert!(!list.remove(&lone));
+        assert!(list.close().is_empty());
     }
 
     #[test]
@@ -306,7 +315,7 @@ mod unit {
     }
 
     /// A lone entry (the head, no successor) is unlinked at once and
-    /// unmarked (list invariant 9); with a successor, or in a swept list,
+    /// before it is marked (list invariant 9); with a successor, or in a swept list,
     /// its remover marks it first (the closer then sees no difference).
     #[test]
     fn a_lone_head_is_unlinked_by_its_remover() {
@@ -332,7 +341,7 @@ mod unit {
     }
 
     /// The same without sweeps, on a list whose lone head is unlinked
-    /// unmarked (list invariant 9).
+    /// before it is marked (list invariant 9).
     #[test]
     fn churn_without_sweeps_then_close() {
         churn_then_close(TrackedList::with_cleanup_min(4), false);

@@ -17,7 +17,7 @@
 //!
 //! Byte format: the first byte `b` picks the cleanup minimum (`1 + b % 8`)
 //! and whether the list is built for sweeps (`b / 8` odd: `List::swept`,
-//! whose removers always mark; otherwise a lone head is unlinked unmarked,
+//! whose removers always mark; otherwise a lone head is unlinked before it is marked,
 //! list invariant 9, which the model cannot tell apart); then each
 //! operation is one byte (`op % 8`) and its argument bytes:
 //!

@@ -236,7 +236,7 @@ fn pass_races_unfrozen_close() {
 }
 
 /// List invariant 9: the remover of a lone head unlinks it with one CAS,
-/// unmarked, while the list is closed. The head word orders the two: the
+/// marking it only after, while the list is closed. The head word orders the two: the
 /// closer finds the list empty, or the remover's CAS fails and it marks,
 /// racing the closer's freeze as any remover does (invariant 2). Nobody
 /// reads the entry after its owner lets go.
@@ -270,7 +270,7 @@ fn lone_head_removal_races_unfrozen_close() {
 /// List invariants 6 and 9: the head's successor is removed (a mark and a
 /// cleanup pass, which unlinks it from the head's `next`) while the head's
 /// owner removes the head: it finds a successor and marks, or finds `next`
-/// null and unlinks the lone head unmarked, reading `cleaners` after its
+/// null and unlinks the lone head before marking it, reading `cleaners` after its
 /// CAS either way.
 #[test]
 fn pass_races_lone_head_unlink() {
