@@ -763,7 +763,8 @@ impl CancelNode {
 
     /// Wakes this node's waiters and cancels its subtree with `word`
     /// (invariant 2), iteratively; `active` is the word our CAS replaced
-    /// (invariant 7: a list it does not announce is left alone).
+    /// (invariant 7: a waiter set it does not announce, and an empty child
+    /// list, are left alone).
     fn propagate(&self, word: Word, active: Word) {
         if state::announces(active, state::HAS_PARKED) {
             park::wake_all(ptr::from_ref(self).addr());
@@ -773,9 +774,9 @@ impl CancelNode {
         } else {
             None
         };
-        // A leaf (the usual cancel): no child list to close, or its empty
-        // one closed in place, with no chain to walk.
-        if self.children.is_empty_after_rmw() || self.children.close_if_empty() {
+        // A leaf (the usual cancel): its empty child list is left open
+        // (invariant 7), with no chain to walk.
+        if self.children.is_empty_after_rmw() {
             if let Some(payload) = panic {
                 std::panic::resume_unwind(payload);
             }
@@ -819,9 +820,9 @@ impl CancelNode {
                         unsafe { timer::disarm(entry) };
                     }
                     // Wake the child's waiters now, while its memory is in
-                    // cache; a leaf needs nothing more than its (empty)
-                    // child list closed — a fanout of a million children
-                    // is then one pass over them, not two.
+                    // cache; a leaf needs nothing more (its empty child
+                    // list stays open, invariant 7) — a fanout of a million
+                    // children is then one pass over them, not two.
                     if state::announces(active, state::HAS_PARKED) {
                         park::wake_all(child.addr());
                     }
@@ -830,9 +831,7 @@ impl CancelNode {
                     {
                         panic.get_or_insert(payload);
                     }
-                    if child_ref.children.is_empty_after_rmw()
-                        || child_ref.children.close_if_empty()
-                    {
+                    if child_ref.children.is_empty_after_rmw() {
                         // SAFETY: yielded by this chain, released once.
                         unsafe { chain.release(child) };
                         continue;
