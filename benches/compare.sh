@@ -378,6 +378,10 @@ for depth in (1, 10, 100, 1000):
         p = f"depth={depth}/root={r}"
         row(f"`cancel_tree/{p}`", f"CancelTree/depth={depth}/Root={go_root[r]}",
             f"cancel_tree/goctx/{p}", f"cancel_tree/tokio_util/{p}", f"cancel_tree/{p}")
+        if p == "depth=1/root=background":
+            # Not goctx: the std floor of a counted child (one Arc).
+            row("`floor/arc_new_clone_drop` (std floor, in goctx column)", None,
+                "floor/std/arc_new_clone_drop")
 for depth in (10, 20, 30, 50, 100):
     row(f"`deep_value/depth={depth}`", f"DeepValueSameGoRoutine/depth={depth}",
         f"deep_value/goctx/depth={depth}", None, f"deep_value/depth={depth}")
@@ -403,6 +407,8 @@ row("`after_func/register_stop` (tokio: `cancelled()` polled once, dropped)",
 row("`after_func/register_fire` (tokio: `spawn_fire`)", "AfterFuncRegisterFire",
     "after_func/goctx/register_fire", "after_func/tokio_util/spawn_fire",
     "after_func/register_fire")
+row("`floor/thread_round_trip` (std floor, in goctx column)", None,
+    "floor/std/thread_round_trip")
 row("`on_done/register_stop` (Go: `AfterFunc` + `stop`; tokio: `cancelled()` polled once, dropped)",
     "AfterFuncRegisterStop", "on_done/goctx/register_stop", "on_done/tokio_util/register_stop")
 row("`on_done/after_func_register_stop` (the after_func row, same group)", None,
@@ -550,6 +556,14 @@ notes.append(
     "cancellation replaced by a flag and one `Thread::unpark` per parked waiter "
     "(std only), the floor for a wake-all. Their time sits in the goctx column "
     "so it lines up with the `cancel_wake` row above it.")
+notes.append(
+    "`floor/*` rows are not goctx either (benches/context.rs, `floor`): "
+    "`arc_new_clone_drop` makes, clones and drops an `Arc` of a 120-byte payload "
+    "(one allocation, its free, two counts: what any counted child context costs "
+    "at least); `thread_round_trip` hands a cache line to a spinning thread and "
+    "back (the floor of a row that waits for another thread, such as "
+    "`after_func/register_fire`; on a VM it depends on where the host runs the "
+    "two vCPUs).")
 notes.append(
     "No Go counterpart: the parallel `err_*` rows, `div_work`, `child_create_drop`, "
     "`fanout_cancel`, `cancel_wake*`. No tokio-util counterpart: `with_timeout` "

@@ -1373,6 +1373,75 @@ fn cancel_wake_async(c: &mut Criterion) {
     group.finish();
 }
 
+// ---------------------------------------------------------------------------
+// Floors
+// ---------------------------------------------------------------------------
+
+/// Not goctx: what two kinds of row cannot go below on this machine, in the
+/// same run (as `cancel_wake/unpark_baseline` is for the wake-ups).
+///
+/// * `std/arc_new_clone_drop`: an `Arc` of a 120-byte payload (a plain
+///   cancel node's size) made, cloned and both handles dropped: one
+///   allocation, its free and two reference counts — what any
+///   reference-counted child context costs at least. It bounds
+///   `cancel_tree/depth=1/root=background` (a child of `background()`
+///   derived and dropped), and Go's twin of that row, which pays no free
+///   and no count (its garbage collector runs on the other core), is
+///   compared with it in `benches/README.md`.
+/// * `std/thread_round_trip`: this thread writes a cache line another
+///   thread spins on and waits for its answer on the same line: one
+///   hand-off to another core and back, the floor of any row that hands
+///   work to another thread and waits for it (`after_func/register_fire`,
+///   whose Go twin runs the callback's goroutine on the waiting thread).
+///   On a VM it depends on where the host runs the two vCPUs.
+fn floor(c: &mut Criterion) {
+    /// A cache line of its own for the ping-pong.
+    #[repr(align(128))]
+    struct Line(AtomicU64);
+    const STOP: u64 = u64::MAX;
+
+    let mut group = c.benchmark_group("floor");
+    quick(&mut group);
+    group.bench_function(BenchmarkId::new("std", "arc_new_clone_drop"), |b| {
+        b.iter(|| {
+            let node = Arc::new(black_box([0_u64; 15]));
+            let handle = Arc::clone(&node);
+            drop(black_box(node));
+            drop(black_box(handle));
+        });
+    });
+    let line = Arc::new(Line(AtomicU64::new(0)));
+    let partner = {
+        let line = Arc::clone(&line);
+        thread::spawn(move || {
+            loop {
+                let seen = line.0.load(Ordering::Acquire);
+                if seen == STOP {
+                    return;
+                }
+                // Odd: a ping to answer.
+                if seen % 2 == 1 {
+                    line.0.store(seen + 1, Ordering::Release);
+                }
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let mut ping = 1;
+    group.bench_function(BenchmarkId::new("std", "thread_round_trip"), |b| {
+        b.iter(|| {
+            line.0.store(ping, Ordering::Release);
+            while line.0.load(Ordering::Acquire) != ping + 1 {
+                std::hint::spin_loop();
+            }
+            ping += 2;
+        });
+    });
+    line.0.store(STOP, Ordering::Release);
+    partner.join().expect("the round-trip partner panicked");
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     // Plots cost several seconds of analysis per benchmark (kernel density
@@ -1394,6 +1463,7 @@ criterion_group! {
         on_done,
         merge,
         cancel_wake,
-        cancel_wake_async
+        cancel_wake_async,
+        floor
 }
 criterion_main!(benches);
