@@ -370,6 +370,8 @@ for n in (40, 4000, 400000):
     row(f"`with_timeout/concurrency={n}` (2 threads, 10 contexts/op)",
         f"WithTimeout/concurrency={n}", f"with_timeout/goctx/concurrency={n}",
         allocs="with_timeout")
+row("`floor/instant_now`: one clock reading (std floor, in goctx column)",
+    None, "floor/std/instant_now")
 row("`with_timeout`, allocs per context (Go: `WithTimeout/concurrency=40` ÷ 10)",
     "WithTimeout/concurrency=40", allocs="with_timeout_per_ctx", go_allocs_per=10)
 go_root = {"background": "Background", "open": "OpenCanceler", "closed": "ClosedCanceler"}
@@ -558,6 +560,8 @@ notes.append(
     "so it lines up with the `cancel_wake` row above it.")
 notes.append(
     "`floor/*` rows are not goctx either (benches/context.rs, `floor`): "
+    "`instant_now` is one `Instant::now()` (an iteration of a `with_timeout` row "
+    "reads the clock 10 times on each of its 2 threads, Go's twin about 30); "
     "`arc_new_clone_drop` makes, clones and drops an `Arc` of a 120-byte payload "
     "(one allocation, its free, two counts: what any counted child context costs "
     "at least); `thread_round_trip` hands a cache line to a spinning thread and "

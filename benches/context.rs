@@ -1388,6 +1388,9 @@ fn cancel_wake_async(c: &mut Criterion) {
 ///   derived and dropped), and Go's twin of that row, which pays no free
 ///   and no count (its garbage collector runs on the other core), is
 ///   compared with it in `benches/README.md`.
+/// * `std/instant_now`: one `Instant::now()`, the clock reading every
+///   `with_timeout` takes (Go's `WithTimeout` takes three): an iteration of
+///   a `with_timeout` row reads it 10 times on each of its 2 threads.
 /// * `std/thread_round_trip`: this thread writes a cache line another
 ///   thread spins on and waits for its answer on the same line: one
 ///   hand-off to another core and back, the floor of any row that hands
@@ -1409,6 +1412,9 @@ fn floor(c: &mut Criterion) {
             drop(black_box(node));
             drop(black_box(handle));
         });
+    });
+    group.bench_function(BenchmarkId::new("std", "instant_now"), |b| {
+        b.iter(Instant::now);
     });
     let line = Arc::new(Line(AtomicU64::new(0)));
     let partner = {
