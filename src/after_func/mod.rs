@@ -456,7 +456,10 @@ pub fn max_after_func_workers() -> usize {
 /// Sets how long an idle after-func worker thread waits for another
 /// callback before it exits (default [`DEFAULT_AFTER_FUNC_KEEP_ALIVE`]).
 /// Takes effect the next time a worker becomes idle; `Duration::MAX` keeps
-/// idle workers forever.
+/// idle workers forever. For the first 10 µs of that wait (or all of it,
+/// if shorter) a worker that has just run a callback spins on a load
+/// rather than sleeping, so that a callback dispatched right after reaches
+/// it without a thread wake-up; it then parks, using no CPU.
 ///
 /// ```standalone_crate
 /// use std::time::Duration;
