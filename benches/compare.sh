@@ -409,8 +409,8 @@ row("`after_func/register_stop` (tokio: `cancelled()` polled once, dropped)",
 row("`after_func/register_fire` (tokio: `spawn_fire`)", "AfterFuncRegisterFire",
     "after_func/goctx/register_fire", "after_func/tokio_util/spawn_fire",
     "after_func/register_fire")
-row("`floor/thread_round_trip` (std floor, in goctx column)", None,
-    "floor/std/thread_round_trip")
+row("`after_func/std/thread_round_trip` (std floor, in goctx column)", None,
+    "after_func/std/thread_round_trip")
 row("`on_done/register_stop` (Go: `AfterFunc` + `stop`; tokio: `cancelled()` polled once, dropped)",
     "AfterFuncRegisterStop", "on_done/goctx/register_stop", "on_done/tokio_util/register_stop")
 row("`on_done/after_func_register_stop` (the after_func row, same group)", None,
@@ -559,7 +559,8 @@ notes.append(
     "(std only), the floor for a wake-all. Their time sits in the goctx column "
     "so it lines up with the `cancel_wake` row above it.")
 notes.append(
-    "`floor/*` rows are not goctx either (benches/context.rs, `floor`): "
+    "`floor/*` rows and `after_func/std/thread_round_trip` are not goctx either "
+    "(benches/context.rs, `floor` and `thread_round_trip`): "
     "`instant_now` is one `Instant::now()` (an iteration of a `with_timeout` row "
     "reads the clock 10 times on each of its 2 threads, Go's twin about 30); "
     "`arc_new_clone_drop` makes, clones and drops an `Arc` of a 120-byte payload "

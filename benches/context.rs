@@ -861,6 +861,7 @@ fn after_func(c: &mut Criterion) {
             drop(after);
         });
     });
+    thread_round_trip(&mut group);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
@@ -879,6 +880,50 @@ fn after_func(c: &mut Criterion) {
         });
     });
     group.finish();
+}
+
+/// Not goctx: this thread writes a cache line another thread spins on and
+/// waits for its answer on the same line: one hand-off to another core and
+/// back, the floor of any row that hands work to another thread and waits
+/// for it (`after_func/register_fire`, whose Go twin runs the callback's
+/// goroutine on the waiting thread). Measured in the group of the row it
+/// bounds, right after it: on a VM it depends on where the host runs the two
+/// vCPUs at the time.
+fn thread_round_trip(group: &mut BenchmarkGroup<'_, WallTime>) {
+    /// A cache line of its own for the ping-pong.
+    #[repr(align(128))]
+    struct Line(AtomicU64);
+    const STOP: u64 = u64::MAX;
+
+    let line = Arc::new(Line(AtomicU64::new(0)));
+    let partner = {
+        let line = Arc::clone(&line);
+        thread::spawn(move || {
+            loop {
+                let seen = line.0.load(Ordering::Acquire);
+                if seen == STOP {
+                    return;
+                }
+                // Odd: a ping to answer.
+                if seen % 2 == 1 {
+                    line.0.store(seen + 1, Ordering::Release);
+                }
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let mut ping = 1;
+    group.bench_function(BenchmarkId::new("std", "thread_round_trip"), |b| {
+        b.iter(|| {
+            line.0.store(ping, Ordering::Release);
+            while line.0.load(Ordering::Acquire) != ping + 1 {
+                std::hint::spin_loop();
+            }
+            ping += 2;
+        });
+    });
+    line.0.store(STOP, Ordering::Release);
+    partner.join().expect("the round-trip partner panicked");
 }
 
 /// `after_func` on a live `ctx`, then `stop()` (which wins).
@@ -1391,18 +1436,11 @@ fn cancel_wake_async(c: &mut Criterion) {
 /// * `std/instant_now`: one `Instant::now()`, the clock reading every
 ///   `with_timeout` takes (Go's `WithTimeout` takes three): an iteration of
 ///   a `with_timeout` row reads it 10 times on each of its 2 threads.
-/// * `std/thread_round_trip`: this thread writes a cache line another
-///   thread spins on and waits for its answer on the same line: one
-///   hand-off to another core and back, the floor of any row that hands
-///   work to another thread and waits for it (`after_func/register_fire`,
-///   whose Go twin runs the callback's goroutine on the waiting thread).
-///   On a VM it depends on where the host runs the two vCPUs.
+///
+/// The third floor, `after_func/std/thread_round_trip`, is measured inside
+/// the `after_func` group, right after the row it bounds
+/// ([`thread_round_trip`]).
 fn floor(c: &mut Criterion) {
-    /// A cache line of its own for the ping-pong.
-    #[repr(align(128))]
-    struct Line(AtomicU64);
-    const STOP: u64 = u64::MAX;
-
     let mut group = c.benchmark_group("floor");
     quick(&mut group);
     group.bench_function(BenchmarkId::new("std", "arc_new_clone_drop"), |b| {
@@ -1416,35 +1454,6 @@ fn floor(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("std", "instant_now"), |b| {
         b.iter(Instant::now);
     });
-    let line = Arc::new(Line(AtomicU64::new(0)));
-    let partner = {
-        let line = Arc::clone(&line);
-        thread::spawn(move || {
-            loop {
-                let seen = line.0.load(Ordering::Acquire);
-                if seen == STOP {
-                    return;
-                }
-                // Odd: a ping to answer.
-                if seen % 2 == 1 {
-                    line.0.store(seen + 1, Ordering::Release);
-                }
-                std::hint::spin_loop();
-            }
-        })
-    };
-    let mut ping = 1;
-    group.bench_function(BenchmarkId::new("std", "thread_round_trip"), |b| {
-        b.iter(|| {
-            line.0.store(ping, Ordering::Release);
-            while line.0.load(Ordering::Acquire) != ping + 1 {
-                std::hint::spin_loop();
-            }
-            ping += 2;
-        });
-    });
-    line.0.store(STOP, Ordering::Release);
-    partner.join().expect("the round-trip partner panicked");
     group.finish();
 }
 
