@@ -65,7 +65,7 @@
 use core::ptr;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::AfterHeader;
 use crate::primitive::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering, fence};
@@ -231,7 +231,7 @@ impl<J> Worker<J> {
     /// then found without a futex wake-up. Reads the clock once per 64
     /// spins.
     #[cfg_attr(loom, allow(dead_code))]
-    pub(crate) fn watch(&self, until: std::time::Instant) {
+    pub(crate) fn watch(&self, until: Instant) {
         loop {
             for _ in 0..64 {
                 // Ordering: Relaxed — only a signal to stop spinning; the
@@ -241,7 +241,7 @@ impl<J> Worker<J> {
                 }
                 core::hint::spin_loop();
             }
-            if std::time::Instant::now() >= until {
+            if Instant::now() >= until {
                 return;
             }
         }
@@ -804,10 +804,10 @@ mod threads {
                 return;
             }
             POOL.worker_idle(&me);
+            let keep_alive = POOL.keep_alive();
             let idle_since = Instant::now();
-            let idle_until = idle_since.checked_add(POOL.keep_alive());
-            let spin_until = idle_since + SPIN;
-            me.watch(idle_until.map_or(spin_until, |until| until.min(spin_until)));
+            let idle_until = idle_since.checked_add(keep_alive);
+            me.watch(idle_since + SPIN.min(keep_alive));
             loop {
                 match me.take() {
                     Taken::Job(job) => {
