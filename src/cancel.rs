@@ -206,6 +206,33 @@ unsafe impl Send for CancelNode {}
 unsafe impl Sync for CancelNode {}
 
 impl Node {
+    /// Whether someone holding only a reference on this node's memory may
+    /// still take a handle on it (`NodeRef::try_acquire`): the timer
+    /// thread, on a deadline node whose entry it may yet claim (timer
+    /// invariant 3), and a merge's dispatch, on a merged node (merge
+    /// invariant 1). No one else ever does, so for other nodes a handle
+    /// count of one is its holder's alone (`Node::give_back`).
+    ///
+    /// (A cheap check of the state the last handle usually finds: a
+    /// deadline context cancelled before it is dropped, its entry
+    /// disarmed.)
+    #[inline]
+    pub(crate) fn upgradable(this: NonNull<Node>) -> bool {
+        // SAFETY: every caller holds a handle or a memory reference; the
+        // kind is immutable.
+        match unsafe { this.as_ref() }.kind {
+            Kind::Cancel {
+                merged: Merged::Node,
+                ..
+            } => true,
+            // SAFETY: a deadline node's entry, valid as its node is.
+            Kind::Cancel { timed: true, .. } => unsafe {
+                timer::may_claim(DeadlineNode::timer_entry(this.as_ptr().cast()))
+            },
+            _ => false,
+        }
+    }
+
     /// The nearest cancellable node, if any (node invariant 4): the typed
     /// view of the type-erased `anchor`.
     #[inline]

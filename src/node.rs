@@ -255,6 +255,15 @@ impl NodeRef {
     ///
     /// `node`'s memory is valid (the caller holds a memory reference).
     pub(crate) unsafe fn try_acquire(node: NonNull<Node>) -> Option<NodeRef> {
+        // `Node::give_back` frees the last handle of other nodes without
+        // zeroing the count, which this would then take.
+        // Checked in debug builds and in every loom schedule.
+        if cfg!(any(debug_assertions, loom)) {
+            assert!(
+                Node::upgradable(node),
+                "try_acquire on a node that says it is not upgradable"
+            );
+        }
         // SAFETY: valid memory per the contract.
         unsafe { node.as_ref() }
             .try_acquire()
@@ -311,6 +320,11 @@ impl Drop for NodeRef {
 /// thread adds one handle at most before it sees the count above this, so
 /// the count cannot wrap unless 2^31 threads take one at once.
 const MAX_HANDLES: u32 = i32::MAX as u32;
+
+/// What `Node::give_back` leaves in the count of a node whose last handle
+/// it gave back without a decrement, in debug builds and under loom, so
+/// that `try_acquire` can tell (release builds leave one).
+const GIVEN_BACK: u32 = u32::MAX;
 
 impl Node {
     /// A header with `handles` handles.
@@ -376,6 +390,9 @@ impl Node {
             if current == 0 {
                 return false;
             }
+            if cfg!(any(debug_assertions, loom)) {
+                assert_ne!(current, GIVEN_BACK, "a handle taken on a node torn down");
+            }
             if current > MAX_HANDLES {
                 std::process::abort();
             }
@@ -403,6 +420,9 @@ impl Node {
             if current == 1 {
                 return false;
             }
+            if cfg!(any(debug_assertions, loom)) {
+                assert_ne!(current, GIVEN_BACK, "a handle held on a node torn down");
+            }
             match self.handles.compare_exchange_weak(
                 current,
                 current - 1,
@@ -422,18 +442,49 @@ impl Node {
     /// The caller owns a handle on `this` and gives it up.
     #[inline]
     unsafe fn release(this: NonNull<Node>) {
-        // SAFETY: the caller's handle keeps the node alive.
-        // Ordering: Release — every use of the node through this handle
-        // happens before the release; pairs with the Acquire load in
-        // `release_slow`.
-        if unsafe { this.as_ref() }
-            .handles
-            .fetch_sub(1, Ordering::Release)
-            == 1
-        {
+        // SAFETY: forwarded.
+        if unsafe { Node::give_back(this) } {
             // SAFETY: that was the last handle.
             unsafe { release_slow(this) };
         }
+    }
+
+    /// Gives one handle back; true if it was the last (the caller then
+    /// tears the node down).
+    ///
+    /// A count of one is the caller's alone (invariant 1: only a holder of
+    /// a handle, on the node or a descendant, can take another, and a
+    /// descendant's holder would be counted through its chain), unless
+    /// someone with only a reference on the memory may still take one
+    /// (`Node::upgradable`). So the last handle of a context that nothing
+    /// else refers to goes without a read-modify-write, as `links` does in
+    /// `CancelNode::release_memory`; the count then stays at one, which
+    /// nothing reads again.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns a handle on `this` and gives it up.
+    #[inline]
+    unsafe fn give_back(this: NonNull<Node>) -> bool {
+        // SAFETY: the caller's handle keeps the node alive.
+        let handles = unsafe { &this.as_ref().handles };
+        // Ordering: Acquire — reading one reads the last value in the
+        // release sequence of the other handles' Release decrements, so
+        // their uses happen before the teardown (as the load in
+        // `teardown_chain`). Release on the decrement: every use of the
+        // node through this handle happens before the teardown; pairs with
+        // that Acquire load.
+        if handles.load(Ordering::Acquire) == 1 && !Node::upgradable(this) {
+            // Checked in debug builds and in every loom schedule: a handle
+            // taken from here on would be on a node being torn down.
+            if cfg!(any(debug_assertions, loom)) {
+                // Ordering: Relaxed — `try_acquire`'s CAS reads the latest
+                // value, this one.
+                handles.store(GIVEN_BACK, Ordering::Relaxed);
+            }
+            return true;
+        }
+        handles.fetch_sub(1, Ordering::Release) == 1
     }
 }
 
@@ -491,12 +542,7 @@ unsafe fn teardown_chain(mut this: NonNull<Node>, panic: &mut Option<Panic>) {
             Repr::Node(next) => {
                 let next = next.into_raw();
                 // SAFETY: `into_raw` handed us the parent's handle.
-                // Ordering: Release — as in `Node::release`.
-                if unsafe { next.as_ref() }
-                    .handles
-                    .fetch_sub(1, Ordering::Release)
-                    != 1
-                {
+                if !unsafe { Node::give_back(next) } {
                     return;
                 }
                 this = next;

@@ -320,6 +320,25 @@ pub(crate) unsafe fn arm(
     unsafe { imp::submit(entry, deadline, remaining) };
 }
 
+/// Whether the timer may still claim `entry` (and then take a handle on
+/// its node, invariant 3): not once it is `DISARMED`, which is final
+/// (invariant 1). Anything else counts as maybe — also `UNARMED`, which
+/// is final too in the std timer once the derivation returns, but not in
+/// the loom hooks, whose `ArmedTimer::link` passes through it.
+///
+/// # Safety
+///
+/// `entry` is valid (the caller holds a handle or a memory reference on
+/// its node).
+#[inline]
+pub(crate) unsafe fn may_claim(entry: NonNull<TimerEntry>) -> bool {
+    // Ordering: Relaxed — reading `DISARMED` means no claim ever comes (the
+    // final value of the entry's state); reading anything else only sends
+    // the caller the slow way.
+    // SAFETY: valid per the contract.
+    unsafe { entry.as_ref() }.state.load(Ordering::Relaxed) != DISARMED
+}
+
 /// Disarms the timer `entry` if it is armed (invariant 1). Called on every
 /// cancellation of a deadline node and on its release.
 ///

@@ -94,6 +94,24 @@ fn drop_races_expiry() {
     });
 }
 
+/// Model 10 with a cancel first: the last handle goes right after a
+/// `cancel()` that races the expiry. If the cancel's disarm won, the entry
+/// is `DISARMED` for good and the handle goes without a read-modify-write
+/// (`Node::give_back`); if the timer claimed the entry, it may be taking a
+/// handle with `try_acquire` at that moment, so the drop must decrement —
+/// and whichever gives the last handle back releases the node, once.
+#[test]
+fn cancel_and_last_drop_race_expiry() {
+    model("cancel_and_last_drop_race_expiry", || {
+        let (ctx, cancel) = Context::background().with_deadline(far());
+        drop(ctx);
+        let timer = armed_timer();
+        let t = thread::spawn(move || timer.fire());
+        cancel.cancel();
+        t.join().unwrap();
+    });
+}
+
 /// Model 10 under a live parent: the timer's cancel of the child must not
 /// touch the parent's list after the child deregistered on release.
 #[test]

@@ -84,3 +84,39 @@ fn branch_release_races_root_cancel() {
         assert_eq!(root.registered_children(), 0);
     });
 }
+
+/// Node invariant 1 (`Node::give_back`): the last two handles of a child
+/// dropped on two threads at once. Each finds two or one: with two it
+/// decrements, with one (the other is gone) it frees without a
+/// read-modify-write. Exactly one of them tears the child down: no double
+/// free, no leak (loom's allocation checker), and the parent's list is left
+/// empty.
+#[test]
+fn last_handles_dropped_on_two_threads() {
+    model("last_handles_dropped_on_two_threads", || {
+        let (parent, _parent_cancel) = Context::background().with_cancel();
+        let (child, child_cancel) = parent.with_cancel();
+        let dropper = thread::spawn(move || drop(child));
+        drop(child_cancel);
+        dropper.join().unwrap();
+        assert_eq!(parent.registered_children(), 0);
+    });
+}
+
+/// The same through a chain: a child's teardown gives back its handle on
+/// the parent (`teardown_chain`) while another thread drops the parent's
+/// own last handle; whichever comes second tears the parent down.
+#[test]
+fn child_teardown_and_parent_drop_race() {
+    model("child_teardown_and_parent_drop_race", || {
+        let (parent, parent_cancel) = Context::background().with_cancel();
+        let (child, child_cancel) = parent.with_cancel();
+        drop(parent);
+        let dropper = thread::spawn(move || {
+            drop(child);
+            drop(child_cancel);
+        });
+        drop(parent_cancel);
+        dropper.join().unwrap();
+    });
+}
