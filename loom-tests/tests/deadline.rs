@@ -112,6 +112,25 @@ fn cancel_and_last_drop_race_expiry() {
     });
 }
 
+/// The same with the threads swapped (the cancel and the drop spawned,
+/// the expiry on the model's thread). This is the orientation in which loom
+/// stops the timer between its claim and its `try_acquire` while the other
+/// thread cancels and drops (183 schedules, against 26 above): with a
+/// `may_claim` that wrongly called `FIRED` final, it fails with a causality
+/// violation in `retire` even with `try_acquire`'s `upgradable`
+/// assertion taken out.
+#[test]
+fn cancel_and_last_drop_on_another_thread_race_expiry() {
+    model("cancel_and_last_drop_on_another_thread_race_expiry", || {
+        let (ctx, cancel) = Context::background().with_deadline(far());
+        drop(ctx);
+        let timer = armed_timer();
+        let t = thread::spawn(move || cancel.cancel());
+        timer.fire();
+        t.join().unwrap();
+    });
+}
+
 /// Model 10 under a live parent: the timer's cancel of the child must not
 /// touch the parent's list after the child deregistered on release.
 #[test]
