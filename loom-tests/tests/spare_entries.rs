@@ -56,8 +56,10 @@ fn entry_withdrawn_behind_another_races_cancel() {
         let (b, cancel_b) = Context::background().with_cancel();
         let waiter = thread::spawn(move || {
             let waker = Waker::noop();
-            let mut behind = pin!(a.done());
-            let mut ahead = pin!(a.done());
+            // Boxed, so that the `drop`s below drop the futures themselves
+            // (a `pin!`ned future lives to the end of the closure).
+            let mut behind = Box::pin(a.done());
+            let mut ahead = Box::pin(a.done());
             let _ = behind.as_mut().poll(&mut TaskContext::from_waker(waker));
             let _ = ahead.as_mut().poll(&mut TaskContext::from_waker(waker));
             drop(behind);
