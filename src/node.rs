@@ -16,7 +16,11 @@
 //!
 //! 1. A node is *released* exactly once, by whoever drops its last handle;
 //!    nothing can take a handle on a released node (handles are only ever
-//!    cloned from a live one).
+//!    cloned from a live one, or taken by `try_acquire` from a memory
+//!    reference, which fails once the count is zero, and which only the
+//!    kinds `Node::upgradable` names see). On every other node a count of
+//!    one is its holder's alone, so the last handle goes without a
+//!    decrement (`Node::give_back`).
 //! 2. `parent` is moved out exactly once, at release, and dropped after the
 //!    node's own teardown — so a node's ancestors outlive it, and every
 //!    pointer a node keeps into its ancestors (`anchor`, a borrowed cause,
