@@ -1431,8 +1431,8 @@ fn cancel_wake_async(c: &mut Criterion) {
 ///   reference-counted child context costs at least. It bounds
 ///   `cancel_tree/depth=1/root=background` (a child of `background()`
 ///   derived and dropped), and Go's twin of that row, which pays no free
-///   and no count (its garbage collector runs on the other core), is
-///   compared with it in `benches/README.md`.
+///   and no count (it costs the same with `GOMAXPROCS=1`, its collector
+///   then on the same core), is compared with it in `benches/README.md`.
 /// * `std/instant_now`: one `Instant::now()`, the clock reading every
 ///   `with_timeout` takes (Go's `WithTimeout` takes three): an iteration of
 ///   a `with_timeout` row reads it 10 times on each of its 2 threads.

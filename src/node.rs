@@ -416,9 +416,10 @@ impl Node {
     /// the caller still owns it). For the timer thread, which must not run
     /// the release's user drops (timer invariant 6).
     fn release_unless_last(&self) -> bool {
-        // Ordering: Relaxed load; Release on success — as in `release`: our
-        // uses of the node happen before the final release, whose Acquire
-        // load in `release_slow` reads this decrement's release sequence.
+        // Ordering: Relaxed load; Release on success — as in `give_back`:
+        // our uses of the node happen before the final release, whose
+        // Acquire load in `give_back` reads this decrement's release
+        // sequence.
         let mut current = self.handles.load(Ordering::Relaxed);
         loop {
             if current == 1 {
@@ -454,7 +455,8 @@ impl Node {
     }
 
     /// Gives one handle back; true if it was the last (the caller then
-    /// tears the node down).
+    /// tears the node down), and then every other holder's uses of the node
+    /// happen before this returns.
     ///
     /// A count of one is the caller's alone (invariant 1: only a holder of
     /// a handle, on the node or a descendant, can take another, and a
@@ -474,10 +476,7 @@ impl Node {
         let handles = unsafe { &this.as_ref().handles };
         // Ordering: Acquire — reading one reads the last value in the
         // release sequence of the other handles' Release decrements, so
-        // their uses happen before the teardown (as the load in
-        // `teardown_chain`). Release on the decrement: every use of the
-        // node through this handle happens before the teardown; pairs with
-        // that Acquire load.
+        // their uses happen before the teardown.
         if handles.load(Ordering::Acquire) == 1 && !Node::upgradable(this) {
             // Checked in debug builds and in every loom schedule: a handle
             // taken from here on would be on a node being torn down.
@@ -488,7 +487,16 @@ impl Node {
             }
             return true;
         }
-        handles.fetch_sub(1, Ordering::Release) == 1
+        // Ordering: Release — every use of the node through this handle
+        // happens before the teardown; pairs with the Acquire load below,
+        // by whichever holder's decrement reaches zero. (A load rather than
+        // an Acquire fence, as std's `Arc` does under ThreadSanitizer: it
+        // runs once per node, and TSan does not model standalone fences.)
+        if handles.fetch_sub(1, Ordering::Release) != 1 {
+            return false;
+        }
+        let _ = handles.load(Ordering::Acquire);
+        true
     }
 }
 
@@ -502,7 +510,7 @@ impl Node {
 ///
 /// # Safety
 ///
-/// `this` is alive and its handle count just reached zero.
+/// `this` is alive and `Node::give_back` just said its last handle went.
 #[cold]
 unsafe fn release_slow(this: NonNull<Node>) {
     let mut panic = None;
@@ -520,13 +528,8 @@ unsafe fn release_slow(this: NonNull<Node>) {
 /// As `release_slow`.
 unsafe fn teardown_chain(mut this: NonNull<Node>, panic: &mut Option<Panic>) {
     loop {
-        // Ordering: Acquire — reads the final count, the last value in the
-        // release sequence of every other handle's Release decrement, so
-        // their uses happen before the teardown. (A load rather than an
-        // Acquire fence, as std's `Arc` does under ThreadSanitizer: this is a
-        // cold path, and TSan does not model standalone fences.)
-        // SAFETY: the node is alive until its teardown below.
-        let _ = unsafe { this.as_ref() }.handles.load(Ordering::Acquire);
+        // `Node::give_back` said the last handle is gone and made every
+        // other holder's uses visible.
         // SAFETY: no handle is left (invariant 1): we have the node to
         // ourselves, and `parent` is moved out exactly once (invariant 2).
         let parent = unsafe { this.as_ref().parent.take() };

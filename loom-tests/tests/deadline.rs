@@ -94,6 +94,14 @@ fn drop_races_expiry() {
     });
 }
 
+/// A deadline context reduced to its cancel handle, and its armed timer:
+/// the cancel handle's drop is the last handle's.
+fn last_handle_and_timer() -> (goctx::CancelFunc, loom_hooks::ArmedTimer) {
+    let (ctx, cancel) = Context::background().with_deadline(far());
+    drop(ctx);
+    (cancel, armed_timer())
+}
+
 /// Model 10 with a cancel first: the last handle goes right after a
 /// `cancel()` that races the expiry. If the cancel's disarm won, the entry
 /// is `DISARMED` for good and the handle goes without a read-modify-write
@@ -103,9 +111,7 @@ fn drop_races_expiry() {
 #[test]
 fn cancel_and_last_drop_race_expiry() {
     model("cancel_and_last_drop_race_expiry", || {
-        let (ctx, cancel) = Context::background().with_deadline(far());
-        drop(ctx);
-        let timer = armed_timer();
+        let (cancel, timer) = last_handle_and_timer();
         let t = thread::spawn(move || timer.fire());
         cancel.cancel();
         t.join().unwrap();
@@ -122,9 +128,7 @@ fn cancel_and_last_drop_race_expiry() {
 #[test]
 fn cancel_and_last_drop_on_another_thread_race_expiry() {
     model("cancel_and_last_drop_on_another_thread_race_expiry", || {
-        let (ctx, cancel) = Context::background().with_deadline(far());
-        drop(ctx);
-        let timer = armed_timer();
+        let (cancel, timer) = last_handle_and_timer();
         let t = thread::spawn(move || cancel.cancel());
         timer.fire();
         t.join().unwrap();
