@@ -933,6 +933,39 @@ impl CancelNode {
             // SAFETY: we were pushed onto exactly this list.
             unsafe { registered.children.remove(node) };
         }
+        // The usual node is done with: no child or waiter entry left and
+        // no cause of its own — nothing to close or drain. The rest is out
+        // of line, which keeps this path's registers (and its prologue)
+        // few.
+        if node.children.is_empty() && node.waiters.is_empty() && !state::owns_cause(node.word()) {
+            if let Some(entry) = CancelNode::own_timer(this.as_ptr()) {
+                // SAFETY: the memory is valid until `release_memory` below.
+                unsafe { timer::disarm(entry) };
+                // SAFETY: released: nobody reads the timer's cause any more.
+                if let Some(cause) = unsafe { entry.as_ref().take_cause() } {
+                    drop_cause(panic, cause);
+                }
+            }
+            // SAFETY: the handles' reference on the memory.
+            unsafe { CancelNode::release_memory(this.as_ptr()) };
+        } else {
+            // SAFETY: forwarded; the node is still ours.
+            unsafe { CancelNode::retire_rest(this, panic) };
+        }
+    }
+
+    /// `retire` of a node with children or waiter entries left, or a
+    /// cause in its state word: closes, disarms and drops what is left,
+    /// then gives the memory reference back.
+    ///
+    /// # Safety
+    ///
+    /// As `retire`, whose bookkeeping of `registered` is done.
+    #[cold]
+    #[inline(never)]
+    unsafe fn retire_rest(this: NonNull<CancelNode>, panic: &mut Option<Panic>) {
+        // SAFETY: the memory is valid until `release_memory` below.
+        let node = unsafe { this.as_ref() };
         // Every child and waiter left is a released or withdrawn entry
         // (invariant 4): closing drops the list's references on them.
         // Nothing can be linked any more (linking needs a handle), so an
@@ -963,7 +996,7 @@ impl CancelNode {
         }
         // SAFETY: released: nobody reads the timer's cause any more.
         if let Some(cause) = entry.and_then(|entry| unsafe { entry.as_ref().take_cause() }) {
-            waiters::contain(panic, move || drop(cause));
+            drop_cause(panic, cause);
         }
         // SAFETY: the handles' reference on the memory.
         unsafe { CancelNode::release_memory(this.as_ptr()) };
@@ -1021,6 +1054,14 @@ const fn cache_bin<T>() -> Option<usize> {
         bin += 1;
     }
     None
+}
+
+/// Drops a cause taken from a released node, its `Drop` contained (node
+/// invariant 5). Out of line: user code, off `retire`'s usual path.
+#[cold]
+#[inline(never)]
+fn drop_cause(panic: &mut Option<Panic>, cause: Cause) {
+    waiters::contain(panic, move || drop(cause));
 }
 
 /// `Shape::free` of every shape.

@@ -538,9 +538,7 @@ unsafe fn teardown_chain(mut this: NonNull<Node>, panic: &mut Option<Panic>) {
             match this.as_ref().kind {
                 Kind::Cancel { retire, .. } => retire(this, panic),
                 Kind::WithoutCancel => drop(Box::from_raw(this.as_ptr())),
-                // A panicking `T::drop` still frees the box (drop glue
-                // deallocates while unwinding).
-                Kind::Value(vtable) => contain(panic, || (vtable.free)(this)),
+                Kind::Value(vtable) => free_value(vtable, this, panic),
             }
         }
         // Drop the parent handle without recursing (invariant 3).
@@ -556,6 +554,22 @@ unsafe fn teardown_chain(mut this: NonNull<Node>, panic: &mut Option<Panic>) {
             }
         }
     }
+}
+
+/// Drops a released value node's value and frees the node, the value's
+/// `Drop` contained. Out of line, so that the teardown loop keeps few
+/// registers for the cancel nodes it mostly releases.
+///
+/// # Safety
+///
+/// As `ValueVtable::free`: `this` is the released value node `vtable`
+/// belongs to.
+#[inline(never)]
+unsafe fn free_value(vtable: &ValueVtable, this: NonNull<Node>, panic: &mut Option<Panic>) {
+    // A panicking `T::drop` still frees the box (drop glue deallocates
+    // while unwinding).
+    // SAFETY: forwarded.
+    contain(panic, || unsafe { (vtable.free)(this) });
 }
 
 /// Allocates a `without_cancel()` node: a bare header with no anchor.
