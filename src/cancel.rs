@@ -25,7 +25,9 @@
 //!    child list and an unannounced waiter set are left alone (invariant
 //!    7): a leaf nobody waited on costs its CAS and no list operation.
 //!
-//! A child registers by pushing itself on its anchor's child list and then
+//! A child registers by pushing itself on its anchor's child list (or, once
+//! the anchor's children were derived on several threads at the same
+//! moment, on its thread's stripe of them, invariant 8) and then
 //! reading the anchor's word again; waiters and callbacks announce
 //! `HAS_WAITERS` before pushing on the waiter set. If the anchor is done
 //! before the push, or the push finds the list closed, or the word read
@@ -96,6 +98,21 @@
 //!      cancel is decided by its own CAS.
 //!
 //!    Two read-modify-writes saved per cancelled leaf nobody waited on.
+//! 8. Stripes (`stripes.rs`): a node's `stripes` slot is null until a push
+//!    onto its own child list loses a CAS to another thread's change of
+//!    the head; the loser installs them (one SeqCst CAS; the slot never
+//!    changes again while the node's memory lives). A derivation loads the
+//!    slot (SeqCst) and pushes onto its thread's stripe if there are
+//!    stripes, onto the own list otherwise; `registered` is the list it
+//!    pushed onto. The winner of a node's CAS loads the slot after the CAS
+//!    (SeqCst, after `sb_fence`): it treats the node as a leaf only if the
+//!    own list is empty and there are no stripes, and otherwise closes and
+//!    walks the own list and then every stripe. Invariant 7's argument
+//!    holds per list: a deriver whose word load misses the cancel pushed
+//!    onto a stripe installed before that load, so before the winner's slot
+//!    load in the total order, and the winner's close of the stripe sees the
+//!    push. The stripes are freed with the node's memory (after its release
+//!    closed every stripe with entries left).
 
 use core::fmt;
 use core::ptr::{self, NonNull};
@@ -111,6 +128,7 @@ use crate::park;
 use crate::primitive::UnsafeCell;
 use crate::primitive::atomic::{AtomicPtr, Ordering};
 use crate::state::{self, CauseBox, Pending, Word};
+use crate::stripes::{self, StripeSlot};
 use crate::timer::{self, TimerEntry, TimerOwner};
 use crate::waiters::{self, Panic, WaiterList};
 
@@ -131,10 +149,11 @@ pub(crate) struct CancelNode {
     /// parent or one of its ancestors, which the merged node keeps alive
     /// (invariant 6). Immutable.
     deadline: *const Instant,
-    /// This node's entry in `registered`'s child list.
+    /// This node's entry in `registered`.
     link: Link,
-    /// The child list this node is linked into, or null.
-    registered: *const CancelNode,
+    /// The child list this node is linked into (its anchor's `children`, or
+    /// one of the anchor's stripes), or null.
+    registered: *const List<CancelNode>,
     pub(crate) waiters: WaiterList,
     /// The propagation work stack (invariant 2): the next node to process,
     /// tagged with `DEFER` when its link reference must go through the
@@ -142,6 +161,9 @@ pub(crate) struct CancelNode {
     work_next: UnsafeCell<*const CancelNode>,
     /// Written by every derivation and drop of a child.
     children: List<CancelNode>,
+    /// Null until children are derived on several threads at once; then
+    /// the lists new children go to (invariant 8).
+    stripes: StripeSlot<CancelNode>,
 }
 
 /// A deadline context's node: a `CancelNode` (whose kind says `timed`),
@@ -398,6 +420,7 @@ impl CancelNode {
             (&raw mut (*raw).children).write(List::new());
             (&raw mut (*raw).waiters).write(List::new());
             (&raw mut (*raw).work_next).write(UnsafeCell::new(ptr::null()));
+            (&raw mut (*raw).stripes).write(StripeSlot::new());
         }
         raw
     }
@@ -451,13 +474,24 @@ impl CancelNode {
                     (*raw).state.store(state::inherit(word), Ordering::Relaxed);
                 } else {
                     (*raw).node.links.store(links + 1, Ordering::Relaxed);
-                    (*raw).registered = anchor;
+                    // Invariant 8: the anchor's own list until children are
+                    // derived on several threads at once, then this
+                    // thread's stripe.
+                    let stripes = anchor.stripes.get();
+                    let list = match stripes {
+                        None => &anchor.children,
+                        Some(stripes) => stripes.list(stripes::index()),
+                    };
+                    (*raw).registered = list;
                     // Invariant 7: a SeqCst push, then a SeqCst load of the
                     // anchor's word (the store-buffer pattern with the
                     // canceller's CAS and its load of our list's head).
-                    if anchor.children.push_seqcst(raw).is_ok() {
+                    if let Ok(contended) = list.push_seqcst_contended(raw) {
                         sb_fence();
                         let word = anchor.state.load(Ordering::SeqCst);
+                        if contended && stripes.is_none() && !state::is_done(word) {
+                            anchor.stripes.install(List::new);
+                        }
                         if state::is_done(word) {
                             // The canceller may have found the list empty
                             // and left it alone: cancel ourselves as its
@@ -613,13 +647,32 @@ impl CancelNode {
         if self.is_done() {
             return 0;
         }
-        self.children.live(|child| !child.is_done())
+        self.child_lists()
+            .map(|list| list.live(|child| !child.is_done()))
+            .sum()
     }
 
     /// Children still physically linked, including removed ones not yet
     /// unlinked (to observe bounded memory under churn).
     pub(crate) fn linked_children(&self) -> usize {
-        self.children.linked()
+        self.child_lists().map(List::linked).sum()
+    }
+
+    /// The lists children register in: the node's own, then its stripes'
+    /// if it has any (invariant 8).
+    fn child_lists(&self) -> impl Iterator<Item = &List<CancelNode>> {
+        let stripes = self.stripes.get().into_iter().flat_map(|s| s.lists());
+        core::iter::once(&self.children).chain(stripes)
+    }
+
+    /// Whether no child can be linked to this node, read by the winner of
+    /// its CAS (invariant 7's store-buffer load: `sb_fence`, then SeqCst
+    /// loads of the list's head and of the stripes, invariant 8). A node
+    /// with stripes counts as having children: its lists are closed as a
+    /// parent's.
+    #[inline]
+    fn childless_after_rmw(&self) -> bool {
+        self.children.is_empty_after_rmw() && self.stripes.get().is_none()
     }
 
     /// Cancels with the error and cause of `word`, the done word of a node
@@ -783,7 +836,7 @@ impl CancelNode {
             unsafe { self.registered.as_ref() }
         {
             // SAFETY: we were pushed onto exactly this list.
-            unsafe { registered.children.remove(self) };
+            unsafe { registered.remove(self) };
         }
         self.propagate(state::inherit(word), active);
     }
@@ -803,7 +856,7 @@ impl CancelNode {
         };
         // A leaf (the usual cancel): its empty child list is left open
         // (invariant 7), with no chain to walk.
-        if self.children.is_empty_after_rmw() {
+        if self.childless_after_rmw() {
             if let Some(payload) = panic {
                 std::panic::resume_unwind(payload);
             }
@@ -825,59 +878,63 @@ impl CancelNode {
             // below), so its memory is valid (invariant 3). Its waiters are
             // woken already (above, or when its CAS was won).
             let node = unsafe { &*current };
-            let mut chain = node.children.close();
-            // Unfrozen: a child removed behind our back (its own cancel, its
-            // release) is settled by its state CAS below, or is released
-            // (invariant 4), whichever mark we read.
-            while let Some((child, removed)) = chain.next_entry_unfrozen() {
-                // SAFETY: the chain holds the child's link reference.
-                let child_ref = unsafe { &*child };
-                // `decide` publishes the inherited word (its borrowed cause
-                // box was published to us by our own CAS).
-                let won = if removed {
-                    None
-                } else {
-                    child_ref.decide(word)
-                };
-                if let Some(active) = won {
-                    // The child is valid: we hold its link reference, or its
-                    // list is frozen by our close.
-                    if let Some(entry) = CancelNode::own_timer(child_ref) {
-                        // SAFETY: valid, as just said.
-                        unsafe { timer::disarm(entry) };
-                    }
-                    // Wake the child's waiters now, while its memory is in
-                    // cache; a leaf needs nothing more (its empty child
-                    // list stays open, invariant 7) — a fanout of a million
-                    // children is then one pass over them, not two.
-                    if state::announces(active, state::HAS_PARKED) {
-                        park::wake_all(child.addr());
-                    }
-                    if state::announces(active, state::HAS_WAITERS)
-                        && let Some(payload) = waiters::wake_all(&child_ref.waiters)
-                    {
-                        panic.get_or_insert(payload);
-                    }
-                    if child_ref.children.is_empty_after_rmw() {
+            // Invariant 8: the node's own list, then its stripes' (loaded
+            // after our CAS, or after the CAS that won this child).
+            for list in node.child_lists() {
+                let mut chain = list.close();
+                // Unfrozen: a child removed behind our back (its own cancel, its
+                // release) is settled by its state CAS below, or is released
+                // (invariant 4), whichever mark we read.
+                while let Some((child, removed)) = chain.next_entry_unfrozen() {
+                    // SAFETY: the chain holds the child's link reference.
+                    let child_ref = unsafe { &*child };
+                    // `decide` publishes the inherited word (its borrowed cause
+                    // box was published to us by our own CAS).
+                    let won = if removed {
+                        None
+                    } else {
+                        child_ref.decide(word)
+                    };
+                    if let Some(active) = won {
+                        // The child is valid: we hold its link reference, or its
+                        // list is frozen by our close.
+                        if let Some(entry) = CancelNode::own_timer(child_ref) {
+                            // SAFETY: valid, as just said.
+                            unsafe { timer::disarm(entry) };
+                        }
+                        // Wake the child's waiters now, while its memory is in
+                        // cache; a leaf needs nothing more (its empty child
+                        // list stays open, invariant 7) — a fanout of a million
+                        // children is then one pass over them, not two.
+                        if state::announces(active, state::HAS_PARKED) {
+                            park::wake_all(child.addr());
+                        }
+                        if state::announces(active, state::HAS_WAITERS)
+                            && let Some(payload) = waiters::wake_all(&child_ref.waiters)
+                        {
+                            panic.get_or_insert(payload);
+                        }
+                        if child_ref.childless_after_rmw() {
+                            // SAFETY: yielded by this chain, released once.
+                            unsafe { chain.release(child) };
+                            continue;
+                        }
+                        // Keep the link reference until the child is processed.
+                        let defer = if chain.deferring() { DEFER } else { 0 };
+                        let tagged = child.map_addr(|addr| addr | defer);
+                        child_ref.work_next.with_mut(|next| {
+                            // SAFETY: we won the child's CAS: its `work_next` is
+                            // ours (invariant 2).
+                            unsafe { *next = stack }
+                        });
+                        stack = tagged;
+                    } else {
                         // SAFETY: yielded by this chain, released once.
                         unsafe { chain.release(child) };
-                        continue;
                     }
-                    // Keep the link reference until the child is processed.
-                    let defer = if chain.deferring() { DEFER } else { 0 };
-                    let tagged = child.map_addr(|addr| addr | defer);
-                    child_ref.work_next.with_mut(|next| {
-                        // SAFETY: we won the child's CAS: its `work_next` is
-                        // ours (invariant 2).
-                        unsafe { *next = stack }
-                    });
-                    stack = tagged;
-                } else {
-                    // SAFETY: yielded by this chain, released once.
-                    unsafe { chain.release(child) };
                 }
+                drop(chain);
             }
-            drop(chain);
             if let Some(tag) = current_tag {
                 let guard = if tag.addr() & DEFER != 0 {
                     Some(&*guard.get_or_insert_with(crossbeam_epoch::pin))
@@ -931,13 +988,17 @@ impl CancelNode {
             && !node.is_done()
         {
             // SAFETY: we were pushed onto exactly this list.
-            unsafe { registered.children.remove(node) };
+            unsafe { registered.remove(node) };
         }
-        // The usual node is done with: no child or waiter entry left and
-        // no cause of its own — nothing to close or drain. The rest is out
-        // of line, which keeps this path's registers (and its prologue)
-        // few.
-        if node.children.is_empty() && node.waiters.is_empty() && !state::owns_cause(node.word()) {
+        // The usual node is done with: no child or waiter entry left, no
+        // stripes and no cause of its own — nothing to close or drain. The
+        // rest is out of line, which keeps this path's registers (and its
+        // prologue) few.
+        if node.children.is_empty()
+            && node.stripes.get().is_none()
+            && node.waiters.is_empty()
+            && !state::owns_cause(node.word())
+        {
             if let Some(entry) = CancelNode::own_timer(this.as_ptr()) {
                 // SAFETY: the memory is valid until `release_memory` below.
                 unsafe { timer::disarm(entry) };
@@ -969,9 +1030,13 @@ impl CancelNode {
         // Every child and waiter left is a released or withdrawn entry
         // (invariant 4): closing drops the list's references on them.
         // Nothing can be linked any more (linking needs a handle), so an
-        // empty list needs no closing: skip its SeqCst swap and fence.
-        if !node.children.is_empty() {
-            drop(node.children.close());
+        // empty list needs no closing: skip its SeqCst swap and fence. (The
+        // stripes themselves are freed with the memory: a propagation that
+        // reached this node through a frozen chain may still close them.)
+        for list in node.child_lists() {
+            if !list.is_empty() {
+                drop(list.close());
+            }
         }
         let entry = CancelNode::own_timer(this.as_ptr());
         if let Some(entry) = entry {
@@ -1054,6 +1119,29 @@ const fn cache_bin<T>() -> Option<usize> {
         bin += 1;
     }
     None
+}
+
+/// Striping by hand, for the loom models, the tests and the fuzz targets;
+/// not an API.
+#[cfg(any(loom, feature = "fuzzing-internals"))]
+#[doc(hidden)]
+pub mod stripe_hooks {
+    use crate::Context;
+    use crate::list::List;
+
+    /// Gives the children of `ctx`'s anchor stripes now, as a contended
+    /// derivation would (nothing for a context without an anchor).
+    pub fn stripe(ctx: &Context) {
+        if let Some(anchor) = ctx.anchor() {
+            anchor.stripes.install(List::new);
+        }
+    }
+
+    /// Whether the children of `ctx`'s anchor have stripes.
+    pub fn is_striped(ctx: &Context) -> bool {
+        ctx.anchor()
+            .is_some_and(|anchor| anchor.stripes.get().is_some())
+    }
 }
 
 /// Drops a cause taken from a released node, its `Drop` contained (node
@@ -1383,27 +1471,28 @@ mod tests {
         assert_eq!(cache_bin::<[u8; 3]>(), None);
     }
 
-    /// Issue 10's node diet, pinned: a plain `with_cancel` node is 120
-    /// bytes (376 at bdad359; at most 120 so that glibc's fast bins serve it
-    /// when the node cache does not), a deadline node 184, the header of
-    /// every node (and so a `without_cancel` node) four words.
+    /// Issue 10's node diet, pinned: a plain `with_cancel` node is 128
+    /// bytes (376 at bdad359; 120 before the stripes' word), a deadline
+    /// node 192, the header of every node (and so a `without_cancel` node)
+    /// four words.
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn node_sizes() {
         assert_eq!(size_of::<Node>(), 32, "the header");
         assert_eq!(size_of::<List<CancelNode>>(), 24, "a list");
         assert_eq!(size_of::<TimerEntry>(), 48, "a timer entry");
-        assert_eq!(size_of::<CancelNode>(), 120, "a with_cancel node");
-        assert_eq!(size_of::<DeadlineNode>(), 184, "a deadline node");
+        assert_eq!(size_of::<CancelNode>(), 128, "a with_cancel node");
+        assert_eq!(size_of::<DeadlineNode>(), 192, "a deadline node");
         assert_eq!(
             size_of::<crate::value::ValueNode<u64>>(),
             56,
             "a with_value(u64) node: header, TypeId, value"
         );
         // The state word shares the header's cache line with `anchor`
-        // (is_done reads both); the child list ends the node.
+        // (is_done reads both); the child list and the stripes end the node.
         assert_eq!(core::mem::offset_of!(CancelNode, state), 32);
         assert_eq!(core::mem::offset_of!(CancelNode, children), 96);
+        assert_eq!(core::mem::offset_of!(CancelNode, stripes), 120);
     }
 
     /// Invariant 7, pinned: a cancellation closes a node's waiter set only

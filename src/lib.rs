@@ -154,6 +154,7 @@ mod primitive;
 #[cfg(feature = "crossbeam-channel")]
 mod receiver;
 mod state;
+mod stripes;
 mod timer;
 mod value;
 mod waiters;
@@ -168,6 +169,9 @@ pub use after_func::{
     after_func_keep_alive, max_after_func_workers, set_after_func_keep_alive,
     set_max_after_func_workers,
 };
+#[cfg(any(loom, feature = "fuzzing-internals"))]
+#[doc(hidden)]
+pub use cancel::stripe_hooks;
 pub use cancel::{CancelCauseFunc, CancelCauseGuard, CancelFunc, CancelGuard};
 pub use check::RunUntilDone;
 pub use context::Context;

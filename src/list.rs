@@ -352,7 +352,7 @@ impl<E: Entry> List<E> {
     /// valid until its link reference is released.
     pub(crate) unsafe fn push(&self, entry: *const E) -> Result<(), Closed> {
         // SAFETY: forwarded.
-        unsafe { self.push_ordered(entry, Ordering::Release) }
+        unsafe { self.push_ordered(entry, Ordering::Release) }.map(drop)
     }
 
     /// `push` with a SeqCst CAS: for a pusher whose next step is the
@@ -362,18 +362,33 @@ impl<E: Entry> List<E> {
     /// # Safety
     ///
     /// As `push`.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) unsafe fn push_seqcst(&self, entry: *const E) -> Result<(), Closed> {
+        // SAFETY: forwarded.
+        unsafe { self.push_ordered(entry, Ordering::SeqCst) }.map(drop)
+    }
+
+    /// `push_seqcst` that also says whether another thread changed the
+    /// head while we pushed (a CAS lost to a push or an unlink; a spurious
+    /// failure of the weak CAS does not count): contention, which a child
+    /// list answers with stripes (cancel.rs).
+    ///
+    /// # Safety
+    ///
+    /// As `push`.
+    pub(crate) unsafe fn push_seqcst_contended(&self, entry: *const E) -> Result<bool, Closed> {
         // SAFETY: forwarded.
         unsafe { self.push_ordered(entry, Ordering::SeqCst) }
     }
 
-    /// `push`, whose linking CAS succeeds with `success` (Release at least).
+    /// `push`, whose linking CAS succeeds with `success` (Release at least);
+    /// `Ok(true)` if a CAS was lost to another thread's change of the head.
     ///
     /// # Safety
     ///
     /// As `push`.
     #[inline(always)]
-    unsafe fn push_ordered(&self, entry: *const E, success: Ordering) -> Result<(), Closed> {
+    unsafe fn push_ordered(&self, entry: *const E, success: Ordering) -> Result<bool, Closed> {
         // SAFETY: the caller guarantees `entry` is valid.
         let link = unsafe { (*entry).link() };
         // Invariant 8: whoever reaches the entry through the list rebuilds
@@ -382,6 +397,7 @@ impl<E: Entry> List<E> {
         // Ordering: Acquire — if we see CLOSED we must also see what the
         // closer did before closing; pairs with the swap in `close`.
         let mut head = self.head.load(Ordering::Acquire);
+        let mut contended = false;
         loop {
             if tagged(head, CLOSED) {
                 return Err(Closed);
@@ -397,8 +413,11 @@ impl<E: Entry> List<E> {
                 success,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Ok(()),
-                Err(actual) => head = actual,
+                Ok(_) => return Ok(contended),
+                Err(actual) => {
+                    contended |= actual != head;
+                    head = actual;
+                }
             }
         }
     }

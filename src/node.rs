@@ -96,9 +96,7 @@ pub(crate) struct Node {
     handles: AtomicU32,
     /// A `CancelNode`'s memory references (cancel.rs invariant 3); zero in
     /// other nodes. Here rather than in the `CancelNode`, where it would
-    /// make the node 128 bytes instead of 120: the allocator's fast bins
-    /// (glibc: blocks of up to 120 bytes) serve nodes beyond the node
-    /// cache's at half the cost (`docs::internals`, "The node cache").
+    /// cost the node another word (`docs::internals`, "Node layout").
     pub(crate) links: AtomicU32,
     /// A `static` per kind (a shape's, a value type's), so the header
     /// carries one pointer for it.

@@ -17,7 +17,7 @@
 //!   dropped in place, exactly where it would have gone to the allocator
 //!   (the last memory reference, `CancelNode::release_memory`), and leaves
 //!   it uninitialised. No user data is ever held.
-//! - The cache is bounded (under 20 KiB per thread at first, 304 KiB at
+//! - The cache is bounded (20 KiB per thread at first, 320 KiB at
 //!   most) and freed when its thread exits; a block freed during thread
 //!   teardown, after the cache is gone, goes straight to the allocator.
 //! - Nothing is shared between threads: a block freed on another thread
@@ -37,7 +37,7 @@ pub(crate) const CAPACITY: usize = 64;
 
 /// Freed blocks a thread keeps per bin at most: the bound doubles from
 /// [`CAPACITY`] up to this while the thread's churn outgrows it (see
-/// `imp::Bin`), 1024 × (120 + 184) bytes = 304 KiB per thread at most.
+/// `imp::Bin`), 1024 × (128 + 192) bytes = 320 KiB per thread at most.
 #[cfg_attr(any(loom, goctx_no_node_cache), allow(dead_code))]
 pub(crate) const MAX_CAPACITY: usize = 1024;
 

@@ -7,8 +7,8 @@
 //! # Input format
 //!
 //! Operations follow one another until the input ends; each is an opcode
-//! byte and its operand bytes: 252 to 255 are the `on_done` and `merge`
-//! operations below, any other byte is taken `% 12`. `ctx` picks among the nodes held by
+//! byte and its operand bytes: 251 to 255 are the stripes, `on_done` and
+//! `merge` operations below, any other byte is taken `% 12`. `ctx` picks among the nodes held by
 //! a context (`% count`, in creation order: 0 `background`, 1 `todo`, 2 the
 //! run's long-lived `base = background.with_cancel()`, then derived ones),
 //! `cancel` among nodes held by a cancel handle, `after` among after-funcs
@@ -29,14 +29,15 @@
 //! | 9  | ctx | `done().wait_timeout(Duration::ZERO)` |
 //! | 10 | ctx, n | `done().wait_timeout(n × 20 µs)` (at most 20 ms of waiting a run) |
 //! | 11 | ctx | `Display`, and `Done`'s `is_done()`, `receiver()` and `Debug` |
+//! | 251 | ctx | stripe the context's anchor (`stripe_hooks::stripe`, as a contended derivation would): its later children register in a stripe's list; nothing the model sees changes |
 //! | 252 | ctx | `on_done(f)` (`f` counts its runs) |
 //! | 253 | on-done | `OnDone::stop()` |
 //! | 254 | on-done | drop the `OnDone` (stops `f`) |
 //! | 255 | ctx, ctx | `ctx.merge(&other)` |
 //!
-//! The `on_done` and `merge` opcodes were added after the corpus in
+//! The stripes, `on_done` and `merge` opcodes were added after the corpus in
 //! `tests/fuzz/regressions/ops` was recorded: an older input with one of
-//! those bytes in opcode position now runs an `on_done` operation instead of
+//! those bytes in opcode position now runs that operation instead of
 //! `% 12`'s (still a valid run; the replay checks it against the model).
 //!
 //! (\*) Dropping the last handle of a context with a pending after-func
@@ -201,6 +202,14 @@ impl Forest {
     fn step(&mut self, op: u8, input: &mut Input<'_>) {
         if op >= 252 {
             return self.step_on_done(op, input);
+        }
+        if op == 251 {
+            // Stripes (as contention would install them) change where new
+            // children register, nothing the model sees.
+            if let Some(node) = input.pick(&self.with_contexts()) {
+                goctx::stripe_hooks::stripe(&self.contexts[node][0]);
+            }
+            return;
         }
         match op % 12 {
             0 => self.derive(input),
