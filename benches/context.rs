@@ -1425,7 +1425,7 @@ fn cancel_wake_async(c: &mut Criterion) {
 /// Not goctx: what two kinds of row cannot go below on this machine, in the
 /// same run (as `cancel_wake/unpark_baseline` is for the wake-ups).
 ///
-/// * `std/arc_new_clone_drop`: an `Arc` of a 120-byte payload (a plain
+/// * `std/arc_new_clone_drop`: an `Arc` of a 128-byte payload (a plain
 ///   cancel node's size) made, cloned and both handles dropped: one
 ///   allocation, its free and two reference counts — what any
 ///   reference-counted child context costs at least. It bounds
@@ -1445,7 +1445,7 @@ fn floor(c: &mut Criterion) {
     quick(&mut group);
     group.bench_function(BenchmarkId::new("std", "arc_new_clone_drop"), |b| {
         b.iter(|| {
-            let node = Arc::new(black_box([0_u64; 15]));
+            let node = Arc::new(black_box([0_u64; 16]));
             let handle = Arc::clone(&node);
             drop(black_box(node));
             drop(black_box(handle));
