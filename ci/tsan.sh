@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 need_nightly "TSan" rust-src || exit 0
 
 # The concurrency tests (and the soak), those of them that exist.
-read -r -a targets <<<"$(test_targets golang waiting async_done churn deadline after_func soak user_code timer_wheel on_done merge receiver)"
+read -r -a targets <<<"$(test_targets golang waiting async_done churn deadline after_func soak user_code timer_wheel on_done merge receiver stripes)"
 # Also skipped: tests that count process-wide resources, which TSan's slow,
 # reordered threads (and background work left by sibling tests) make flaky,
 # and which check nothing TSan looks at; they run natively in `cargo test`:

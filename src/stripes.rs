@@ -18,9 +18,10 @@ use crossbeam_utils::CachePadded;
 use crate::list::{Entry, List};
 use crate::primitive::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-/// Stripes per striped node. A power of two; under loom two, to keep the
-/// models small. Eight stripes of two cache lines each are 1 KiB, allocated
-/// only for a node whose children were derived concurrently.
+/// Stripes per striped node; under loom two, to keep the models small.
+/// Eight stripes of `CachePadded` lists (128 bytes each on x86-64) are
+/// 1 KiB, allocated only for a node whose children were derived
+/// concurrently.
 #[cfg(not(loom))]
 pub(crate) const STRIPES: usize = 8;
 #[cfg(loom)]
