@@ -490,7 +490,7 @@ impl CancelNode {
                         sb_fence();
                         let word = anchor.state.load(Ordering::SeqCst);
                         if contended && stripes.is_none() && !state::is_done(word) {
-                            anchor.stripes.install(List::new);
+                            anchor.stripes.install();
                         }
                         if state::is_done(word) {
                             // The canceller may have found the list empty
@@ -999,25 +999,17 @@ impl CancelNode {
             && node.waiters.is_empty()
             && !state::owns_cause(node.word())
         {
-            if let Some(entry) = CancelNode::own_timer(this.as_ptr()) {
-                // SAFETY: the memory is valid until `release_memory` below.
-                unsafe { timer::disarm(entry) };
-                // SAFETY: released: nobody reads the timer's cause any more.
-                if let Some(cause) = unsafe { entry.as_ref().take_cause() } {
-                    drop_cause(panic, cause);
-                }
-            }
-            // SAFETY: the handles' reference on the memory.
-            unsafe { CancelNode::release_memory(this.as_ptr()) };
+            // SAFETY: forwarded.
+            unsafe { CancelNode::retire_timer_and_memory(this, panic) };
         } else {
             // SAFETY: forwarded; the node is still ours.
             unsafe { CancelNode::retire_rest(this, panic) };
         }
     }
 
-    /// `retire` of a node with children or waiter entries left, or a
-    /// cause in its state word: closes, disarms and drops what is left,
-    /// then gives the memory reference back.
+    /// `retire` of a node with children or waiter entries left, stripes,
+    /// or a cause in its state word: closes and drops what is left, then
+    /// ends as every `retire` does.
     ///
     /// # Safety
     ///
@@ -1038,11 +1030,6 @@ impl CancelNode {
                 drop(list.close());
             }
         }
-        let entry = CancelNode::own_timer(this.as_ptr());
-        if let Some(entry) = entry {
-            // SAFETY: the memory is valid until `release_memory` below.
-            unsafe { timer::disarm(entry) };
-        }
         // No thread or task can be waiting (a `Done` holds a handle, or
         // borrows a context that does); what
         // is left is withdrawn entries and callbacks whose `AfterFunc` was
@@ -1059,9 +1046,29 @@ impl CancelNode {
             let cause = unsafe { Box::from_raw(state::cause_ptr(word)) };
             waiters::contain(panic, move || drop(cause));
         }
-        // SAFETY: released: nobody reads the timer's cause any more.
-        if let Some(cause) = entry.and_then(|entry| unsafe { entry.as_ref().take_cause() }) {
-            drop_cause(panic, cause);
+        // SAFETY: forwarded.
+        unsafe { CancelNode::retire_timer_and_memory(this, panic) };
+    }
+
+    /// The end of every `retire`: disarms a deadline node's timer, drops
+    /// its timer cause, and gives the handles' reference on the memory
+    /// back. (The disarm may come after the rest of the teardown: the node
+    /// is released, so its timer cannot take a handle to cancel it —
+    /// its count is zero, or its entry was `DISARMED` already,
+    /// `Node::give_back`.)
+    ///
+    /// # Safety
+    ///
+    /// As `retire`; the caller is done with the node.
+    #[inline(always)]
+    unsafe fn retire_timer_and_memory(this: NonNull<CancelNode>, panic: &mut Option<Panic>) {
+        if let Some(entry) = CancelNode::own_timer(this.as_ptr()) {
+            // SAFETY: the memory is valid until `release_memory` below.
+            unsafe { timer::disarm(entry) };
+            // SAFETY: released: nobody reads the timer's cause any more.
+            if let Some(cause) = unsafe { entry.as_ref().take_cause() } {
+                drop_cause(panic, cause);
+            }
         }
         // SAFETY: the handles' reference on the memory.
         unsafe { CancelNode::release_memory(this.as_ptr()) };
@@ -1127,13 +1134,12 @@ const fn cache_bin<T>() -> Option<usize> {
 #[doc(hidden)]
 pub mod stripe_hooks {
     use crate::Context;
-    use crate::list::List;
 
     /// Gives the children of `ctx`'s anchor stripes now, as a contended
     /// derivation would (nothing for a context without an anchor).
     pub fn stripe(ctx: &Context) {
         if let Some(anchor) = ctx.anchor() {
-            anchor.stripes.install(List::new);
+            anchor.stripes.install();
         }
     }
 

@@ -70,12 +70,12 @@ impl<E: Entry> StripeSlot<E> {
     /// (ours is freed).
     #[cold]
     #[inline(never)]
-    pub(crate) fn install(&self, new_list: fn() -> List<E>) {
+    pub(crate) fn install(&self) {
         if self.get().is_some() {
             return;
         }
         let stripes = Box::into_raw(Box::new(Stripes {
-            lists: core::array::from_fn(|_| CachePadded::new(new_list())),
+            lists: core::array::from_fn(|_| CachePadded::new(List::new())),
         }));
         // Ordering: SeqCst — the write every later `get` reads (Release:
         // the lists' initialisation is published with it; SeqCst: the
