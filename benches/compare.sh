@@ -384,6 +384,8 @@ for depth in (1, 10, 100, 1000):
             # Not goctx: the std floor of a counted child (one Arc).
             row("`floor/arc_new_clone_drop` (std floor, in goctx column)", None,
                 "floor/std/arc_new_clone_drop")
+            row("`floor/cached_counted_node` (std floor, in goctx column)", None,
+                "floor/std/cached_counted_node")
 for depth in (10, 20, 30, 50, 100):
     row(f"`deep_value/depth={depth}`", f"DeepValueSameGoRoutine/depth={depth}",
         f"deep_value/goctx/depth={depth}", None, f"deep_value/depth={depth}")
@@ -563,9 +565,12 @@ notes.append(
     "(benches/context.rs, `floor` and `thread_round_trip`): "
     "`instant_now` is one `Instant::now()` (an iteration of a `with_timeout` row "
     "reads the clock 10 times on each of its 2 threads, Go's twin about 30); "
-    "`arc_new_clone_drop` makes, clones and drops an `Arc` of a 120-byte payload "
-    "(one allocation, its free, two counts: what any counted child context costs "
-    "at least); `thread_round_trip` hands a cache line to a spinning thread and "
+    "`arc_new_clone_drop` makes, clones and drops an `Arc` of a 128-byte payload "
+    "(one allocation, its free, two counts: what a counted child context costs "
+    "with the system allocator); `cached_counted_node` takes a 128-byte block from "
+    "a one-slot thread-local cache, writes it, gives one handle back with a locked "
+    "decrement and the last with a load (what a counted child costs with no "
+    "bookkeeping at all); `thread_round_trip` hands a cache line to a spinning thread and "
     "back (the floor of a row that waits for another thread, such as "
     "`after_func/register_fire`; on a VM it depends on where the host runs the "
     "two vCPUs).")

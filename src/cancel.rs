@@ -1074,6 +1074,54 @@ impl CancelNode {
         unsafe { CancelNode::release_memory(this.as_ptr()) };
     }
 
+    /// `Kind::Cancel::free_quiet` of a plain `CancelNode`: `retire`'s usual
+    /// case (no child or waiter entry left, no stripes, no cause of its
+    /// own) taken whole, the free included, with no panic to contain: the
+    /// node is deregistered and its memory reference dropped, and true is
+    /// returned. Otherwise returns false having changed nothing, for
+    /// `retire`.
+    ///
+    /// The checks come before the deregistration (`retire` has them after
+    /// it): a released node's lists only ever close (a propagation that
+    /// reaches it through a frozen chain), so an empty one stays empty, and
+    /// a propagation leaves an inherited word, never a cause of our own.
+    ///
+    /// # Safety
+    ///
+    /// `this` heads a plain `CancelNode` and was just released (no handles
+    /// left); its parent handle is still held.
+    unsafe fn free_if_quiet(this: NonNull<Node>) -> bool {
+        let raw = this.cast::<CancelNode>();
+        // SAFETY: the memory is valid until `release_memory` below.
+        let node = unsafe { raw.as_ref() };
+        if !(node.children.is_empty()
+            && node.stripes.get().is_none()
+            && node.waiters.is_empty()
+            && !state::owns_cause(node.word()))
+        {
+            return false;
+        }
+        // As in `retire`: only a live node removes itself.
+        // SAFETY: invariant 5 — our parent is still held.
+        if let Some(registered) = unsafe { node.registered.as_ref() }
+            && !node.is_done()
+        {
+            // SAFETY: we were pushed onto exactly this list.
+            unsafe { registered.remove(node) };
+        }
+        // The handles' reference on the memory, as `release_memory` drops
+        // it (a plain node has no timer to disarm), freeing without the
+        // kind's indirection: the shape is known.
+        let links = &node.node.links;
+        // Ordering: as in `release_memory`.
+        if links.load(Ordering::Acquire) == 1 || links.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // SAFETY: the last reference on a plain `CancelNode`, allocated
+            // by `alloc_as::<CancelNode>`; the parent is the caller's.
+            unsafe { free_as::<CancelNode>(this.as_ptr()) };
+        }
+        true
+    }
+
     /// Drops one reference on the node's memory (invariant 3).
     ///
     /// # Safety
@@ -1191,6 +1239,7 @@ static DEADLINE: Shape = Shape {
         free: free_as::<DeadlineNode>,
         merged: Merged::No,
         timed: true,
+        free_quiet: None,
     },
 };
 
@@ -1204,6 +1253,7 @@ impl Shape {
                 free: free_as::<CancelNode>,
                 merged,
                 timed: false,
+                free_quiet: Some(CancelNode::free_if_quiet),
             },
         }
     }

@@ -79,6 +79,7 @@ static MERGED: Shape = Shape {
         free: free_as::<MergeNode>,
         merged: Merged::Node,
         timed: false,
+        free_quiet: None,
     },
 };
 

@@ -60,6 +60,12 @@ pub(crate) enum Kind {
         merged: Merged,
         /// Whether the allocation is a `DeadlineNode`, with a timer entry.
         timed: bool,
+        /// The release of a node with nothing to tear down, for the shapes
+        /// that have one (a plain `CancelNode`): frees a released node that
+        /// has nothing to close, drain or drop — no user code can run — and
+        /// returns true, leaving its parent handle to the caller; returns
+        /// false, having touched nothing, for `retire` to do the rest.
+        free_quiet: Option<unsafe fn(NonNull<Node>) -> bool>,
     },
     /// A bare `Node`: `without_cancel`.
     WithoutCancel,
@@ -448,7 +454,7 @@ impl Node {
         // SAFETY: forwarded.
         if unsafe { Node::give_back(this) } {
             // SAFETY: that was the last handle.
-            unsafe { release_slow(this) };
+            unsafe { release_last(this) };
         }
     }
 
@@ -509,6 +515,82 @@ impl Node {
 /// # Safety
 ///
 /// `this` is alive and `Node::give_back` just said its last handle went.
+/// Tears down `this`, whose last handle just went, and then its ancestors
+/// whose last handle it held: the usual case, a chain of cancel nodes with
+/// nothing to close, drain or drop (`Kind::Cancel::free_quiet`), in a loop
+/// with no panic to contain (no user code runs) and no teardown call per
+/// node; anything else from there on in `release_slow`. (Out of line and
+/// small: every handle's drop inlines the call. Against `release_slow`
+/// alone: 208 -> 194 instructions for a child of `background()` derived and
+/// dropped, `cancel_tree/depth=1/root=background` 14.4–14.7 -> 13.9–14.0 ns
+/// in alternating runs; `docs::internals`, "Where the time goes".)
+///
+/// # Safety
+///
+/// `this` is alive and `Node::give_back` just said its last handle went.
+#[inline(never)]
+unsafe fn release_last(this: NonNull<Node>) {
+    // Only tail calls here, so that neither path pays the other's frame.
+    // SAFETY: no handle is left (invariant 1): the node is ours; `kind` is
+    // immutable. Both callees: forwarded.
+    unsafe {
+        match this.as_ref().kind {
+            Kind::Cancel {
+                free_quiet: Some(_),
+                ..
+            } => release_quiet(this),
+            _ => release_slow(this),
+        }
+    }
+}
+
+/// `release_last`'s loop, from a node whose kind has a
+/// `Kind::Cancel::free_quiet`.
+///
+/// # Safety
+///
+/// As `release_last`.
+#[inline(never)]
+unsafe fn release_quiet(mut this: NonNull<Node>) {
+    loop {
+        // SAFETY: no handle is left (invariant 1): the node is ours; `kind`
+        // is immutable.
+        let Kind::Cancel {
+            free_quiet: Some(free_quiet),
+            ..
+        } = unsafe { this.as_ref() }.kind
+        else {
+            // SAFETY: forwarded.
+            return unsafe { release_slow(this) };
+        };
+        // The parent's word, still owned by the node: read before a free.
+        // SAFETY: as above.
+        let parent = unsafe { this.as_ref() }.parent.0;
+        // SAFETY: released (invariant 1), and the free's kind.
+        if !unsafe { free_quiet(this) } {
+            // SAFETY: untouched, and still released.
+            return unsafe { release_slow(this) };
+        }
+        // The node is gone and its parent handle is ours, dropped after the
+        // node's teardown (invariant 2) and without recursing (invariant 3).
+        if parent.is_null() || parent == TODO_PARENT {
+            return;
+        }
+        // SAFETY: a node's address, on which we now own a handle.
+        this = unsafe { NonNull::new_unchecked(parent.cast_mut()) };
+        // SAFETY: that handle, given back.
+        if !unsafe { Node::give_back(this) } {
+            return;
+        }
+    }
+}
+
+/// `release_last` of a node that `Kind::Cancel::free_quiet` does not
+/// handle: the general teardown, user drops and their panics included.
+///
+/// # Safety
+///
+/// As `release_last`.
 #[cold]
 unsafe fn release_slow(this: NonNull<Node>) {
     let mut panic = None;
@@ -534,6 +616,10 @@ unsafe fn teardown_chain(mut this: NonNull<Node>, panic: &mut Option<Panic>) {
         // SAFETY: as above; `kind` says which struct the header starts.
         unsafe {
             match this.as_ref().kind {
+                Kind::Cancel {
+                    free_quiet: Some(free_quiet),
+                    ..
+                } if free_quiet(this) => {}
                 Kind::Cancel { retire, .. } => retire(this, panic),
                 Kind::WithoutCancel => drop(Box::from_raw(this.as_ptr())),
                 Kind::Value(vtable) => free_value(vtable, this, panic),
