@@ -616,6 +616,8 @@ unsafe fn teardown_chain(mut this: NonNull<Node>, panic: &mut Option<Panic>) {
         // SAFETY: as above; `kind` says which struct the header starts.
         unsafe {
             match this.as_ref().kind {
+                // A parent released here may be quiet too: its short path
+                // (which frees it when it returns true), else `retire`.
                 Kind::Cancel {
                     free_quiet: Some(free_quiet),
                     ..

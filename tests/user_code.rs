@@ -285,3 +285,44 @@ fn tiny_timeouts_are_done_on_return() {
     struct TooShort;
     cause_type!(TooShort);
 }
+
+/// The last handle of a chain tears it down leaf first, across every kind
+/// of node on the way (plain cancel nodes take the short release path, the
+/// others the general one, and the walk up goes from one to the other and
+/// back): each value is dropped exactly once, the leaf's first, and only
+/// once its node goes.
+#[test]
+fn a_chain_of_every_kind_is_torn_down_leaf_first() {
+    struct Noted(usize, Arc<std::sync::Mutex<Vec<usize>>>);
+    impl Drop for Noted {
+        fn drop(&mut self) {
+            self.1.lock().unwrap().push(self.0);
+        }
+    }
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = |n| Noted(n, Arc::clone(&log));
+    let (other, cancel_other) = Context::background().with_cancel();
+
+    let mut leaf = Context::background().with_value(noted(0));
+    leaf = leaf.with_cancel().0;
+    leaf = leaf.with_timeout(Duration::from_secs(3600)).0;
+    leaf = leaf.with_cancel().0;
+    leaf = leaf.with_value(noted(1));
+    let (caused, cancel_caused) = leaf.with_cancel_cause();
+    cancel_caused.cancel(std::io::Error::other("stop"));
+    leaf = caused.with_cancel().0;
+    drop((caused, cancel_caused));
+    assert!(leaf.is_done(), "born under a cancelled context");
+    leaf = leaf.merge(&other).0;
+    leaf = leaf.with_value(noted(2));
+    leaf = leaf.with_cancel().0;
+    leaf = leaf.with_cancel().0;
+
+    let probe = leaf.clone();
+    drop(leaf);
+    assert!(log.lock().unwrap().is_empty(), "a handle is left");
+    drop(probe);
+    assert_eq!(*log.lock().unwrap(), [2, 1, 0]);
+    assert!(!other.is_done());
+    cancel_other.cancel();
+}
