@@ -504,23 +504,13 @@ impl Node {
     }
 }
 
-/// Tears down `this` and then its ancestors whose last handle it held.
-///
-/// User data (values, causes, callbacks that can no longer run) is dropped
-/// here, where the last handle goes (invariant 5). A `Drop` that panics does
-/// not stop the teardown: the first panic is caught, every node whose last
-/// handle went is still torn down, and the panic then resumes on this
-/// thread, as a panicking waker's does in `cancel()`.
-///
-/// # Safety
-///
-/// `this` is alive and `Node::give_back` just said its last handle went.
 /// Tears down `this`, whose last handle just went, and then its ancestors
-/// whose last handle it held: the usual case, a chain of cancel nodes with
-/// nothing to close, drain or drop (`Kind::Cancel::free_quiet`), in a loop
-/// with no panic to contain (no user code runs) and no teardown call per
-/// node; anything else from there on in `release_slow`. (Out of line and
-/// small: every handle's drop inlines the call. Against `release_slow`
+/// whose last handle it held. The usual case — a chain of plain cancel
+/// nodes with nothing to close, drain or drop (`Kind::Cancel::free_quiet`)
+/// — goes to `release_quiet`, a loop with no panic to contain (no user code
+/// runs) and no teardown call per node; everything else, and the first
+/// node on the way up that is not quiet, to `release_slow`. (Out of line
+/// and small: every handle's drop inlines the call. Against `release_slow`
 /// alone: 208 -> 194 instructions for a child of `background()` derived and
 /// dropped, `cancel_tree/depth=1/root=background` 14.4–14.7 -> 13.9–14.0 ns
 /// in alternating runs; `docs::internals`, "Where the time goes".)
@@ -586,7 +576,14 @@ unsafe fn release_quiet(mut this: NonNull<Node>) {
 }
 
 /// `release_last` of a node that `Kind::Cancel::free_quiet` does not
-/// handle: the general teardown, user drops and their panics included.
+/// handle: the general teardown, for `this` and then its ancestors whose
+/// last handle it held.
+///
+/// User data (values, causes, callbacks that can no longer run) is dropped
+/// here, where the last handle goes (invariant 5). A `Drop` that panics does
+/// not stop the teardown: the first panic is caught, every node whose last
+/// handle went is still torn down, and the panic then resumes on this
+/// thread, as a panicking waker's does in `cancel()`.
 ///
 /// # Safety
 ///
