@@ -977,28 +977,11 @@ impl CancelNode {
         let this = this.cast::<CancelNode>();
         // SAFETY: the memory is valid until `release_memory` below.
         let node = unsafe { this.as_ref() };
-        // A node that is done has left its anchor's list already: its own
-        // cancel removed it (that canceller held a handle, so it finished
-        // before this release), or a propagation froze it in the closed
-        // list, whose closer owns the link reference. Only a live node
-        // removes itself (three atomic operations saved per level when a
-        // cancelled tree is dropped).
-        // SAFETY: invariant 5 — the caller still holds our parent.
-        if let Some(registered) = unsafe { node.registered.as_ref() }
-            && !node.is_done()
-        {
-            // SAFETY: we were pushed onto exactly this list.
-            unsafe { registered.remove(node) };
-        }
-        // The usual node is done with: no child or waiter entry left, no
-        // stripes and no cause of its own — nothing to close or drain. The
-        // rest is out of line, which keeps this path's registers (and its
-        // prologue) few.
-        if node.children.is_empty()
-            && node.stripes.get().is_none()
-            && node.waiters.is_empty()
-            && !state::owns_cause(node.word())
-        {
+        // SAFETY: released, and the caller still holds our parent.
+        unsafe { node.deregister_released() };
+        // The usual node is done with (`nothing_left`). The rest is out of
+        // line, which keeps this path's registers (and its prologue) few.
+        if node.nothing_left() {
             // SAFETY: forwarded.
             unsafe { CancelNode::retire_timer_and_memory(this, panic) };
         } else {
@@ -1094,32 +1077,53 @@ impl CancelNode {
         let raw = this.cast::<CancelNode>();
         // SAFETY: the memory is valid until `release_memory` below.
         let node = unsafe { raw.as_ref() };
-        if !(node.children.is_empty()
-            && node.stripes.get().is_none()
-            && node.waiters.is_empty()
-            && !state::owns_cause(node.word()))
-        {
+        if !node.nothing_left() {
             return false;
         }
-        // As in `retire`: only a live node removes itself.
-        // SAFETY: invariant 5 — our parent is still held.
-        if let Some(registered) = unsafe { node.registered.as_ref() }
-            && !node.is_done()
-        {
-            // SAFETY: we were pushed onto exactly this list.
-            unsafe { registered.remove(node) };
-        }
+        // SAFETY: released, and the caller still holds our parent.
+        unsafe { node.deregister_released() };
         // The handles' reference on the memory, as `release_memory` drops
-        // it (a plain node has no timer to disarm), freeing without the
+        // it (a plain node has no timer to disarm), freed without the
         // kind's indirection: the shape is known.
-        let links = &node.node.links;
-        // Ordering: as in `release_memory`.
-        if links.load(Ordering::Acquire) == 1 || links.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // SAFETY: the handles' reference, given back once.
+        if unsafe { CancelNode::drop_memory_reference(raw.as_ptr()) } {
             // SAFETY: the last reference on a plain `CancelNode`, allocated
             // by `alloc_as::<CancelNode>`; the parent is the caller's.
             unsafe { free_as::<CancelNode>(this.as_ptr()) };
         }
         true
+    }
+
+    /// Whether a released node has nothing to close, drain or drop: no
+    /// child or waiter entry left, no stripes and no cause of its own.
+    #[inline(always)]
+    fn nothing_left(&self) -> bool {
+        self.children.is_empty()
+            && self.stripes.get().is_none()
+            && self.waiters.is_empty()
+            && !state::owns_cause(self.word())
+    }
+
+    /// A released node leaves the list it registered in, if it is still
+    /// live. One that is done has left it already: its own cancel removed
+    /// it (that canceller held a handle, so it finished before this
+    /// release), or a propagation froze it in the closed list, whose
+    /// closer owns the link reference (three atomic operations saved per
+    /// level when a cancelled tree is dropped).
+    ///
+    /// # Safety
+    ///
+    /// `self` is released and its parent handle still held (invariant 5:
+    /// `registered` is valid).
+    #[inline(always)]
+    unsafe fn deregister_released(&self) {
+        // SAFETY: per the contract.
+        if let Some(registered) = unsafe { self.registered.as_ref() }
+            && !self.is_done()
+        {
+            // SAFETY: we were pushed onto exactly this list.
+            unsafe { registered.remove(self) };
+        }
     }
 
     /// Drops one reference on the node's memory (invariant 3).
@@ -1128,16 +1132,8 @@ impl CancelNode {
     ///
     /// The caller owns one such reference.
     pub(crate) unsafe fn release_memory(this: *const CancelNode) {
-        // SAFETY: the caller's reference keeps the memory alive.
-        let links = unsafe { &(*this).node.links };
-        // A count of one is ours alone, and only a holder of a reference can
-        // take another (`acquire_memory`): nobody can race us, so the usual
-        // case (a context never linked anywhere, or already unlinked) frees
-        // without a read-modify-write.
-        // Ordering: Acquire — pairs with the Release half of the decrements
-        // that brought the count to one, so their holders' accesses happen
-        // before the free. Otherwise AcqRel: the last one sees all others.
-        if links.load(Ordering::Acquire) == 1 || links.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // SAFETY: forwarded.
+        if unsafe { CancelNode::drop_memory_reference(this) } {
             // SAFETY: last reference: the memory is ours; `kind` is
             // immutable.
             let Kind::Cancel { free, .. } = (unsafe { (*this).node.kind }) else {
@@ -1148,6 +1144,27 @@ impl CancelNode {
             // is `ManuallyDrop`.
             unsafe { free(this.cast_mut().cast()) };
         }
+    }
+
+    /// Gives one reference on the node's memory back; true if it was the
+    /// last (the caller then frees the memory, and every other holder's
+    /// accesses happen before).
+    ///
+    /// # Safety
+    ///
+    /// The caller owns one such reference and gives it up.
+    #[inline(always)]
+    unsafe fn drop_memory_reference(this: *const CancelNode) -> bool {
+        // SAFETY: the caller's reference keeps the memory alive.
+        let links = unsafe { &(*this).node.links };
+        // A count of one is ours alone, and only a holder of a reference can
+        // take another (`acquire_memory`): nobody can race us, so the usual
+        // case (a context never linked anywhere, or already unlinked) frees
+        // without a read-modify-write.
+        // Ordering: Acquire — pairs with the Release half of the decrements
+        // that brought the count to one, so their holders' accesses happen
+        // before the free. Otherwise AcqRel: the last one sees all others.
+        links.load(Ordering::Acquire) == 1 || links.fetch_sub(1, Ordering::AcqRel) == 1
     }
 }
 

@@ -520,43 +520,37 @@ impl Node {
 /// `this` is alive and `Node::give_back` just said its last handle went.
 #[inline(never)]
 unsafe fn release_last(this: NonNull<Node>) {
-    // Only tail calls here, so that neither path pays the other's frame.
     // SAFETY: no handle is left (invariant 1): the node is ours; `kind` is
-    // immutable. Both callees: forwarded.
-    unsafe {
-        match this.as_ref().kind {
-            Kind::Cancel {
-                free_quiet: Some(_),
-                ..
-            } => release_quiet(this),
-            _ => release_slow(this),
-        }
+    // immutable.
+    let kind = unsafe { this.as_ref() }.kind;
+    // Only tail calls here, so that neither path pays the other's frame.
+    if let Kind::Cancel {
+        free_quiet: Some(free_quiet),
+        ..
+    } = *kind
+    {
+        // SAFETY: forwarded, with the node's own `free_quiet`.
+        unsafe { release_quiet(this, free_quiet) }
+    } else {
+        // SAFETY: forwarded.
+        unsafe { release_slow(this) }
     }
 }
 
 /// `release_last`'s loop, from a node whose kind has a
-/// `Kind::Cancel::free_quiet`.
+/// `Kind::Cancel::free_quiet` (`free_quiet`, passed in so that the first
+/// node's kind is read once).
 ///
 /// # Safety
 ///
-/// As `release_last`.
+/// As `release_last`; `free_quiet` is `this`'s kind's.
 #[inline(never)]
-unsafe fn release_quiet(mut this: NonNull<Node>) {
+unsafe fn release_quiet(mut this: NonNull<Node>, mut free_quiet: unsafe fn(NonNull<Node>) -> bool) {
     loop {
-        // SAFETY: no handle is left (invariant 1): the node is ours; `kind`
-        // is immutable.
-        let Kind::Cancel {
-            free_quiet: Some(free_quiet),
-            ..
-        } = unsafe { this.as_ref() }.kind
-        else {
-            // SAFETY: forwarded.
-            return unsafe { release_slow(this) };
-        };
         // The parent's word, still owned by the node: read before a free.
-        // SAFETY: as above.
+        // SAFETY: no handle is left (invariant 1): the node is ours.
         let parent = unsafe { this.as_ref() }.parent.0;
-        // SAFETY: released (invariant 1), and the free's kind.
+        // SAFETY: released (invariant 1), and the free of its kind.
         if !unsafe { free_quiet(this) } {
             // SAFETY: untouched, and still released.
             return unsafe { release_slow(this) };
@@ -572,6 +566,18 @@ unsafe fn release_quiet(mut this: NonNull<Node>) {
         if !unsafe { Node::give_back(this) } {
             return;
         }
+        // SAFETY: its last handle just went (invariant 1); `kind` is
+        // immutable.
+        let kind = unsafe { this.as_ref() }.kind;
+        let Kind::Cancel {
+            free_quiet: Some(next),
+            ..
+        } = *kind
+        else {
+            // SAFETY: released, as above.
+            return unsafe { release_slow(this) };
+        };
+        free_quiet = next;
     }
 }
 
