@@ -183,7 +183,7 @@ impl Context {
     /// ```
     #[must_use = "the derived context is dropped at once"]
     pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelFunc) {
-        self.deadline_node(deadline, None, None)
+        self.deadline_node(deadline, || None, None)
     }
 
     /// Like [`with_deadline`](Context::with_deadline), recording `cause` when
@@ -207,7 +207,7 @@ impl Context {
         deadline: Instant,
         cause: impl Into<Cause>,
     ) -> (Context, CancelFunc) {
-        self.deadline_node(deadline, Some(cause.into()), None)
+        self.deadline_node(deadline, || Some(cause.into()), None)
     }
 
     /// [`with_deadline`](Context::with_deadline)`(now + timeout)` (Go's
@@ -229,7 +229,7 @@ impl Context {
     pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelFunc) {
         let now = Instant::now();
         match now.checked_add(timeout) {
-            Some(deadline) => self.deadline_node(deadline, None, Some(timeout)),
+            Some(deadline) => self.deadline_node(deadline, || None, Some(timeout)),
             None => self.with_cancel(),
         }
     }
@@ -256,7 +256,7 @@ impl Context {
     ) -> (Context, CancelFunc) {
         let now = Instant::now();
         match now.checked_add(timeout) {
-            Some(deadline) => self.deadline_node(deadline, Some(cause.into()), Some(timeout)),
+            Some(deadline) => self.deadline_node(deadline, || Some(cause.into()), Some(timeout)),
             None => self.with_cancel(),
         }
     }
@@ -266,7 +266,7 @@ impl Context {
     fn deadline_node(
         &self,
         deadline: Instant,
-        cause: Option<Cause>,
+        cause: impl FnOnce() -> Option<Cause>,
         timeout: Option<Duration>,
     ) -> (Context, CancelFunc) {
         if self.deadline().is_some_and(|current| current <= deadline) {
