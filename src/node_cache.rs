@@ -115,12 +115,15 @@ mod imp {
     /// holds until it exits.
     struct Bin {
         top: Cell<*mut Free>,
-        len: Cell<usize>,
+        /// The blocks held (low 32 bits) and the takes left before the next
+        /// trim (high 32 bits; a window is `cap` takes), in one word so that
+        /// a take writes both with one store: the stores before a node's
+        /// first locked decrement are what it waits for (`docs::internals`,
+        /// "Where the time goes"). Both stay below `MAX_CAPACITY`.
+        counts: Cell<u64>,
         cap: Cell<usize>,
         /// A block was refused since the bin last ran dry.
         refused: Cell<bool>,
-        /// Takes left before the next trim (a window is `cap` takes).
-        budget: Cell<usize>,
         /// The fewest blocks held since the last trim.
         low: Cell<usize>,
         /// The layout of the blocks (`Layout::new::<u8>()` while none
@@ -128,14 +131,36 @@ mod imp {
         layout: Cell<Layout>,
     }
 
+    /// One block in `Bin::counts`.
+    const ONE_BLOCK: u64 = 1;
+    /// One take in `Bin::counts`.
+    const ONE_TAKE: u64 = 1 << 32;
+
     impl Bin {
-        /// Pops the top block; the bin holds at least one.
+        /// The blocks held.
         #[inline]
-        fn pop(&self) -> *mut Free {
+        fn len(&self) -> usize {
+            (self.counts.get() & 0xffff_ffff) as usize
+        }
+
+        /// The takes left before the next trim.
+        #[inline]
+        fn budget(&self) -> usize {
+            (self.counts.get() >> 32) as usize
+        }
+
+        /// Sets both counts (each below `MAX_CAPACITY`).
+        fn set_counts(&self, len: usize, budget: usize) {
+            self.counts.set(((budget as u64) << 32) | len as u64);
+        }
+
+        /// Unlinks the top block; the bin holds at least one. The caller
+        /// counts it (`counts`).
+        #[inline]
+        fn unlink(&self) -> *mut Free {
             let block = self.top.get();
             // SAFETY: a cached block, written by `give`.
             self.top.set(unsafe { (*block).next });
-            self.len.set(self.len.get() - 1);
             block
         }
 
@@ -151,7 +176,7 @@ mod imp {
         /// The end of a window of `cap` takes (see the type's docs).
         #[cold]
         fn trim(&self) {
-            let (low, cap, len) = (self.low.get(), self.cap.get(), self.len.get());
+            let (low, cap, len) = (self.low.get(), self.cap.get(), self.len());
             let cap = if low > cap / 2 {
                 (cap / 2).max(CAPACITY)
             } else {
@@ -161,13 +186,14 @@ mod imp {
             let excess = (low / 2).max(len.saturating_sub(cap));
             let layout = self.layout.get();
             for _ in 0..excess {
-                let block = self.pop();
+                let block = self.unlink();
                 // SAFETY: allocated by the global allocator with this bin's
                 // one layout; ours alone.
                 unsafe { std::alloc::dealloc(block.cast(), layout) };
             }
-            self.budget.set(cap);
-            self.low.set(self.len.get());
+            let len = len - excess;
+            self.set_counts(len, cap);
+            self.low.set(len);
         }
     }
 
@@ -190,7 +216,7 @@ mod imp {
                     unsafe { std::alloc::dealloc(block.cast(), layout) };
                     block = next;
                 }
-                bin.len.set(0);
+                bin.counts.set(0);
             }
         }
     }
@@ -201,10 +227,9 @@ mod imp {
                 bins: [const {
                     Bin {
                         top: Cell::new(ptr::null_mut()),
-                        len: Cell::new(0),
+                        counts: Cell::new((CAPACITY as u64) << 32),
                         cap: Cell::new(CAPACITY),
                         refused: Cell::new(false),
-                        budget: Cell::new(CAPACITY),
                         low: Cell::new(0),
                         layout: Cell::new(Layout::new::<u8>()),
                     }
@@ -223,13 +248,15 @@ mod imp {
                     bin.ran_dry();
                     return None;
                 }
-                let block = bin.pop();
-                if bin.len.get() < bin.low.get() {
-                    bin.low.set(bin.len.get());
+                let block = bin.unlink();
+                if bin.budget() == 0 {
+                    bin.counts.set(bin.counts.get() - ONE_BLOCK);
+                    bin.trim();
+                } else {
+                    bin.counts.set(bin.counts.get() - ONE_BLOCK - ONE_TAKE);
                 }
-                match bin.budget.get() {
-                    0 => bin.trim(),
-                    budget => bin.budget.set(budget - 1),
+                if bin.len() < bin.low.get() {
+                    bin.low.set(bin.len());
                 }
                 Some(block.cast::<u8>())
             })
@@ -244,7 +271,7 @@ mod imp {
         CACHE
             .try_with(|cache| {
                 let bin = &cache.bins[bin];
-                if bin.len.get() >= bin.cap.get() {
+                if bin.len() >= bin.cap.get() {
                     bin.refused.set(true);
                     return false;
                 }
@@ -256,9 +283,13 @@ mod imp {
                         next: bin.top.get(),
                     })
                 };
+                // The bin's one layout, written while it is empty (a cached
+                // block is freed with it), not on every give.
+                if bin.top.get().is_null() {
+                    bin.layout.set(layout);
+                }
                 bin.top.set(block);
-                bin.len.set(bin.len.get() + 1);
-                bin.layout.set(layout);
+                bin.counts.set(bin.counts.get() + ONE_BLOCK);
                 true
             })
             .unwrap_or(false)
@@ -267,7 +298,7 @@ mod imp {
     /// Blocks this thread holds, per bin (for tests).
     #[cfg(test)]
     pub(super) fn held() -> [usize; BINS] {
-        CACHE.with(|cache| cache.bins.each_ref().map(|bin| bin.len.get()))
+        CACHE.with(|cache| cache.bins.each_ref().map(Bin::len))
     }
 
     /// This thread's bound per bin (for tests).
