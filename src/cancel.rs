@@ -122,7 +122,7 @@ use crossbeam_epoch::Guard;
 
 use crate::error::{Cause, Error};
 use crate::list::{Entry, Link, List, release_link_from, sb_fence};
-use crate::node::{Kind, Merged, Node, NodeRef, Repr};
+use crate::node::{self, Kind, Merged, Node, NodeRef, Repr};
 use crate::node_cache;
 use crate::park;
 use crate::primitive::UnsafeCell;
@@ -1078,6 +1078,7 @@ impl CancelNode {
     ///
     /// `this` heads a plain `CancelNode` and was just released (no handles
     /// left); its parent handle is still held.
+    #[inline(always)]
     unsafe fn free_if_quiet(this: NonNull<Node>) -> bool {
         let raw = this.cast::<CancelNode>();
         // SAFETY: the memory is valid until `release_memory` below.
@@ -1097,6 +1098,55 @@ impl CancelNode {
             unsafe { free_as::<CancelNode>(this.as_ptr()) };
         }
         true
+    }
+
+    /// `Kind::Cancel::release_quiet` of a plain `CancelNode`, whose last
+    /// handle just went: frees it with `free_if_quiet` and goes on up the
+    /// chain — giving back the parent handle each node held, after its
+    /// free (node invariant 2) and without recursing (invariant 3) — for
+    /// as long as the ancestors it releases are plain and quiet. The first
+    /// node that is not goes to `node::release_slow`, whole; a released
+    /// parent of another kind to `node::release_last`. (One frame for the
+    /// loop and the free: against a loop in node.rs calling `free_if_quiet`
+    /// through the kind, a call and three register spills fewer, which the
+    /// next node's first locked decrement would wait to drain.)
+    ///
+    /// # Safety
+    ///
+    /// `this` heads a plain `CancelNode` whose last handle just went
+    /// (`Node::give_back` said so).
+    #[inline(never)]
+    unsafe fn release_plain(mut this: NonNull<Node>) {
+        loop {
+            // Read before the free, which leaves the handle to us.
+            // SAFETY: released, not yet freed; we take the handle over.
+            let parent = unsafe { Node::parent_node(this) };
+            // SAFETY: a released plain `CancelNode` (the contract, and the
+            // parent's kind below), its parent handle still held by us.
+            if !unsafe { CancelNode::free_if_quiet(this) } {
+                // SAFETY: untouched, and still released.
+                return unsafe { node::release_slow(this) };
+            }
+            let Some(parent) = parent else { return };
+            // SAFETY: the parent handle the node held, given back once.
+            if !unsafe { Node::give_back(parent) } {
+                return;
+            }
+            // SAFETY: its last handle just went; `kind` is immutable.
+            let kind = unsafe { parent.as_ref() }.kind;
+            if !matches!(
+                *kind,
+                Kind::Cancel {
+                    release_quiet: Some(_),
+                    ..
+                }
+            ) {
+                // SAFETY: released, as above.
+                return unsafe { node::release_last(parent) };
+            }
+            // A kind with `release_quiet` heads a plain `CancelNode`.
+            this = parent;
+        }
     }
 
     /// Whether a released node has nothing to close, drain or drop: no
@@ -1262,6 +1312,7 @@ static DEADLINE: Shape = Shape {
         merged: Merged::No,
         timed: true,
         free_quiet: None,
+        release_quiet: None,
     },
 };
 
@@ -1276,6 +1327,7 @@ impl Shape {
                 merged,
                 timed: false,
                 free_quiet: Some(CancelNode::free_if_quiet),
+                release_quiet: Some(CancelNode::release_plain),
             },
         }
     }

@@ -80,6 +80,7 @@ static MERGED: Shape = Shape {
         merged: Merged::Node,
         timed: false,
         free_quiet: None,
+        release_quiet: None,
     },
 };
 

@@ -66,6 +66,13 @@ pub(crate) enum Kind {
         /// returns true, leaving its parent handle to the caller; returns
         /// false, having touched nothing, for `retire` to do the rest.
         free_quiet: Option<unsafe fn(NonNull<Node>) -> bool>,
+        /// With `free_quiet`, for the same shapes: the release of such a
+        /// node whose last handle just went (`CancelNode::release_plain`),
+        /// a loop freeing it and its quiet ancestors with `free_quiet`
+        /// inlined, which hands the first node that is not quiet to
+        /// `release_slow` (or `release_last`). A kind has both or neither,
+        /// and every kind that has them heads a plain `CancelNode`.
+        release_quiet: Option<unsafe fn(NonNull<Node>)>,
     },
     /// A bare `Node`: `without_cancel`.
     WithoutCancel,
@@ -335,6 +342,26 @@ const MAX_HANDLES: u32 = i32::MAX as u32;
 const GIVEN_BACK: u32 = u32::MAX;
 
 impl Node {
+    /// The parent node of a released node, on which it owns a handle (none
+    /// for a child of a root), as the raw address that handle holds: for a
+    /// release loop, which frees `this` and then gives that handle back
+    /// (invariants 2 and 3) without unpacking the parent.
+    ///
+    /// # Safety
+    ///
+    /// `this` is released (invariant 1) and not yet freed; the caller
+    /// takes over the parent handle and frees `this` without dropping its
+    /// `parent` (which is never dropped in place: `Parent`).
+    #[inline(always)]
+    pub(crate) unsafe fn parent_node(this: NonNull<Node>) -> Option<NonNull<Node>> {
+        // SAFETY: no handle is left: the node is ours.
+        let parent = unsafe { this.as_ref() }.parent.0;
+        if parent == TODO_PARENT {
+            return None;
+        }
+        NonNull::new(parent.cast_mut())
+    }
+
     /// A header with `handles` handles.
     pub(crate) fn new(
         handles: u32,
@@ -475,7 +502,7 @@ impl Node {
     ///
     /// The caller owns a handle on `this` and gives it up.
     #[inline]
-    unsafe fn give_back(this: NonNull<Node>) -> bool {
+    pub(crate) unsafe fn give_back(this: NonNull<Node>) -> bool {
         // SAFETY: the caller's handle keeps the node alive.
         let handles = unsafe { &this.as_ref().handles };
         // Ordering: Acquire — reading one reads the last value in the
@@ -507,77 +534,34 @@ impl Node {
 /// Tears down `this`, whose last handle just went, and then its ancestors
 /// whose last handle it held. The usual case — a chain of plain cancel
 /// nodes with nothing to close, drain or drop (`Kind::Cancel::free_quiet`)
-/// — goes to `release_quiet`, a loop with no panic to contain (no user code
-/// runs) and no teardown call per node; everything else, and the first
-/// node on the way up that is not quiet, to `release_slow`. (Out of line
-/// and small: every handle's drop inlines the call. Against `release_slow`
-/// alone: 208 -> 194 instructions for a child of `background()` derived and
-/// dropped, `cancel_tree/depth=1/root=background` 14.4–14.7 -> 13.9–14.0 ns
-/// in alternating runs; `docs::internals`, "Where the time goes".)
+/// — goes to the kind's `release_quiet` (`CancelNode::release_plain`), a
+/// loop with no panic to contain (no user code runs) and no teardown call
+/// per node; everything else, and the first node on the way up that is
+/// not quiet, to `release_slow`. (Out of line and small: every handle's
+/// drop inlines the call. Against `release_slow` alone: 208 -> 194
+/// instructions for a child of `background()` derived and dropped,
+/// `cancel_tree/depth=1/root=background` 14.4–14.7 -> 13.9–14.0 ns in
+/// alternating runs; `docs::internals`, "Where the time goes".)
 ///
 /// # Safety
 ///
 /// `this` is alive and `Node::give_back` just said its last handle went.
 #[inline(never)]
-unsafe fn release_last(this: NonNull<Node>) {
+pub(crate) unsafe fn release_last(this: NonNull<Node>) {
     // SAFETY: no handle is left (invariant 1): the node is ours; `kind` is
     // immutable.
     let kind = unsafe { this.as_ref() }.kind;
     // Only tail calls here, so that neither path pays the other's frame.
     if let Kind::Cancel {
-        free_quiet: Some(free_quiet),
+        release_quiet: Some(release_quiet),
         ..
     } = *kind
     {
-        // SAFETY: forwarded, with the node's own `free_quiet`.
-        unsafe { release_quiet(this, free_quiet) }
+        // SAFETY: forwarded: the node's own kind's.
+        unsafe { release_quiet(this) }
     } else {
         // SAFETY: forwarded.
         unsafe { release_slow(this) }
-    }
-}
-
-/// `release_last`'s loop, from a node whose kind has a
-/// `Kind::Cancel::free_quiet` (`free_quiet`, passed in so that the first
-/// node's kind is read once).
-///
-/// # Safety
-///
-/// As `release_last`; `free_quiet` is `this`'s kind's.
-#[inline(never)]
-unsafe fn release_quiet(mut this: NonNull<Node>, mut free_quiet: unsafe fn(NonNull<Node>) -> bool) {
-    loop {
-        // The parent's word, still owned by the node: read before a free.
-        // SAFETY: no handle is left (invariant 1): the node is ours.
-        let parent = unsafe { this.as_ref() }.parent.0;
-        // SAFETY: released (invariant 1), and the free of its kind.
-        if !unsafe { free_quiet(this) } {
-            // SAFETY: untouched, and still released.
-            return unsafe { release_slow(this) };
-        }
-        // The node is gone and its parent handle is ours, dropped after the
-        // node's teardown (invariant 2) and without recursing (invariant 3).
-        if parent.is_null() || parent == TODO_PARENT {
-            return;
-        }
-        // SAFETY: a node's address, on which we now own a handle.
-        this = unsafe { NonNull::new_unchecked(parent.cast_mut()) };
-        // SAFETY: that handle, given back.
-        if !unsafe { Node::give_back(this) } {
-            return;
-        }
-        // SAFETY: its last handle just went (invariant 1); `kind` is
-        // immutable.
-        let kind = unsafe { this.as_ref() }.kind;
-        let Kind::Cancel {
-            free_quiet: Some(next),
-            ..
-        } = *kind
-        else {
-            // SAFETY: released, as above.
-            return unsafe { release_slow(this) };
-        };
-        free_quiet = next;
     }
 }
 
@@ -595,7 +579,7 @@ unsafe fn release_quiet(mut this: NonNull<Node>, mut free_quiet: unsafe fn(NonNu
 ///
 /// As `release_last`.
 #[cold]
-unsafe fn release_slow(this: NonNull<Node>) {
+pub(crate) unsafe fn release_slow(this: NonNull<Node>) {
     let mut panic = None;
     // SAFETY: forwarded.
     unsafe { teardown_chain(this, &mut panic) };
