@@ -139,10 +139,10 @@
 //!   then a SeqCst load of
 //!   `cleaners` (invariant 6; under loom a SeqCst fence between them).
 //!   The closer's swap likewise (invariant 5).
-//! * `marked` and `threshold` only decide when to clean; they are Relaxed.
-//!   Pushes and head unlinks touch no counter at all; the diagnostics
-//!   (`live`, `linked`) walk the list instead. `cleaners` is the exception
-//!   above.
+//! * `marked` and the threshold (`List::threshold`) only decide when to
+//!   clean; they are Relaxed. Pushes and head unlinks touch no counter at
+//!   all; the diagnostics (`live`, `linked`) walk the list instead.
+//!   `cleaners` is the exception above.
 
 use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
@@ -255,19 +255,25 @@ pub(crate) struct List<E: Entry> {
     marked: AtomicU32,
     /// Cleanup passes in progress (at most one per thread).
     cleaners: AtomicU32,
-    /// Removed-but-linked entries that trigger a cleanup pass: half the
-    /// number of live entries the last pass kept (so a pass's traversal is
-    /// paid for by removals in proportion), and at least `cleanup_min`.
-    /// Written only by passes.
-    threshold: AtomicU32,
-    /// The least `threshold` (at most `CLEANUP_MIN`).
-    cleanup_min: u16,
+    /// Removed-but-linked entries that trigger a cleanup pass
+    /// (`List::threshold`), less the least of them (`List::cleanup_min`):
+    /// half the number of live entries the last pass kept (so a pass's
+    /// traversal is paid for by removals in proportion), and at least the
+    /// least. Written only by passes. Kept as the excess, as the next field
+    /// as a shortfall, so that a new list of the usual minimum is all zero
+    /// bytes but its flag: a node then writes its two lists, its state and
+    /// its link as six 16-byte zero stores (12 -> 10 stores in all, which
+    /// the first handle's locked decrement waits to drain).
+    threshold_over_min: AtomicU32,
+    /// `CLEANUP_MIN` less the least threshold (which is at most
+    /// `CLEANUP_MIN`; zero for `List::new`).
+    min_under_default: u16,
     /// Whether `sweep` may claim live entries (`List::swept`). If not, the
     /// remover of a lone entry at the head unlinks it with one CAS
     /// (invariant 9).
     swept: bool,
     /// The byte after `swept`, written as zero when the list is built, so
-    /// that `threshold`, `cleanup_min`, `swept` and it are eight bytes
+    /// that the two thresholds, `swept` and it are eight bytes
     /// without a hole and go out as one store: a node builds two lists, and
     /// with the byte left as padding each took three stores, which the
     /// first handle's locked decrement then waits to drain (`with_cancel`
@@ -341,10 +347,10 @@ impl<E: Entry> List<E> {
         // At most `CLEANUP_MIN`, so it fits in 16 bits.
         let min = min.min(CLEANUP_MIN) as u16;
         List {
-            cleanup_min: min,
+            min_under_default: CLEANUP_MIN as u16 - min,
             swept,
             head: AtomicPtr::new(ptr::null_mut()),
-            threshold: AtomicU32::new(u32::from(min)),
+            threshold_over_min: AtomicU32::new(0),
             marked: AtomicU32::new(0),
             cleaners: AtomicU32::new(0),
             _fill: 0,
@@ -549,15 +555,28 @@ impl<E: Entry> List<E> {
         }
     }
 
+    /// The least number of removed-but-linked entries that triggers a
+    /// cleanup pass.
+    #[inline]
+    fn cleanup_min(&self) -> u32 {
+        CLEANUP_MIN as u32 - u32::from(self.min_under_default)
+    }
+
+    /// Removed-but-linked entries that trigger a cleanup pass now.
+    #[inline]
+    fn threshold(&self) -> u32 {
+        // Ordering: Relaxed — only decides when to clean (module docs).
+        let over = self.threshold_over_min.load(Ordering::Relaxed);
+        over.saturating_add(self.cleanup_min())
+    }
+
     /// Runs a cleanup pass if enough removed entries wait to be unlinked
     /// and no pass is running.
     #[inline]
     fn maybe_cleanup(&self) {
         // Wrapping difference: see invariant 7.
         let marked = self.marked.load(Ordering::Relaxed) as i32 as isize;
-        if marked >= self.threshold.load(Ordering::Relaxed) as isize
-            && self.cleaners.load(Ordering::Relaxed) == 0
-        {
+        if marked >= self.threshold() as isize && self.cleaners.load(Ordering::Relaxed) == 0 {
             self.cleanup();
         }
     }
@@ -706,8 +725,10 @@ impl<E: Entry> List<E> {
         // loom the threshold stays at its minimum, so every removal cleans.)
         if cfg!(not(loom)) {
             let half = u32::try_from(kept / 2).unwrap_or(u32::MAX);
-            self.threshold
-                .store(half.max(u32::from(self.cleanup_min)), Ordering::Relaxed);
+            let min = self.cleanup_min();
+            // Ordering: Relaxed — as in `threshold`.
+            self.threshold_over_min
+                .store(half.max(min) - min, Ordering::Relaxed);
         }
         if deferred {
             // Hand what we deferred to the global queue and collect what has
