@@ -1116,24 +1116,39 @@ impl CancelNode {
     /// `this` heads a plain `CancelNode` whose last handle just went
     /// (`Node::give_back` said so).
     #[inline(never)]
-    unsafe fn release_plain(mut this: NonNull<Node>) {
-        loop {
-            // Read before the free, which leaves the handle to us.
-            // SAFETY: released, not yet freed; we take the handle over.
-            let parent = unsafe { Node::parent_node(this) };
-            // SAFETY: a released plain `CancelNode` (the contract, and the
-            // parent's kind below), its parent handle still held by us.
-            if !unsafe { CancelNode::free_if_quiet(this) } {
-                // SAFETY: untouched, and still released.
-                return unsafe { node::release_slow(this) };
-            }
-            let Some(parent) = parent else { return };
+    unsafe fn release_plain(this: NonNull<Node>) {
+        // The first node apart from the loop: a child of a root frees
+        // without one, and without the registers the loop keeps.
+        // SAFETY: released, not yet freed; we take the handle over.
+        let parent = unsafe { Node::parent_node(this) };
+        // SAFETY: a released plain `CancelNode` (the contract), its parent
+        // handle still held by us.
+        if !unsafe { CancelNode::free_if_quiet(this) } {
+            // SAFETY: untouched, and still released.
+            return unsafe { node::release_slow(this) };
+        }
+        if let Some(parent) = parent {
             // SAFETY: the parent handle the node held, given back once.
-            if !unsafe { Node::give_back(parent) } {
+            unsafe { CancelNode::release_parents(parent) }
+        }
+    }
+
+    /// `release_plain`'s loop up the chain: gives back the handle on
+    /// `this` that its freed child held, and frees it in turn if that was
+    /// the last handle and it is plain and quiet.
+    ///
+    /// # Safety
+    ///
+    /// The caller gives up one handle on `this`.
+    #[inline(never)]
+    unsafe fn release_parents(mut this: NonNull<Node>) {
+        loop {
+            // SAFETY: the caller's handle, given back once.
+            if !unsafe { Node::give_back(this) } {
                 return;
             }
             // SAFETY: its last handle just went; `kind` is immutable.
-            let kind = unsafe { parent.as_ref() }.kind;
+            let kind = unsafe { this.as_ref() }.kind;
             if !matches!(
                 *kind,
                 Kind::Cancel {
@@ -1142,9 +1157,18 @@ impl CancelNode {
                 }
             ) {
                 // SAFETY: released, as above.
-                return unsafe { node::release_last(parent) };
+                return unsafe { node::release_last(this) };
             }
             // A kind with `release_quiet` heads a plain `CancelNode`.
+            // SAFETY: released, not yet freed; we take the handle over.
+            let parent = unsafe { Node::parent_node(this) };
+            // SAFETY: a released plain `CancelNode`, its parent handle
+            // still held by us.
+            if !unsafe { CancelNode::free_if_quiet(this) } {
+                // SAFETY: untouched, and still released.
+                return unsafe { node::release_slow(this) };
+            }
+            let Some(parent) = parent else { return };
             this = parent;
         }
     }
