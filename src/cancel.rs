@@ -321,7 +321,47 @@ impl CancelNode {
     /// Derives a cancellable child of `parent`, with `handles` handles.
     /// Registers it with `parent`'s anchor, or makes it done at once if the
     /// anchor already is (invariant: done before the derivation returns).
+    /// The usual child of a root is `derive_fast`'s; the rest
+    /// `derive_general`'s.
+    #[inline]
     pub(crate) fn derive(parent: &Repr, handles: u32) -> NonNull<CancelNode> {
+        match CancelNode::derive_fast(parent, handles) {
+            Some(node) => node,
+            None => CancelNode::derive_general(parent, handles),
+        }
+    }
+
+    /// `derive` of a child of a root with a cached block at hand (the
+    /// usual case under `background()`), built by a leaf: no anchor to
+    /// register with, no deadline to inherit, nothing called; `None`, and
+    /// nothing done, otherwise. A caller that goes the general way with a
+    /// tail call then needs no register spills on this path — the stores
+    /// a derivation makes are what its first handle's locked decrement
+    /// waits for (`docs::internals`, "Where the time goes").
+    #[inline(always)]
+    pub(crate) fn derive_fast(parent: &Repr, handles: u32) -> Option<NonNull<CancelNode>> {
+        let (Repr::Background | Repr::Todo) = parent else {
+            return None;
+        };
+        let raw =
+            node_cache::take_fast::<CancelNode>(const { cache_bin::<CancelNode>().unwrap() })?;
+        // SAFETY: an exclusively owned, uninitialised block for a
+        // `CancelNode`, from `PLAIN`'s bin: `PLAIN`'s allocation.
+        unsafe {
+            CancelNode::init(
+                raw,
+                Node::new(handles, &PLAIN.kind, parent.clone(), ptr::null()),
+                ptr::null(),
+                1,
+            );
+            (*raw).node.anchor = raw.cast::<Node>();
+            Some(NonNull::new_unchecked(raw))
+        }
+    }
+
+    /// `derive` of any other case.
+    #[inline(never)]
+    pub(crate) fn derive_general(parent: &Repr, handles: u32) -> NonNull<CancelNode> {
         let deadline = Repr::deadline_ptr(parent);
         CancelNode::derive_shaped(parent, handles, deadline, 1, &PLAIN, |_| {})
     }
@@ -410,12 +450,25 @@ impl CancelNode {
     /// the layer writes afterwards.
     fn alloc(node: Node, deadline: *const Instant, links: u32, shape: &Shape) -> *mut CancelNode {
         let raw = (shape.alloc)();
+        // SAFETY: a fresh allocation of `shape`, which starts with a
+        // `CancelNode`.
+        unsafe { CancelNode::init(raw, node, deadline, links) };
+        raw
+    }
+
+    /// Writes a new node's fields (its `node.anchor` aside, which the
+    /// caller sets).
+    ///
+    /// # Safety
+    ///
+    /// `raw` points to an exclusively owned, properly aligned,
+    /// uninitialised allocation that starts with a `CancelNode`.
+    #[inline(always)]
+    unsafe fn init(raw: *mut CancelNode, node: Node, deadline: *const Instant, links: u32) {
         // Invariant 3, counted in the header (`Node::links`).
         let node = node.with_links(links);
-        // SAFETY: `raw` points to an exclusively owned, properly aligned,
-        // uninitialised allocation that starts with a `CancelNode`; every
-        // field is written exactly once below, so the node is fully
-        // initialised after.
+        // SAFETY: per the contract; every field is written exactly once
+        // below, so the node is fully initialised after.
         unsafe {
             (&raw mut (*raw).node).write(node);
             (&raw mut (*raw).deadline).write(deadline);
@@ -427,7 +480,6 @@ impl CancelNode {
             (&raw mut (*raw).work_next).write(UnsafeCell::new(ptr::null()));
             (&raw mut (*raw).stripes).write(StripeSlot::new());
         }
-        raw
     }
 
     /// Derives a cancellable child of `parent` allocated per `shape` (a

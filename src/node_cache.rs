@@ -61,6 +61,21 @@ pub(crate) fn alloc<T>(bin: Option<usize>) -> *mut T {
     Box::into_raw(Box::<T>::new_uninit()).cast()
 }
 
+/// `alloc` when this thread's `bin` holds a block and no bookkeeping is
+/// due (`imp::take_fast`), calling nothing; `None` otherwise (always under
+/// loom and miri, and with `goctx_no_node_cache`), and the caller then
+/// goes the general way, `alloc`.
+#[inline(always)]
+pub(crate) fn take_fast<T>(bin: usize) -> Option<*mut T> {
+    #[cfg(not(any(loom, miri, goctx_no_node_cache)))]
+    return imp::take_fast(bin).map(|block| block.cast());
+    #[cfg(any(loom, miri, goctx_no_node_cache))]
+    {
+        let _ = bin;
+        None
+    }
+}
+
 /// Drops the `T` at `this` in place and frees its block: into this
 /// thread's `bin` if there is room, to the global allocator otherwise.
 ///
@@ -197,13 +212,40 @@ mod imp {
         }
     }
 
-    /// One thread's bins.
+    /// `Cache::state`: no block given yet, so nothing to free at exit.
+    const UNGUARDED: u8 = 0;
+    /// `Cache::state`: the thread's `GUARD` is registered.
+    const GUARDED: u8 = 1;
+    /// `Cache::state`: the thread is exiting and its `GUARD` has run: every
+    /// block goes to the allocator from now on.
+    const CLOSED: u8 = 2;
+
+    /// One thread's bins. No `Drop` of its own, so that every access is a
+    /// plain thread-local load or store, with no lazy registration to test
+    /// for (`take_fast` then calls nothing, and neither need its callers):
+    /// the blocks are freed at thread exit by `GUARD`, which the first
+    /// `give` registers.
     struct Cache {
         bins: [Bin; BINS],
+        /// `UNGUARDED`, `GUARDED` or `CLOSED`.
+        state: Cell<u8>,
     }
 
-    impl Drop for Cache {
+    /// Frees the thread's cached blocks when it exits.
+    struct Guard;
+
+    impl Drop for Guard {
         fn drop(&mut self) {
+            CACHE.with(|cache| {
+                cache.state.set(CLOSED);
+                cache.free_all();
+            });
+        }
+    }
+
+    impl Cache {
+        /// Gives every cached block back to the allocator.
+        fn free_all(&self) {
             for bin in &self.bins {
                 let layout = bin.layout.get();
                 let mut block = bin.top.replace(ptr::null_mut());
@@ -222,8 +264,10 @@ mod imp {
     }
 
     std::thread_local! {
+        static GUARD: Guard = const { Guard };
         static CACHE: Cache = const {
             Cache {
+                state: Cell::new(UNGUARDED),
                 bins: [const {
                     Bin {
                         top: Cell::new(ptr::null_mut()),
@@ -238,61 +282,94 @@ mod imp {
         };
     }
 
+    /// Pops a block of `bin`'s layout if the bin holds one and its trim is
+    /// not due: the usual case, which calls nothing, so that a caller that
+    /// goes elsewhere when it fails can stay a leaf function (no register
+    /// spills: a derivation's stores are what its first handle's locked
+    /// decrement waits for). `take` does the rest.
+    #[inline(always)]
+    pub(super) fn take_fast(bin: usize) -> Option<*mut u8> {
+        CACHE.with(|cache| {
+            let bin = &cache.bins[bin];
+            if bin.top.get().is_null() || bin.budget() == 0 {
+                return None;
+            }
+            let block = bin.unlink();
+            bin.counts.set(bin.counts.get() - ONE_BLOCK - ONE_TAKE);
+            if bin.len() < bin.low.get() {
+                bin.low.set(bin.len());
+            }
+            Some(block.cast::<u8>())
+        })
+    }
+
     /// Pops a block of `bin`'s layout, if this thread has one.
     #[inline]
     pub(super) fn take(bin: usize) -> Option<*mut u8> {
-        CACHE
-            .try_with(|cache| {
-                let bin = &cache.bins[bin];
-                if bin.top.get().is_null() {
-                    bin.ran_dry();
-                    return None;
-                }
-                let block = bin.unlink();
-                if bin.budget() == 0 {
-                    bin.counts.set(bin.counts.get() - ONE_BLOCK);
-                    bin.trim();
-                } else {
-                    bin.counts.set(bin.counts.get() - ONE_BLOCK - ONE_TAKE);
-                }
-                if bin.len() < bin.low.get() {
-                    bin.low.set(bin.len());
-                }
-                Some(block.cast::<u8>())
-            })
-            .ok()
-            .flatten()
+        take_fast(bin).or_else(|| take_slow(bin))
+    }
+
+    /// `take` when `take_fast` fails: the bin is empty (it may grow,
+    /// `Bin::ran_dry`) or the window ends with this take (`Bin::trim`).
+    #[cold]
+    fn take_slow(bin: usize) -> Option<*mut u8> {
+        CACHE.with(|cache| {
+            let bin = &cache.bins[bin];
+            if bin.top.get().is_null() {
+                bin.ran_dry();
+                return None;
+            }
+            let block = bin.unlink();
+            bin.counts.set(bin.counts.get() - ONE_BLOCK);
+            bin.trim();
+            Some(block.cast::<u8>())
+        })
     }
 
     /// Pushes `block` (of `bin`'s layout, unused) if there is room; returns
     /// whether it was kept.
     #[inline]
     pub(super) fn give(bin: usize, block: *mut u8, layout: Layout) -> bool {
-        CACHE
-            .try_with(|cache| {
-                let bin = &cache.bins[bin];
-                if bin.len() >= bin.cap.get() {
-                    bin.refused.set(true);
-                    return false;
-                }
-                let block = block.cast::<Free>();
-                // SAFETY: the block is ours, unused, and at least a word
-                // long and pointer-aligned (a node).
-                unsafe {
-                    block.write(Free {
-                        next: bin.top.get(),
-                    })
-                };
-                // The bin's one layout, written while it is empty (a cached
-                // block is freed with it), not on every give.
-                if bin.top.get().is_null() {
-                    bin.layout.set(layout);
-                }
-                bin.top.set(block);
-                bin.counts.set(bin.counts.get() + ONE_BLOCK);
-                true
-            })
-            .unwrap_or(false)
+        CACHE.with(|cache| {
+            if cache.state.get() != GUARDED && !guard(cache) {
+                return false;
+            }
+            let bin = &cache.bins[bin];
+            if bin.len() >= bin.cap.get() {
+                bin.refused.set(true);
+                return false;
+            }
+            let block = block.cast::<Free>();
+            // SAFETY: the block is ours, unused, and at least a word
+            // long and pointer-aligned (a node).
+            unsafe {
+                block.write(Free {
+                    next: bin.top.get(),
+                })
+            };
+            // The bin's one layout, written while it is empty (a cached
+            // block is freed with it), not on every give.
+            if bin.top.get().is_null() {
+                bin.layout.set(layout);
+            }
+            bin.top.set(block);
+            bin.counts.set(bin.counts.get() + ONE_BLOCK);
+            true
+        })
+    }
+
+    /// A thread's first `give`: registers its `GUARD`, so that its blocks
+    /// are freed when it exits, and returns true; false once the thread
+    /// is exiting and the guard has run (or cannot be registered any
+    /// more), and the block goes to the allocator.
+    #[cold]
+    fn guard(cache: &Cache) -> bool {
+        if cache.state.get() == CLOSED || GUARD.try_with(|_| ()).is_err() {
+            cache.state.set(CLOSED);
+            return false;
+        }
+        cache.state.set(GUARDED);
+        true
     }
 
     /// Blocks this thread holds, per bin (for tests).
@@ -464,5 +541,49 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// A block freed by a thread-local destructor that runs after the
+    /// cache's guard (registered after it, so run before it) goes to the
+    /// allocator, and a take finds nothing: nothing is cached where no
+    /// guard will free it. (Runs under miri too, which reports a leak.)
+    #[test]
+    fn a_block_freed_after_the_cache_is_gone_goes_to_the_allocator() {
+        struct Late(std::sync::mpsc::Sender<(bool, [usize; BINS], bool)>);
+        impl Drop for Late {
+            fn drop(&mut self) {
+                let layout = core::alloc::Layout::new::<[usize; 3]>();
+                // SAFETY: a non-zero-sized layout.
+                let block = unsafe { std::alloc::alloc(layout) };
+                let kept = imp::give(1, block, layout);
+                if !kept {
+                    // SAFETY: refused: still ours, from `alloc(layout)`.
+                    unsafe { std::alloc::dealloc(block, layout) };
+                }
+                let _ = self.0.send((kept, imp::held(), imp::take(1).is_some()));
+            }
+        }
+        std::thread_local! {
+            static LATE: core::cell::RefCell<Option<Late>> = const { core::cell::RefCell::new(None) };
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Registered first, so its destructor runs after the guard's.
+            LATE.with(|late| *late.borrow_mut() = Some(Late(tx)));
+            let layout = core::alloc::Layout::new::<[usize; 3]>();
+            // SAFETY: a non-zero-sized layout.
+            let block = unsafe { std::alloc::alloc(layout) };
+            assert!(
+                imp::give(1, block, layout),
+                "the first give registers the guard"
+            );
+            assert_eq!(imp::held(), [0, 1]);
+        })
+        .join()
+        .unwrap();
+        let (kept, held, taken) = rx.recv().expect("the late destructor ran");
+        assert!(!kept, "a block given after the guard ran is refused");
+        assert_eq!(held, [0, 0], "the guard freed what the cache held");
+        assert!(!taken, "nothing is cached after the guard ran");
     }
 }
