@@ -343,8 +343,7 @@ impl CancelNode {
         let (Repr::Background | Repr::Todo) = parent else {
             return None;
         };
-        let raw =
-            node_cache::take_fast::<CancelNode>(const { cache_bin::<CancelNode>().unwrap() })?;
+        let raw = node_cache::take_fast::<CancelNode>(PLAIN_BIN)?;
         // SAFETY: an exclusively owned, uninitialised block for a
         // `CancelNode`, from `PLAIN`'s bin: `PLAIN`'s allocation.
         unsafe {
@@ -1169,6 +1168,42 @@ impl CancelNode {
     /// (`Node::give_back` said so).
     #[inline(never)]
     unsafe fn release_plain(this: NonNull<Node>) {
+        let raw = this.cast::<CancelNode>();
+        // SAFETY: released: ours until it is freed.
+        let node = unsafe { raw.as_ref() };
+        // The usual child of a root, freed by a leaf (nothing called, so no
+        // register spills, which the next derivation's first locked
+        // decrement would wait to drain): `free_if_quiet`'s case with no
+        // list to leave and no parent handle, its memory reference ours
+        // alone (`drop_memory_reference`'s load), its block taken by
+        // `node_cache::give_fast`. Anything else, or a cache that cannot
+        // take the block, goes the general way below, from the start.
+        if node.registered.is_null()
+            // SAFETY: released, not yet freed; a child of a root has no
+            // parent handle to take over.
+            && unsafe { Node::parent_node(this) }.is_none()
+            && node.nothing_left()
+            // Ordering: Acquire — as in `drop_memory_reference`.
+            && node.node.links.load(Ordering::Acquire) == 1
+            // SAFETY: the last reference on a plain `CancelNode` from
+            // `alloc_as::<CancelNode>`, whose only drop glue, its stripe
+            // slot's, has nothing to do: `nothing_left` read it empty, and
+            // a released node's slot never fills.
+            && unsafe { node_cache::give_fast(raw.as_ptr(), PLAIN_BIN) }
+        {
+            return;
+        }
+        // SAFETY: forwarded, untouched.
+        unsafe { CancelNode::release_plain_general(this) }
+    }
+
+    /// `release_plain` of any other case.
+    ///
+    /// # Safety
+    ///
+    /// As `release_plain`.
+    #[inline(never)]
+    unsafe fn release_plain_general(this: NonNull<Node>) {
         // The first node apart from the loop: a child of a root frees
         // without one, and without the registers the loop keeps.
         // SAFETY: released, not yet freed; we take the handle over.
@@ -1305,6 +1340,9 @@ impl CancelNode {
 pub(crate) fn alloc_as<T>() -> *mut CancelNode {
     node_cache::alloc::<T>(const { cache_bin::<T>() }).cast()
 }
+
+/// The node cache's bin of a plain `CancelNode`.
+const PLAIN_BIN: usize = cache_bin::<CancelNode>().unwrap();
 
 /// The node cache's bin for `T` (a constant per `T`): one per node layout
 /// that derivations churn, none for the rest.

@@ -76,6 +76,27 @@ pub(crate) fn take_fast<T>(bin: usize) -> Option<*mut T> {
     }
 }
 
+/// Caches the block of a `T` whose value has no drop left to run (the
+/// caller read every field with drop glue in its empty state), if this
+/// thread's `bin` has room and no bookkeeping is due
+/// (`imp::give_fast`), calling nothing; false otherwise (always under loom
+/// and miri, and with `goctx_no_node_cache`), and the caller then goes the
+/// general way, `free`.
+///
+/// # Safety
+///
+/// As `free`, and dropping the `T` in place would do nothing.
+#[inline(always)]
+pub(crate) unsafe fn give_fast<T>(this: *mut T, bin: usize) -> bool {
+    #[cfg(not(any(loom, miri, goctx_no_node_cache)))]
+    return imp::give_fast(bin, this.cast(), core::alloc::Layout::new::<T>());
+    #[cfg(any(loom, miri, goctx_no_node_cache))]
+    {
+        let _ = (this, bin);
+        false
+    }
+}
+
 /// Drops the `T` at `this` in place and frees its block: into this
 /// thread's `bin` if there is room, to the global allocator otherwise.
 ///
@@ -282,6 +303,19 @@ mod imp {
         };
     }
 
+    /// Runs `f` on this thread's cache. `LocalKey::with` only hands out
+    /// the address, so that its own call is always inlined (with the fast
+    /// paths' closures it sometimes was not, and then their captures went
+    /// through memory).
+    #[inline(always)]
+    fn with_cache<R>(f: impl FnOnce(&Cache) -> R) -> R {
+        let cache = CACHE.with(ptr::from_ref);
+        // SAFETY: `CACHE` has no destructor (a `const` thread-local without
+        // drop glue): its storage is valid for as long as this thread runs,
+        // and the reference does not outlive `f`.
+        f(unsafe { &*cache })
+    }
+
     /// Pops a block of `bin`'s layout if the bin holds one and its trim is
     /// not due: the usual case, which calls nothing, so that a caller that
     /// goes elsewhere when it fails can stay a leaf function (no register
@@ -289,7 +323,7 @@ mod imp {
     /// decrement waits for). `take` does the rest.
     #[inline(always)]
     pub(super) fn take_fast(bin: usize) -> Option<*mut u8> {
-        CACHE.with(|cache| {
+        with_cache(|cache| {
             let bin = &cache.bins[bin];
             if bin.top.get().is_null() || bin.budget() == 0 {
                 return None;
@@ -326,17 +360,14 @@ mod imp {
         })
     }
 
-    /// Pushes `block` (of `bin`'s layout, unused) if there is room; returns
-    /// whether it was kept.
-    #[inline]
-    pub(super) fn give(bin: usize, block: *mut u8, layout: Layout) -> bool {
-        CACHE.with(|cache| {
-            if cache.state.get() != GUARDED && !guard(cache) {
-                return false;
-            }
+    /// Pushes `block` (of `bin`'s layout, unused) if the thread's guard is
+    /// registered and the bin has room: the usual case, which calls
+    /// nothing (see `take_fast`); false, having changed nothing, otherwise.
+    #[inline(always)]
+    pub(super) fn give_fast(bin: usize, block: *mut u8, layout: Layout) -> bool {
+        with_cache(|cache| {
             let bin = &cache.bins[bin];
-            if bin.len() >= bin.cap.get() {
-                bin.refused.set(true);
+            if cache.state.get() != GUARDED || bin.len() >= bin.cap.get() {
                 return false;
             }
             let block = block.cast::<Free>();
@@ -347,15 +378,37 @@ mod imp {
                     next: bin.top.get(),
                 })
             };
-            // The bin's one layout, written while it is empty (a cached
-            // block is freed with it), not on every give.
-            if bin.top.get().is_null() {
+            // The bin's one layout (a cached block is freed with it),
+            // written once rather than on every give.
+            if bin.layout.get() != layout {
                 bin.layout.set(layout);
             }
             bin.top.set(block);
             bin.counts.set(bin.counts.get() + ONE_BLOCK);
             true
         })
+    }
+
+    /// Pushes `block` (of `bin`'s layout, unused) if there is room; returns
+    /// whether it was kept.
+    #[inline]
+    pub(super) fn give(bin: usize, block: *mut u8, layout: Layout) -> bool {
+        give_fast(bin, block, layout) || give_slow(bin, block, layout)
+    }
+
+    /// `give` when `give_fast` cannot: the thread's first (`guard`), one
+    /// after the thread's guard ran, or one the bin has no room for.
+    #[cold]
+    fn give_slow(bin: usize, block: *mut u8, layout: Layout) -> bool {
+        let guarded = CACHE.with(|cache| cache.state.get() == GUARDED || guard(cache));
+        if !guarded {
+            return false;
+        }
+        if give_fast(bin, block, layout) {
+            return true;
+        }
+        CACHE.with(|cache| cache.bins[bin].refused.set(true));
+        false
     }
 
     /// A thread's first `give`: registers its `GUARD`, so that its blocks
