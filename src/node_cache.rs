@@ -20,6 +20,12 @@
 //! - The cache is bounded (20 KiB per thread at first, 320 KiB at
 //!   most) and freed when its thread exits; a block freed during thread
 //!   teardown, after the cache is gone, goes straight to the allocator.
+//!   (The cache itself is a `const` thread-local with no destructor, so
+//!   that taking and giving a block are plain thread-local loads and
+//!   stores with nothing to call — `take_fast` and `give_fast` let a
+//!   derivation and a release stay leaf functions; the freeing at exit is
+//!   a second thread-local's destructor, `imp::Guard`, registered by the
+//!   thread's first give.)
 //! - Nothing is shared between threads: a block freed on another thread
 //!   joins that thread's cache. The cache is plain thread-local state, with
 //!   no atomics and no locks.
@@ -355,6 +361,11 @@ mod imp {
             }
             let block = bin.unlink();
             bin.counts.set(bin.counts.get() - ONE_BLOCK);
+            // The window's low-water mark counts this take, as in
+            // `take_fast`, before the trim reads it.
+            if bin.len() < bin.low.get() {
+                bin.low.set(bin.len());
+            }
             bin.trim();
             Some(block.cast::<u8>())
         })
