@@ -1157,10 +1157,16 @@ impl CancelNode {
     /// free (node invariant 2) and without recursing (invariant 3) — for
     /// as long as the ancestors it releases are plain and quiet. The first
     /// node that is not goes to `node::release_slow`, whole; a released
-    /// parent of another kind to `node::release_last`. (One frame for the
-    /// loop and the free: against a loop in node.rs calling `free_if_quiet`
-    /// through the kind, a call and three register spills fewer, which the
-    /// next node's first locked decrement would wait to drain.)
+    /// parent of another kind to `node::release_last`.
+    ///
+    /// Three levels, each calling the next only when it must, so that the
+    /// common cases pay no frame they do not use (the stores of register
+    /// spills are what the next node's first locked decrement waits to
+    /// drain; `docs::internals`, "Where the time goes"): this function,
+    /// a leaf, frees the usual child of a root; `release_plain_general`
+    /// frees any quiet node with `free_if_quiet` inlined (no call through
+    /// the kind, as node.rs's loop made before); `release_parents` is the
+    /// loop up the chain.
     ///
     /// # Safety
     ///
@@ -1197,7 +1203,8 @@ impl CancelNode {
         unsafe { CancelNode::release_plain_general(this) }
     }
 
-    /// `release_plain` of any other case.
+    /// `release_plain` of any other case: the first node, then its parents
+    /// (`release_parents`).
     ///
     /// # Safety
     ///

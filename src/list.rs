@@ -259,9 +259,10 @@ pub(crate) struct List<E: Entry> {
     /// (`List::threshold`), less the least of them (`List::cleanup_min`):
     /// half the number of live entries the last pass kept (so a pass's
     /// traversal is paid for by removals in proportion), and at least the
-    /// least. Written only by passes. Kept as the excess, as the next field
-    /// as a shortfall, so that a new list of the usual minimum is all zero
-    /// bytes but its flag: a node then writes its two lists, its state and
+    /// least. Written only by passes. Stored as the excess over the least,
+    /// and the least as its shortfall from `CLEANUP_MIN` (the next field),
+    /// so that a new list of the usual minimum is all zero bytes (but a
+    /// swept list's flag): a node then writes its two lists, its state and
     /// its link as six 16-byte zero stores (12 -> 10 stores in all, which
     /// the first handle's locked decrement waits to drain).
     threshold_over_min: AtomicU32,
