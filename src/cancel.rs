@@ -334,9 +334,10 @@ impl CancelNode {
     /// `derive` of a child of a root with a cached block at hand (the
     /// usual case under `background()`), built by a leaf: no anchor to
     /// register with, no deadline to inherit, nothing called; `None`, and
-    /// nothing done, otherwise. A caller that goes the general way with a
-    /// tail call then needs no register spills on this path — the stores
-    /// a derivation makes are what its first handle's locked decrement
+    /// nothing done, otherwise. Inlined (through `derive`) into
+    /// `with_cancel`, itself inlined, so it runs in the caller's frame with
+    /// no call and no register spills of its own — the stores a
+    /// derivation makes are what its first handle's locked decrement
     /// waits for (`docs::internals`, "Where the time goes").
     #[inline(always)]
     pub(crate) fn derive_fast(parent: &Repr, handles: u32) -> Option<NonNull<CancelNode>> {
