@@ -350,11 +350,10 @@ impl CancelNode {
         unsafe {
             CancelNode::init(
                 raw,
-                Node::new(handles, &PLAIN.kind, parent.clone(), ptr::null()),
+                Node::new(handles, &PLAIN.kind, parent.clone(), raw.cast::<Node>()),
                 ptr::null(),
                 1,
             );
-            (*raw).node.anchor = raw.cast::<Node>();
             Some(NonNull::new_unchecked(raw))
         }
     }
@@ -448,16 +447,24 @@ impl CancelNode {
     /// `shape` says which allocation: a plain `CancelNode`, a
     /// `DeadlineNode`, or a layer's (`merge::MergeNode`), whose own fields
     /// the layer writes afterwards.
-    fn alloc(node: Node, deadline: *const Instant, links: u32, shape: &Shape) -> *mut CancelNode {
+    /// The node is its own anchor (node invariant 4).
+    fn alloc(
+        handles: u32,
+        parent: Repr,
+        deadline: *const Instant,
+        links: u32,
+        shape: &'static Shape,
+    ) -> *mut CancelNode {
         let raw = (shape.alloc)();
+        let node = Node::new(handles, &shape.kind, parent, raw.cast::<Node>());
         // SAFETY: a fresh allocation of `shape`, which starts with a
         // `CancelNode`.
         unsafe { CancelNode::init(raw, node, deadline, links) };
         raw
     }
 
-    /// Writes a new node's fields (its `node.anchor` aside, which the
-    /// caller sets).
+    /// Writes a new node's fields: `node` is its header, its anchor
+    /// (`raw`) included.
     ///
     /// # Safety
     ///
@@ -512,17 +519,11 @@ impl CancelNode {
         init: impl FnOnce(*mut CancelNode),
     ) -> NonNull<CancelNode> {
         let anchor = parent.anchor_ptr().cast::<CancelNode>();
-        let raw = CancelNode::alloc(
-            Node::new(handles, &shape.kind, parent.clone(), ptr::null()),
-            deadline,
-            links,
-            shape,
-        );
+        let raw = CancelNode::alloc(handles, parent.clone(), deadline, links, shape);
         init(raw);
         // SAFETY: `raw` is a fresh, exclusively owned allocation until it is
         // pushed below.
         unsafe {
-            (*raw).node.anchor = raw.cast::<Node>();
             if let Some(anchor) = anchor.as_ref() {
                 // Ordering: Acquire — pairs with the winning CAS, so a done
                 // word's cause box is visible before we borrow it.
@@ -1160,14 +1161,12 @@ impl CancelNode {
     /// node that is not goes to `node::release_slow`, whole; a released
     /// parent of another kind to `node::release_last`.
     ///
-    /// Three levels, each calling the next only when it must, so that the
-    /// common cases pay no frame they do not use (the stores of register
-    /// spills are what the next node's first locked decrement waits to
-    /// drain; `docs::internals`, "Where the time goes"): this function,
-    /// a leaf, frees the usual child of a root; `release_plain_general`
-    /// frees any quiet node with `free_if_quiet` inlined (no call through
-    /// the kind, as node.rs's loop made before); `release_parents` is the
-    /// loop up the chain.
+    /// Two levels, so that the usual child of a root pays no frame (the
+    /// stores of register spills are what the next node's first locked
+    /// decrement waits to drain; `docs::internals`, "Where the time
+    /// goes"): this function, a leaf, frees that child;
+    /// `release_plain_general` is the loop for everything else, with
+    /// `free_if_quiet` inlined (no call through the kind).
     ///
     /// # Safety
     ///
@@ -1204,46 +1203,30 @@ impl CancelNode {
         unsafe { CancelNode::release_plain_general(this) }
     }
 
-    /// `release_plain` of any other case: the first node, then its parents
-    /// (`release_parents`).
+    /// `release_plain` of any other case: the loop up the chain.
     ///
     /// # Safety
     ///
     /// As `release_plain`.
     #[inline(never)]
-    unsafe fn release_plain_general(this: NonNull<Node>) {
-        // The first node apart from the loop: a child of a root frees
-        // without one, and without the registers the loop keeps.
-        // SAFETY: released, not yet freed; we take the handle over.
-        let parent = unsafe { Node::parent_node(this) };
-        // SAFETY: a released plain `CancelNode` (the contract), its parent
-        // handle still held by us.
-        if !unsafe { CancelNode::free_if_quiet(this) } {
-            // SAFETY: untouched, and still released.
-            return unsafe { node::release_slow(this) };
-        }
-        if let Some(parent) = parent {
-            // SAFETY: the parent handle the node held, given back once.
-            unsafe { CancelNode::release_parents(parent) }
-        }
-    }
-
-    /// `release_plain`'s loop up the chain: gives back the handle on
-    /// `this` that its freed child held, and frees it in turn if that was
-    /// the last handle and it is plain and quiet.
-    ///
-    /// # Safety
-    ///
-    /// The caller gives up one handle on `this`.
-    #[inline(never)]
-    unsafe fn release_parents(mut this: NonNull<Node>) {
+    unsafe fn release_plain_general(mut this: NonNull<Node>) {
         loop {
-            // SAFETY: the caller's handle, given back once.
-            if !unsafe { Node::give_back(this) } {
+            // Read before the free, which leaves the handle to us.
+            // SAFETY: released, not yet freed; we take the handle over.
+            let parent = unsafe { Node::parent_node(this) };
+            // SAFETY: a released plain `CancelNode` (the contract, and the
+            // parent's kind below), its parent handle still held by us.
+            if !unsafe { CancelNode::free_if_quiet(this) } {
+                // SAFETY: untouched, and still released.
+                return unsafe { node::release_slow(this) };
+            }
+            let Some(parent) = parent else { return };
+            // SAFETY: the parent handle the node held, given back once.
+            if !unsafe { Node::give_back(parent) } {
                 return;
             }
             // SAFETY: its last handle just went; `kind` is immutable.
-            let kind = unsafe { this.as_ref() }.kind;
+            let kind = unsafe { parent.as_ref() }.kind;
             if !matches!(
                 *kind,
                 Kind::Cancel {
@@ -1252,18 +1235,9 @@ impl CancelNode {
                 }
             ) {
                 // SAFETY: released, as above.
-                return unsafe { node::release_last(this) };
+                return unsafe { node::release_last(parent) };
             }
             // A kind with `release_quiet` heads a plain `CancelNode`.
-            // SAFETY: released, not yet freed; we take the handle over.
-            let parent = unsafe { Node::parent_node(this) };
-            // SAFETY: a released plain `CancelNode`, its parent handle
-            // still held by us.
-            if !unsafe { CancelNode::free_if_quiet(this) } {
-                // SAFETY: untouched, and still released.
-                return unsafe { node::release_slow(this) };
-            }
-            let Some(parent) = parent else { return };
             this = parent;
         }
     }
